@@ -1,0 +1,48 @@
+//! The Broadcast wire protocol.
+//!
+//! Broadcast clients and the broker exchange length-prefixed frames over TCP: a 4-byte
+//! big-endian body length, then a body in bincode's standard serde encoding (variable-length
+//! integers, little-endian). `PROTOCOL.md` in this crate documents every frame byte by byte.
+//!
+//! The crate is sans-IO: it holds no sockets and spawns no tasks.
+//!
+//! - [`frame`]: the frames each side sends ([`ClientFrame`], [`ServerFrame`]) and the values
+//!   they carry ([`Publish`], [`Delivery`], [`Target`], ...).
+//! - [`codec`]: [`FrameCodec`], a tokio-util codec that enforces the frame size limit before any
+//!   allocation, and [`encode_frame`] for frames that are encoded once and sent many times.
+//! - [`names`]: validation of client, channel and message-id strings.
+//! - [`error`]: [`CodecError`].
+#![forbid(unsafe_code)]
+
+pub mod codec;
+pub mod error;
+pub mod frame;
+pub mod names;
+mod wire;
+
+pub use codec::{FrameCodec, decode_body, encode_frame};
+pub use error::CodecError;
+pub use frame::*;
+pub use names::{NameError, new_message_id, validate_channel, validate_client_name, validate_id};
+
+/// Version of the protocol spoken by this crate, sent in `Hello` and `Welcome`.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Default largest message payload (`data`) in bytes: 1 MiB.
+pub const DEFAULT_MAX_PAYLOAD: u32 = 1024 * 1024;
+
+/// Room a frame has beyond its payload for ids, names, targets and other fields.
+pub const FRAME_ENVELOPE: u32 = 64 * 1024;
+
+/// Default largest frame body in bytes: the default payload limit plus the envelope, so that a
+/// message with a full 1 MiB payload fits in one frame.
+pub const DEFAULT_MAX_FRAME: u32 = DEFAULT_MAX_PAYLOAD + FRAME_ENVELOPE;
+
+/// Largest frame limit either side may configure (64 MiB).
+pub const MAX_FRAME_CAP: u32 = 64 * 1024 * 1024;
+
+/// Smallest frame limit either side may configure (4 KiB).
+pub const MIN_FRAME: u32 = 4 * 1024;
+
+/// Length of the frame header: a big-endian `u32` body length.
+pub const HEADER_LEN: usize = 4;

@@ -1,0 +1,137 @@
+//! Validation of the strings that name clients, channels and messages.
+
+use thiserror::Error;
+
+/// Longest client name, channel name or message id, in bytes.
+pub const MAX_NAME_LEN: usize = 256;
+
+/// Length of the ids made by [`new_message_id`].
+pub const MESSAGE_ID_LEN: usize = 21;
+
+/// Why a name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum NameError {
+    /// The name is empty.
+    #[error("{kind} must not be empty")]
+    Empty {
+        /// What was being named ("client name", "channel", "message id").
+        kind: &'static str,
+    },
+    /// The name is longer than [`MAX_NAME_LEN`].
+    #[error("{kind} is {len} bytes long, the limit is {MAX_NAME_LEN}")]
+    TooLong {
+        /// What was being named.
+        kind: &'static str,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The name holds a control character or white space.
+    #[error("{kind} {name:?} holds a control character or white space")]
+    BadCharacter {
+        /// What was being named.
+        kind: &'static str,
+        /// The refused name.
+        name: String,
+    },
+    /// The name starts with `$`, which is reserved for the broker itself.
+    #[error("{kind} {name:?} starts with '$', which is reserved for the broker")]
+    Reserved {
+        /// What was being named.
+        kind: &'static str,
+        /// The refused name.
+        name: String,
+    },
+}
+
+fn check(kind: &'static str, name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty { kind });
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(NameError::TooLong {
+            kind,
+            len: name.len(),
+        });
+    }
+    if name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(NameError::BadCharacter {
+            kind,
+            name: name.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a client name: 1 to 256 bytes, no control characters or white space, not starting
+/// with `$` (names starting with `$` belong to the broker).
+///
+/// # Errors
+/// Returns the [`NameError`] that says what is wrong.
+pub fn validate_client_name(name: &str) -> Result<(), NameError> {
+    check("client name", name)?;
+    if name.starts_with('$') {
+        return Err(NameError::Reserved {
+            kind: "client name",
+            name: name.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a channel name: 1 to 256 bytes, no control characters or white space.
+///
+/// # Errors
+/// Returns the [`NameError`] that says what is wrong.
+pub fn validate_channel(name: &str) -> Result<(), NameError> {
+    check("channel", name)
+}
+
+/// Checks a message id: 1 to 256 bytes, no control characters or white space.
+///
+/// # Errors
+/// Returns the [`NameError`] that says what is wrong.
+pub fn validate_id(id: &str) -> Result<(), NameError> {
+    check("message id", id)
+}
+
+/// Makes a new message id: a 21-character nanoid.
+pub fn new_message_id() -> String {
+    nanoid::nanoid!()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_ordinary_names() {
+        assert_eq!(validate_client_name("alice"), Ok(()));
+        assert_eq!(validate_channel("jobs.high-priority"), Ok(()));
+        assert_eq!(new_message_id().len(), MESSAGE_ID_LEN);
+        assert_eq!(validate_id(&new_message_id()), Ok(()));
+    }
+
+    #[test]
+    fn refuses_bad_names() {
+        assert!(matches!(
+            validate_client_name(""),
+            Err(NameError::Empty { .. })
+        ));
+        assert!(matches!(
+            validate_client_name("a b"),
+            Err(NameError::BadCharacter { .. })
+        ));
+        assert!(matches!(
+            validate_client_name("$broker"),
+            Err(NameError::Reserved { .. })
+        ));
+        assert!(matches!(
+            validate_channel(&"x".repeat(257)),
+            Err(NameError::TooLong { .. })
+        ));
+        assert!(matches!(
+            validate_id("a\nb"),
+            Err(NameError::BadCharacter { .. })
+        ));
+    }
+}
