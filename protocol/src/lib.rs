@@ -11,7 +11,7 @@
 //! - [`codec`]: [`FrameCodec`], a tokio-util codec that enforces the frame size limit before any
 //!   allocation, and [`encode_frame`] for frames that are encoded once and sent many times.
 //! - [`names`]: validation of client, channel and message-id strings.
-//! - [`error`]: [`CodecError`].
+//! - [`error`]: the codec error type, [`CodecError`].
 #![forbid(unsafe_code)]
 
 pub mod codec;

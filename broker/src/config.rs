@@ -1,0 +1,135 @@
+//! Broker configuration.
+
+use broadcast_protocol::{FRAME_ENVELOPE, MAX_FRAME_CAP, MIN_FRAME};
+use std::path::PathBuf;
+use std::time::Duration;
+use thiserror::Error;
+
+/// Settings of a broker. `Config::default()` holds the documented defaults.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directory of the message store; created when missing. Default `broadcast-data`.
+    pub data_dir: PathBuf,
+    /// Most connections at once; further connections get an error frame and are closed.
+    /// Default 20,000.
+    pub max_connections: usize,
+    /// Largest message payload accepted, in bytes. Default 1 MiB. Frames may be this plus
+    /// 64 KiB of envelope.
+    pub max_payload: u32,
+    /// Most frames waiting in one connection's outbound queue. Default 8,192.
+    pub outbound_frames: usize,
+    /// Most bytes waiting in one connection's outbound queue. Default 8 MiB. A recipient whose
+    /// queue is full is too slow: deliveries to it fail with `SlowConsumer`.
+    pub outbound_bytes: usize,
+    /// How often the broker pings a connection it has sent nothing to. Default 5 s. A
+    /// connection silent for three times the larger of this and the client's own heartbeat is
+    /// closed.
+    pub heartbeat: Duration,
+    /// How long a new connection has to send its `Hello`. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// How long a closing connection may take to write what is queued for it. Default 5 s.
+    pub drain_timeout: Duration,
+    /// Most subscriptions per connection. Default 10,000.
+    pub max_subscriptions: usize,
+    /// Most names in a group or channel list target. Default 1,024.
+    pub max_target_names: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("broadcast-data"),
+            max_connections: 20_000,
+            max_payload: broadcast_protocol::DEFAULT_MAX_PAYLOAD,
+            outbound_frames: 8192,
+            outbound_bytes: 8 * 1024 * 1024,
+            heartbeat: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(5),
+            max_subscriptions: 10_000,
+            max_target_names: 1024,
+        }
+    }
+}
+
+/// A setting that is out of range; names the field.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("invalid setting `{field}`: {reason}")]
+pub struct ConfigError {
+    /// The field.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl Config {
+    /// Largest frame body accepted: the payload limit plus the envelope.
+    pub fn max_frame(&self) -> u32 {
+        self.max_payload.saturating_add(FRAME_ENVELOPE)
+    }
+
+    /// Checks every setting.
+    ///
+    /// # Errors
+    /// The first [`ConfigError`] found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |field, reason: &str| {
+            Err(ConfigError {
+                field,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.max_frame() > MAX_FRAME_CAP || self.max_payload < MIN_FRAME {
+            return err(
+                "max_payload",
+                "must be between 4 KiB and 64 MiB less 64 KiB",
+            );
+        }
+        if self.max_connections == 0 {
+            return err("max_connections", "must be at least 1");
+        }
+        if self.outbound_frames < 16 {
+            return err("outbound_frames", "must be at least 16");
+        }
+        if self.outbound_bytes < self.max_frame() as usize {
+            return err(
+                "outbound_bytes",
+                "must hold at least one frame of the largest size",
+            );
+        }
+        if self.heartbeat < Duration::from_millis(10) {
+            return err("heartbeat", "must be at least 10 ms");
+        }
+        if self.handshake_timeout.is_zero() {
+            return err("handshake_timeout", "must be more than zero");
+        }
+        if self.max_subscriptions == 0 || self.max_target_names == 0 {
+            return err("max_subscriptions", "limits must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(Config::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn names_the_field_in_error() {
+        let c = Config {
+            outbound_bytes: 10,
+            ..Config::default()
+        };
+        assert_eq!(c.validate().unwrap_err().field, "outbound_bytes");
+        let c = Config {
+            max_payload: 100 * 1024 * 1024,
+            ..Config::default()
+        };
+        assert_eq!(c.validate().unwrap_err().field, "max_payload");
+    }
+}

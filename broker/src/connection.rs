@@ -1,0 +1,294 @@
+//! One task per connection: the handshake, then every frame the client sends.
+
+use crate::config::Config;
+use crate::encode;
+use crate::outbound::{OutFrame, Outbound};
+use crate::router::Router;
+use crate::writer::Writer;
+use broadcast_protocol::{
+    ClientFrame, CodecError, ErrorCode, FrameCodec, Hello, MIN_FRAME, PROTOCOL_VERSION,
+    ServerFrame, Welcome, validate_client_name,
+};
+use bytes::Bytes;
+use futures::StreamExt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// What every connection shares.
+#[derive(Debug)]
+pub(crate) struct Context {
+    pub(crate) router: Arc<Router>,
+    pub(crate) config: Config,
+    pub(crate) shutdown: CancellationToken,
+}
+
+type Reader = FramedRead<OwnedReadHalf, FrameCodec<ClientFrame>>;
+
+/// Serves one accepted connection until it closes.
+pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
+    let conn_id = ctx.router.next_conn_id();
+    let span = tracing::info_span!("conn", %peer, conn_id, client = tracing::field::Empty);
+    async move {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        let (rd, mut wr) = stream.into_split();
+        let max_frame = ctx.config.max_frame();
+        let mut reader = FramedRead::new(rd, FrameCodec::new(max_frame, max_frame));
+        let hello = match handshake(&mut reader, &ctx).await {
+            Ok(hello) => hello,
+            Err(refusal) => {
+                tracing::info!(reason = %refusal.1, "handshake refused");
+                let _ = wr
+                    .write_all(&encode::error(refusal.0, refusal.1, None))
+                    .await;
+                let _ = wr.shutdown().await;
+                return;
+            }
+        };
+        run(hello, reader, wr, conn_id, ctx).await;
+    }
+    .instrument(span)
+    .await
+}
+
+/// Refuses a connection that is over the connection limit.
+pub(crate) async fn refuse(mut stream: TcpStream, message: &str) {
+    let _ = stream
+        .write_all(&encode::error(ErrorCode::LimitReached, message, None))
+        .await;
+    let _ = stream.shutdown().await;
+}
+
+async fn handshake(reader: &mut Reader, ctx: &Context) -> Result<Hello, (ErrorCode, String)> {
+    let first = match tokio::time::timeout(ctx.config.handshake_timeout, reader.next()).await {
+        Err(_) => {
+            return Err((
+                ErrorCode::Timeout,
+                "no Hello within the handshake timeout".into(),
+            ));
+        }
+        Ok(None) => return Err((ErrorCode::BadHandshake, "closed before Hello".into())),
+        Ok(Some(r)) => r,
+    };
+    let frame = match first {
+        Ok(Ok(frame)) => frame,
+        Ok(Err(CodecError::UnsupportedVersion { got, supported }))
+        | Err(CodecError::UnsupportedVersion { got, supported }) => {
+            return Err((
+                ErrorCode::UnsupportedVersion,
+                format!("protocol version {got} is not supported; this broker speaks {supported}"),
+            ));
+        }
+        Ok(Err(e)) | Err(e @ CodecError::Decode(_)) => {
+            return Err((
+                ErrorCode::BadHandshake,
+                format!("first frame is not a Hello: {e}"),
+            ));
+        }
+        Err(e @ CodecError::FrameTooLarge { .. }) => {
+            return Err((ErrorCode::FrameTooLarge, e.to_string()));
+        }
+        Err(e) => return Err((ErrorCode::BadHandshake, e.to_string())),
+    };
+    let ClientFrame::Hello(hello) = frame else {
+        return Err((
+            ErrorCode::BadHandshake,
+            "the first frame must be a Hello".into(),
+        ));
+    };
+    if hello.version != PROTOCOL_VERSION {
+        return Err((
+            ErrorCode::UnsupportedVersion,
+            format!(
+                "protocol version {} is not supported; this broker speaks {PROTOCOL_VERSION}",
+                hello.version
+            ),
+        ));
+    }
+    if hello.token.is_some() || hello.namespace.is_some() {
+        return Err((
+            ErrorCode::BadHandshake,
+            "token and namespace are not supported by this broker version".into(),
+        ));
+    }
+    if hello.max_frame < MIN_FRAME {
+        return Err((
+            ErrorCode::BadHandshake,
+            format!("max_frame must be at least {MIN_FRAME} bytes"),
+        ));
+    }
+    if let Some(name) = &hello.name {
+        validate_client_name(name).map_err(|e| (ErrorCode::InvalidName, e.to_string()))?;
+    }
+    Ok(hello)
+}
+
+async fn run(
+    hello: Hello,
+    mut reader: Reader,
+    wr: OwnedWriteHalf,
+    conn_id: u64,
+    ctx: Arc<Context>,
+) {
+    let name: Arc<str> = match hello.name {
+        Some(n) => Arc::from(n),
+        None => Arc::from(format!("client-{}", nanoid::nanoid!(12))),
+    };
+    tracing::Span::current().record("client", &*name);
+    let cfg = &ctx.config;
+    let close = ctx.shutdown.child_token();
+    let (out, rx) = Outbound::new(
+        conn_id,
+        cfg.outbound_frames,
+        cfg.outbound_bytes,
+        hello.max_frame as usize,
+        close.clone(),
+    );
+    let welcome = encode::frame(&ServerFrame::Welcome(Welcome {
+        version: PROTOCOL_VERSION,
+        name: name.to_string(),
+        server: format!("broadcast-broker {}", env!("CARGO_PKG_VERSION")),
+        max_frame: cfg.max_frame(),
+        max_payload: cfg.max_payload,
+        heartbeat_ms: u32::try_from(cfg.heartbeat.as_millis()).unwrap_or(u32::MAX),
+    }));
+    // The welcome is queued before the connection is registered, so it precedes every
+    // delivery.
+    if out.try_push(OutFrame::control(welcome)).is_err() {
+        return;
+    }
+    if let Some(old) = ctx.router.register(name.clone(), out.clone()) {
+        tracing::info!("name taken over from an older connection");
+        old.close_with(Some(encode::error(
+            ErrorCode::Replaced,
+            format!("another connection registered as {name}"),
+            None,
+        )));
+    }
+    tracing::info!("connected");
+    let writer = Writer {
+        rx,
+        io: wr,
+        out: out.clone(),
+        router: ctx.router.clone(),
+        name: name.clone(),
+        heartbeat: cfg.heartbeat,
+        drain_timeout: cfg.drain_timeout,
+        shutdown: ctx.shutdown.clone(),
+    };
+    let writer = tokio::spawn(writer.run().instrument(tracing::Span::current()));
+    let idle = 3 * cfg
+        .heartbeat
+        .max(Duration::from_millis(u64::from(hello.heartbeat_ms)));
+    let farewell = read_loop(&mut reader, &out, &name, &ctx, idle).await;
+    ctx.router.unregister(&name, conn_id);
+    out.close_with(farewell);
+    let _ = writer.await;
+    tracing::info!("disconnected");
+}
+
+/// Handles frames until the connection ends; returns the frame to close with, if any.
+async fn read_loop(
+    reader: &mut Reader,
+    out: &Outbound,
+    name: &Arc<str>,
+    ctx: &Context,
+    idle: Duration,
+) -> Option<Bytes> {
+    let close = out.shared.close.clone();
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = close.cancelled() => return None,
+            r = tokio::time::timeout(idle, reader.next()) => r,
+        };
+        let frame = match next {
+            Err(_) => {
+                tracing::info!("client silent for {idle:?}, closing");
+                return Some(encode::error(
+                    ErrorCode::Timeout,
+                    "no frame received in time",
+                    None,
+                ));
+            }
+            Ok(None) => return None,
+            Ok(Some(Err(e @ CodecError::FrameTooLarge { .. }))) => {
+                tracing::warn!(error = %e, "oversized frame");
+                return Some(encode::error(ErrorCode::FrameTooLarge, e.to_string(), None));
+            }
+            Ok(Some(Err(e))) => {
+                tracing::debug!(error = %e, "read failed");
+                return None;
+            }
+            Ok(Some(Ok(Err(e)))) => {
+                tracing::warn!(error = %e, "malformed frame");
+                let f = encode::error(ErrorCode::Malformed, e.to_string(), None);
+                if out.push(OutFrame::control(f)).await.is_err() {
+                    return None;
+                }
+                continue;
+            }
+            Ok(Some(Ok(Ok(frame)))) => frame,
+        };
+        if let Handled::Close = handle(frame, out, name, ctx).await {
+            return None;
+        }
+    }
+}
+
+enum Handled {
+    Continue,
+    Close,
+}
+
+async fn handle(frame: ClientFrame, out: &Outbound, name: &Arc<str>, ctx: &Context) -> Handled {
+    let router = &ctx.router;
+    let reply = |b: Bytes| OutFrame::control(b);
+    let mut replies: Vec<Bytes> = Vec::new();
+    match frame {
+        ClientFrame::Publish(msg) => match router.validate(&msg) {
+            Err(r) => replies.push(encode::error(r.code, r.message, Some(&msg.id))),
+            Ok(()) => {
+                for notice in router.route(name, &msg) {
+                    replies.push(encode::failed(notice));
+                }
+            }
+        },
+        ClientFrame::Subscribe { channel } => match router.subscribe(name, out.conn_id, &channel) {
+            Ok(()) => replies.push(encode::frame(&ServerFrame::Subscribed { channel })),
+            Err(r) => replies.push(encode::error(r.code, r.message, None)),
+        },
+        ClientFrame::Unsubscribe { channel } => {
+            router.unsubscribe(name, out.conn_id, &channel);
+            replies.push(encode::frame(&ServerFrame::Unsubscribed { channel }));
+        }
+        ClientFrame::Ping { nonce } => replies.push(encode::frame(&ServerFrame::Pong { nonce })),
+        ClientFrame::Pong { .. } => {}
+        ClientFrame::Ack { tags } => {
+            tracing::debug!(
+                count = tags.len(),
+                "acknowledgement of no outstanding delivery"
+            );
+        }
+        ClientFrame::Hello(_) => replies.push(encode::error(
+            ErrorCode::BadHandshake,
+            "Hello is only valid as the first frame",
+            None,
+        )),
+        ClientFrame::Bye => return Handled::Close,
+    }
+    for r in replies {
+        if out.push(reply(r)).await.is_err() {
+            return Handled::Close;
+        }
+    }
+    Handled::Continue
+}

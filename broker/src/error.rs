@@ -1,0 +1,31 @@
+//! Errors of the broker library.
+
+use crate::config::ConfigError;
+use std::path::PathBuf;
+use thiserror::Error;
+
+/// Why the broker could not start or run, or refused a request.
+#[derive(Debug, Error)]
+pub enum BrokerError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The listener failed.
+    #[error("listener failed: {0}")]
+    Listener(#[source] std::io::Error),
+    /// The data directory cannot be created or used.
+    #[error("data directory {}: {source}", path.display())]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A message handed to [`crate::BrokerHandle::publish`] is not valid.
+    #[error("invalid message: {0}")]
+    InvalidMessage(String),
+    /// The broker has stopped.
+    #[error("the broker has stopped")]
+    Stopped,
+}

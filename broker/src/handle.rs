@@ -1,0 +1,83 @@
+//! Embedding API: send messages as the broker and observe what clients send.
+
+use crate::BROKER_SENDER;
+use crate::error::BrokerError;
+use crate::router::Router;
+use broadcast_protocol::{DeliveryFailed, Publish, Target, new_message_id};
+use bytes::Bytes;
+use std::sync::Arc;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+/// A message a client sent, as seen by an observer.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    /// The sending client's name.
+    pub sender: String,
+    /// The message as the client sent it.
+    pub message: Publish,
+}
+
+/// A cheap, cloneable handle on a running broker.
+#[derive(Debug, Clone)]
+pub struct BrokerHandle {
+    pub(crate) router: Arc<Router>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl BrokerHandle {
+    /// Sends a non-persistent message from the broker itself (sender name `$broker`) and
+    /// returns its id and a notice for every recipient that did not get it.
+    ///
+    /// # Errors
+    /// [`BrokerError::InvalidMessage`] when the target or payload is not valid;
+    /// [`BrokerError::Stopped`] after shutdown.
+    pub fn publish(
+        &self,
+        target: Target,
+        name: Option<String>,
+        data: Bytes,
+    ) -> Result<(String, Vec<DeliveryFailed>), BrokerError> {
+        let msg = Publish {
+            id: new_message_id(),
+            target,
+            name,
+            data,
+            persistent: false,
+            ttl_ms: None,
+        };
+        let failed = self.publish_message(&msg)?;
+        Ok((msg.id, failed))
+    }
+
+    /// Sends a complete message from the broker itself (sender name `$broker`), returning a
+    /// notice for every recipient that did not get it.
+    ///
+    /// # Errors
+    /// As [`BrokerHandle::publish`].
+    pub fn publish_message(&self, msg: &Publish) -> Result<Vec<DeliveryFailed>, BrokerError> {
+        if self.shutdown.is_cancelled() {
+            return Err(BrokerError::Stopped);
+        }
+        self.router
+            .validate(msg)
+            .map_err(|r| BrokerError::InvalidMessage(r.message))?;
+        Ok(self.router.route(&Arc::from(BROKER_SENDER), msg))
+    }
+
+    /// A receiver of every message clients send from now on. It never slows routing: a
+    /// receiver that falls more than 1,024 messages behind gets `RecvError::Lagged`.
+    pub fn observe(&self) -> broadcast::Receiver<Arc<Observed>> {
+        self.router.observe()
+    }
+
+    /// Names of the clients connected now.
+    pub fn connected_clients(&self) -> Vec<String> {
+        self.router.connected()
+    }
+
+    /// Asks the broker to shut down: stop accepting, finish frames in flight, say bye.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+}

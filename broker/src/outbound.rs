@@ -1,0 +1,173 @@
+//! Each connection's bounded outbound queue.
+//!
+//! The router pushes frames without waiting ([`Outbound::try_push`]): a recipient whose queue is
+//! full, in frames or in bytes, is too slow, and the delivery fails with a notice instead of
+//! growing memory. A connection pushes its own answers and notices with [`Outbound::push`],
+//! which waits, so a client that does not read its notices stops being read from.
+
+use bytes::Bytes;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// The message a queued frame delivers, so its sender can be told if it is never written.
+#[derive(Debug)]
+pub(crate) struct Origin {
+    pub(crate) sender: Arc<str>,
+    pub(crate) id: Arc<str>,
+}
+
+/// One frame waiting to be written.
+#[derive(Debug)]
+pub(crate) struct OutFrame {
+    pub(crate) bytes: Bytes,
+    pub(crate) origin: Option<Arc<Origin>>,
+}
+
+impl OutFrame {
+    /// A frame that delivers no message (a notice, an answer, a ping).
+    pub(crate) fn control(bytes: Bytes) -> Self {
+        Self {
+            bytes,
+            origin: None,
+        }
+    }
+}
+
+/// Why a frame was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PushError {
+    /// The queue is at its limit.
+    Full,
+    /// The connection is closing.
+    Closed,
+}
+
+/// State shared by a connection's reader, its writer and the router.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// Bytes queued and not yet written.
+    pub(crate) queued: AtomicUsize,
+    /// Cancelled when the connection must close (takeover, shutdown, error, client gone).
+    pub(crate) close: CancellationToken,
+    /// Last frame to write before closing, when the broker closes the connection on purpose.
+    pub(crate) farewell: Mutex<Option<Bytes>>,
+}
+
+/// The sending side of a connection's queue. Cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Outbound {
+    pub(crate) conn_id: u64,
+    tx: mpsc::Sender<OutFrame>,
+    pub(crate) shared: Arc<Shared>,
+    max_bytes: usize,
+    /// Largest frame the client accepts.
+    pub(crate) max_frame: usize,
+}
+
+impl Outbound {
+    /// A new queue; the receiver goes to the connection's writer.
+    pub(crate) fn new(
+        conn_id: u64,
+        frames: usize,
+        max_bytes: usize,
+        max_frame: usize,
+        close: CancellationToken,
+    ) -> (Self, mpsc::Receiver<OutFrame>) {
+        let (tx, rx) = mpsc::channel(frames);
+        let shared = Arc::new(Shared {
+            queued: AtomicUsize::new(0),
+            close,
+            farewell: Mutex::new(None),
+        });
+        (
+            Self {
+                conn_id,
+                tx,
+                shared,
+                max_bytes,
+                max_frame,
+            },
+            rx,
+        )
+    }
+
+    /// Queues a frame if there is room now.
+    pub(crate) fn try_push(&self, frame: OutFrame) -> Result<(), PushError> {
+        let len = frame.bytes.len();
+        let before = self.shared.queued.fetch_add(len, Ordering::AcqRel);
+        // An empty queue takes any frame, so one frame larger than the budget is not refused
+        // for ever.
+        if before > 0 && before + len > self.max_bytes {
+            self.shared.queued.fetch_sub(len, Ordering::AcqRel);
+            return Err(PushError::Full);
+        }
+        match self.tx.try_send(frame) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.shared.queued.fetch_sub(len, Ordering::AcqRel);
+                Err(match e {
+                    mpsc::error::TrySendError::Full(_) => PushError::Full,
+                    mpsc::error::TrySendError::Closed(_) => PushError::Closed,
+                })
+            }
+        }
+    }
+
+    /// Queues a frame, waiting for room in frames (the byte budget is not applied: these are
+    /// the connection's own small answers).
+    pub(crate) async fn push(&self, frame: OutFrame) -> Result<(), PushError> {
+        let len = frame.bytes.len();
+        self.shared.queued.fetch_add(len, Ordering::AcqRel);
+        self.tx.send(frame).await.map_err(|_| {
+            self.shared.queued.fetch_sub(len, Ordering::AcqRel);
+            PushError::Closed
+        })
+    }
+
+    /// Closes the connection after writing what is queued and then `farewell`.
+    pub(crate) fn close_with(&self, farewell: Option<Bytes>) {
+        if let Some(f) = farewell {
+            let mut slot = self
+                .shared
+                .farewell
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            slot.get_or_insert(f);
+        }
+        self.shared.close.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(n: usize) -> OutFrame {
+        OutFrame::control(Bytes::from(vec![0u8; n]))
+    }
+
+    #[test]
+    fn refuses_beyond_the_byte_budget_but_takes_one_large_frame() {
+        let (out, mut rx) = Outbound::new(1, 16, 100, 1 << 20, CancellationToken::new());
+        assert_eq!(out.try_push(frame(500)), Ok(()));
+        assert_eq!(out.try_push(frame(1)), Err(PushError::Full));
+        rx.try_recv().unwrap();
+        out.shared.queued.fetch_sub(500, Ordering::AcqRel);
+        assert_eq!(out.try_push(frame(60)), Ok(()));
+        assert_eq!(out.try_push(frame(40)), Ok(()));
+        assert_eq!(out.try_push(frame(1)), Err(PushError::Full));
+    }
+
+    #[test]
+    fn refuses_beyond_the_frame_count_and_after_close() {
+        let (out, rx) = Outbound::new(1, 2, 1 << 20, 1 << 20, CancellationToken::new());
+        assert_eq!(out.try_push(frame(1)), Ok(()));
+        assert_eq!(out.try_push(frame(1)), Ok(()));
+        assert_eq!(out.try_push(frame(1)), Err(PushError::Full));
+        drop(rx);
+        assert_eq!(out.try_push(frame(1)), Err(PushError::Closed));
+        assert_eq!(out.shared.queued.load(Ordering::Acquire), 2);
+    }
+}

@@ -1,0 +1,134 @@
+//! The writing half of a connection: batches queued frames into few writes, pings an idle
+//! client, and at close writes what is left, then a farewell.
+
+use crate::encode;
+use crate::outbound::{OutFrame, Outbound};
+use crate::router::Router;
+use broadcast_protocol::{FailureReason, Recipient, ServerFrame};
+use bytes::BytesMut;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Bytes gathered into one write.
+const BATCH_BYTES: usize = 256 * 1024;
+
+pub(crate) struct Writer {
+    pub(crate) rx: mpsc::Receiver<OutFrame>,
+    pub(crate) io: OwnedWriteHalf,
+    pub(crate) out: Outbound,
+    pub(crate) router: Arc<Router>,
+    pub(crate) name: Arc<str>,
+    pub(crate) heartbeat: Duration,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl Writer {
+    pub(crate) async fn run(mut self) {
+        let mut buf = BytesMut::new();
+        let mut nonce = 0u64;
+        let close = self.out.shared.close.clone();
+        let mut healthy = true;
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = close.cancelled() => break,
+                r = tokio::time::timeout(self.heartbeat, self.rx.recv()) => r,
+            };
+            let result = match next {
+                Ok(Some(first)) => self.write_batch(first, &mut buf).await,
+                Ok(None) => break,
+                Err(_idle) => {
+                    nonce += 1;
+                    let ping = encode::frame(&ServerFrame::Ping { nonce });
+                    self.io.write_all(&ping).await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "write failed");
+                healthy = false;
+                close.cancel();
+                break;
+            }
+        }
+        if healthy {
+            let limit = self.drain_timeout;
+            if tokio::time::timeout(limit, self.finish(&mut buf))
+                .await
+                .is_err()
+            {
+                tracing::debug!("client did not take the rest of its queue in time");
+            }
+        }
+        self.fail_unwritten();
+    }
+
+    async fn write_batch(&mut self, first: OutFrame, buf: &mut BytesMut) -> std::io::Result<()> {
+        buf.clear();
+        buf.extend_from_slice(&first.bytes);
+        while buf.len() < BATCH_BYTES {
+            match self.rx.try_recv() {
+                Ok(f) => buf.extend_from_slice(&f.bytes),
+                Err(_) => break,
+            }
+        }
+        let n = buf.len();
+        let r = self.io.write_all(buf).await;
+        self.out.shared.queued.fetch_sub(n, Ordering::AcqRel);
+        if buf.capacity() > 4 * BATCH_BYTES {
+            // Do not keep a large buffer on an idle connection after one huge frame.
+            *buf = BytesMut::new();
+        }
+        r
+    }
+
+    /// Writes whatever is still queued, then the farewell (or `Bye` at shutdown), then closes.
+    async fn finish(&mut self, buf: &mut BytesMut) {
+        while let Ok(f) = self.rx.try_recv() {
+            if self.write_batch(f, buf).await.is_err() {
+                return;
+            }
+        }
+        let farewell = self
+            .out
+            .shared
+            .farewell
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let farewell = farewell.or_else(|| {
+            self.shutdown.is_cancelled().then(|| {
+                encode::frame(&ServerFrame::Bye {
+                    reason: "the broker is shutting down".into(),
+                })
+            })
+        });
+        if let Some(f) = farewell {
+            let _ = self.io.write_all(&f).await;
+        }
+        let _ = self.io.shutdown().await;
+    }
+
+    /// Tells the sender of every message that never left this queue.
+    fn fail_unwritten(&mut self) {
+        self.rx.close();
+        while let Ok(f) = self.rx.try_recv() {
+            let Some(origin) = f.origin else { continue };
+            let notice = self.router.undeliverable(
+                &origin,
+                Recipient::Client(self.name.to_string()),
+                FailureReason::NotConnected,
+                format!(
+                    "{} disconnected before the message was written to it",
+                    self.name
+                ),
+            );
+            self.router.notify(&origin.sender, notice);
+        }
+    }
+}
