@@ -285,7 +285,7 @@ impl Router {
     /// Routes a validated message from `sender`, returning a notice for every recipient that
     /// will not get it.
     pub(crate) fn route(&self, sender: &Arc<str>, msg: &Publish) -> Vec<DeliveryFailed> {
-        if self.observers.receiver_count() > 0 {
+        if self.observers.receiver_count() > 0 && &**sender != crate::BROKER_SENDER {
             // A lagging observer loses old entries; it never slows routing.
             let _ = self.observers.send(Arc::new(Observed {
                 sender: sender.to_string(),

@@ -1,0 +1,168 @@
+//! Bad input gets a clear error frame and never takes the broker down.
+
+use broadcast_protocol::{
+    ClientFrame, ErrorCode, FailureReason, Hello, PROTOCOL_VERSION, ServerFrame, Target,
+};
+use broadcast_tests::{RawClient, TestBroker, hello};
+use futures::SinkExt;
+use tokio::io::AsyncWriteExt;
+
+type R = anyhow::Result<()>;
+
+async fn refused(b: &TestBroker, first: ClientFrame) -> anyhow::Result<ErrorCode> {
+    let mut io = RawClient::open(b.addr()).await?;
+    io.send(&first).await?;
+    let mut raw = RawClientFrames(io);
+    raw.error().await
+}
+
+struct RawClientFrames(
+    tokio_util::codec::Framed<tokio::net::TcpStream, broadcast_protocol::FrameCodec<ServerFrame>>,
+);
+
+impl RawClientFrames {
+    async fn error(&mut self) -> anyhow::Result<ErrorCode> {
+        use futures::StreamExt;
+        let f = tokio::time::timeout(broadcast_tests::WAIT, self.0.next()).await?;
+        match f {
+            Some(Ok(Ok(ServerFrame::Error(e)))) => {
+                let end = tokio::time::timeout(broadcast_tests::WAIT, self.0.next()).await?;
+                anyhow::ensure!(
+                    end.is_none() || matches!(end, Some(Err(_))),
+                    "connection not closed: {end:?}"
+                );
+                Ok(e.code)
+            }
+            other => anyhow::bail!("expected an error frame, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_handshake_refuses_other_versions_bad_names_and_non_hello_frames() -> R {
+    let b = TestBroker::start().await?;
+    let v2 = Hello {
+        version: PROTOCOL_VERSION + 1,
+        ..hello(Some("a"))
+    };
+    assert_eq!(
+        refused(&b, ClientFrame::Hello(v2)).await?,
+        ErrorCode::UnsupportedVersion
+    );
+    assert_eq!(
+        refused(&b, ClientFrame::Hello(hello(Some("a b")))).await?,
+        ErrorCode::InvalidName
+    );
+    assert_eq!(
+        refused(&b, ClientFrame::Hello(hello(Some("$broker")))).await?,
+        ErrorCode::InvalidName
+    );
+    assert_eq!(
+        refused(&b, ClientFrame::Bye).await?,
+        ErrorCode::BadHandshake
+    );
+    let token = Hello {
+        token: Some("t".into()),
+        ..hello(Some("a"))
+    };
+    assert_eq!(
+        refused(&b, ClientFrame::Hello(token)).await?,
+        ErrorCode::BadHandshake
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_malformed_frame_gets_an_error_and_the_connection_goes_on() -> R {
+    let b = TestBroker::start().await?;
+    let mut alice = RawClient::connect(b.addr(), Some("alice")).await?;
+    let mut bob = RawClient::connect(b.addr(), Some("bob")).await?;
+    alice
+        .stream()
+        .get_mut()
+        .write_all(&[0, 0, 0, 3, 0xff, 0xfe, 0xfd])
+        .await?;
+    match alice.next().await? {
+        ServerFrame::Error(e) => assert_eq!(e.code, ErrorCode::Malformed),
+        other => panic!("{other:?}"),
+    }
+    let id = alice
+        .publish(Target::Client("bob".into()), b"still here", false)
+        .await?;
+    assert_eq!(bob.delivery().await?.id, id);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_oversized_frame_is_refused_before_it_is_read_and_closes_only_that_connection() -> R {
+    let b = TestBroker::start().await?;
+    let mut alice = RawClient::connect(b.addr(), Some("alice")).await?;
+    let mut bob = RawClient::connect(b.addr(), Some("bob")).await?;
+    bob.stream()
+        .get_mut()
+        .write_all(&u32::MAX.to_be_bytes())
+        .await?;
+    let frames = bob.until_closed().await?;
+    assert!(
+        matches!(frames.last(), Some(ServerFrame::Error(e)) if e.code == ErrorCode::FrameTooLarge),
+        "{frames:?}"
+    );
+    let id = alice
+        .publish(Target::Client("bob".into()), b"gone", false)
+        .await?;
+    let f = alice.failure().await?;
+    assert_eq!((f.id, f.reason), (id, FailureReason::NotConnected));
+    Ok(())
+}
+
+#[tokio::test]
+async fn invalid_targets_are_refused_with_the_message_id() -> R {
+    let b = TestBroker::start().await?;
+    let mut alice = RawClient::connect(b.addr(), Some("alice")).await?;
+    for target in [
+        Target::Group(vec![]),
+        Target::Channels(vec![]),
+        Target::Client(String::new()),
+        Target::Channel("has space".into()),
+    ] {
+        let id = alice.publish(target.clone(), b"x", false).await?;
+        match alice.next().await? {
+            ServerFrame::Error(e) => {
+                assert!(
+                    matches!(e.code, ErrorCode::InvalidTarget | ErrorCode::InvalidName),
+                    "{target:?}: {e:?}"
+                );
+                assert_eq!(e.id, Some(id));
+            }
+            other => panic!("{target:?}: {other:?}"),
+        }
+    }
+    alice
+        .stream()
+        .send(&ClientFrame::Hello(hello(Some("again"))))
+        .await?;
+    assert!(
+        matches!(alice.next().await?, ServerFrame::Error(e) if e.code == ErrorCode::BadHandshake)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_closed_after_three_heartbeats() -> R {
+    let b = TestBroker::start_with(|c| c.heartbeat = std::time::Duration::from_millis(100)).await?;
+    let mut io = RawClient::open(b.addr()).await?;
+    io.send(&ClientFrame::Hello(hello(Some("mute")))).await?;
+    // Read nothing and answer no ping: the broker must give up on us.
+    let mut frames = Vec::new();
+    use futures::StreamExt;
+    while let Some(Ok(Ok(f))) = tokio::time::timeout(broadcast_tests::WAIT, io.next()).await? {
+        frames.push(f);
+    }
+    assert!(matches!(frames.first(), Some(ServerFrame::Welcome(_))));
+    assert!(frames.iter().any(|f| matches!(f, ServerFrame::Ping { .. })));
+    assert!(
+        matches!(frames.last(), Some(ServerFrame::Error(e)) if e.code == ErrorCode::Timeout),
+        "{frames:?}"
+    );
+    Ok(())
+}
