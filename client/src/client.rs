@@ -1,0 +1,338 @@
+//! [`Client`]: the cheap, cloneable handle to a connection.
+
+use crate::driver::{Command, Control, Driver, connect_first};
+use crate::events::EVENT_CAPACITY;
+use crate::{
+    ConnectError, ConnectOptions, DirectMessages, Event, Events, Message, OutgoingMessage,
+    SendError, SubscribeError, Subscription,
+};
+use broadcast_protocol::{
+    ClientFrame, CodecError, MAX_FRAME_CAP, Welcome, encode_frame, validate_channel,
+    validate_client_name,
+};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// State shared by the handles and the connection task.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// Name the broker registered the client under; reused on every reconnection.
+    name: Mutex<String>,
+    /// The broker's payload limit, from the latest `Welcome`.
+    max_payload: AtomicU32,
+    /// The broker's frame limit, from the latest `Welcome`.
+    max_frame: AtomicU32,
+    pub(crate) events: broadcast::Sender<Event>,
+    /// The direct stream until [`Client::direct_messages`] takes it.
+    direct: Mutex<Option<mpsc::Receiver<Message>>>,
+    /// Whether someone took the direct stream (and so will read it).
+    pub(crate) direct_taken: AtomicBool,
+    next_subscription: AtomicU64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The data behind these locks is always consistent: a panic cannot leave it half-written.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    pub(crate) fn name(&self) -> String {
+        lock(&self.name).clone()
+    }
+
+    pub(crate) fn set_welcome(&self, welcome: &Welcome) {
+        welcome.name.clone_into(&mut lock(&self.name));
+        self.max_payload
+            .store(welcome.max_payload, Ordering::Relaxed);
+        self.max_frame
+            .store(welcome.max_frame.min(MAX_FRAME_CAP), Ordering::Relaxed);
+    }
+}
+
+/// A connection to a Broadcast broker that reconnects, resubscribes and buffers by itself.
+///
+/// `Client` is a cheap handle: clones share one background task that owns the socket. The
+/// task runs until [`close`](Self::close) is called, the broker hands the name to another
+/// connection, the reconnect attempts run out, or every `Client`, [`Subscription`] and
+/// [`DirectMessages`] is dropped.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    commands: mpsc::Sender<Command>,
+    control: mpsc::UnboundedSender<Control>,
+    shared: Arc<Shared>,
+    receive_buffer: usize,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("name", &self.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects to the broker at `addr` (`host:port`) and starts the background task.
+    ///
+    /// The first connection must succeed: i/o failures and timeouts are retried with the
+    /// reconnect backoff up to [`ConnectOptions::max_reconnect_attempts`] attempts (forever by
+    /// default), each limited by [`ConnectOptions::connect_timeout`]. Connections lost later are
+    /// restored in the background. Must be called within a tokio runtime.
+    ///
+    /// # Errors
+    /// - [`ConnectError::InvalidName`] when the configured name is not a valid client name;
+    /// - [`ConnectError::Refused`] when the broker answers the handshake with an error;
+    /// - [`ConnectError::Protocol`] when the peer does not speak this protocol;
+    /// - [`ConnectError::Io`] or [`ConnectError::Timeout`] when the only allowed attempt fails,
+    ///   [`ConnectError::AttemptsExhausted`] when several were allowed and all failed.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn example() -> Result<(), broadcast_client::ConnectError> {
+    /// use broadcast_client::{Client, ConnectOptions};
+    /// let client = Client::connect("127.0.0.1:7400", ConnectOptions::new().name("alice")).await?;
+    /// println!("connected as {}", client.name());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect(
+        addr: impl Into<String>,
+        options: ConnectOptions,
+    ) -> Result<Client, ConnectError> {
+        if let Some(name) = &options.name {
+            validate_client_name(name)?;
+        }
+        let addr = addr.into();
+        let conn = connect_first(&addr, &options).await?;
+
+        let (commands, commands_rx) = mpsc::channel(options.send_buffer);
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let (direct_tx, direct_rx) = mpsc::channel(options.receive_buffer);
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let shared = Arc::new(Shared {
+            name: Mutex::new(String::new()),
+            max_payload: AtomicU32::new(0),
+            max_frame: AtomicU32::new(0),
+            events,
+            direct: Mutex::new(Some(direct_rx)),
+            direct_taken: AtomicBool::new(false),
+            next_subscription: AtomicU64::new(0),
+        });
+        let receive_buffer = options.receive_buffer;
+        let mut driver = Driver::new(
+            addr,
+            options,
+            shared.clone(),
+            commands_rx,
+            control_rx,
+            direct_tx,
+        );
+        // Set up here rather than in the task, so that the name and limits are known when this
+        // returns (and the first `Connected` event, raised before anyone can watch, is never
+        // seen: events report changes after `connect`).
+        conn.span.in_scope(|| driver.start(&conn));
+        tokio::spawn(driver.run(conn));
+        Ok(Client {
+            inner: Arc::new(Inner {
+                commands,
+                control,
+                shared,
+                receive_buffer,
+            }),
+        })
+    }
+
+    /// The name the broker registered this client under (the configured one, or the one the
+    /// broker generated). It is kept across reconnections.
+    pub fn name(&self) -> String {
+        self.inner.shared.name()
+    }
+
+    /// Queues a message and returns its id, waiting while the send buffer is full (which it
+    /// stays while the connection is down: messages sent then go out, in order, once the
+    /// client has reconnected and resubscribed).
+    ///
+    /// Success means the message is queued, not delivered: failed deliveries are reported as
+    /// [`Event::DeliveryFailed`], refusals as [`Event::ServerError`]; [`flush`](Self::flush)
+    /// waits until the broker has processed it.
+    ///
+    /// # Errors
+    /// [`SendError::InvalidName`] / [`SendError::InvalidTarget`] when the message is not valid,
+    /// [`SendError::TooLarge`] when it exceeds the broker's limits, [`SendError::Closed`] when
+    /// the client has stopped.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn example(client: broadcast_client::Client) -> Result<(), broadcast_client::SendError> {
+    /// use broadcast_client::OutgoingMessage;
+    /// let id = client.send(OutgoingMessage::to_client("bob", "hello").event("greeting")).await?;
+    /// println!("sent {id}");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn send(&self, msg: OutgoingMessage) -> Result<String, SendError> {
+        let (id, cmd) = self.prepare(msg)?;
+        self.inner
+            .commands
+            .send(cmd)
+            .await
+            .map_err(|_| SendError::Closed)?;
+        Ok(id)
+    }
+
+    /// Like [`send`](Self::send), but fails instead of waiting when the send buffer is full.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send), plus [`SendError::BufferFull`].
+    pub fn try_send(&self, msg: OutgoingMessage) -> Result<String, SendError> {
+        let (id, cmd) = self.prepare(msg)?;
+        self.inner.commands.try_send(cmd).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SendError::BufferFull,
+            mpsc::error::TrySendError::Closed(_) => SendError::Closed,
+        })?;
+        Ok(id)
+    }
+
+    /// Validates and encodes a message, here rather than in the connection task, so that the
+    /// caller learns at once what is wrong with it.
+    fn prepare(&self, msg: OutgoingMessage) -> Result<(String, Command), SendError> {
+        if self.inner.commands.is_closed() {
+            return Err(SendError::Closed);
+        }
+        msg.validate()?;
+        let shared = &self.inner.shared;
+        let max_payload = shared.max_payload.load(Ordering::Relaxed) as usize;
+        if msg.data().len() > max_payload {
+            return Err(SendError::TooLarge {
+                size: msg.data().len(),
+                max: max_payload,
+            });
+        }
+        let publish = msg.into_publish();
+        let (id, target) = (publish.id.clone(), publish.target.clone());
+        let max_frame = shared.max_frame.load(Ordering::Relaxed) as usize;
+        let frame =
+            encode_frame(&ClientFrame::Publish(publish), max_frame).map_err(|e| match e {
+                CodecError::FrameTooLarge { len, max } => SendError::TooLarge { size: len, max },
+                other => SendError::InvalidTarget(other.to_string()),
+            })?;
+        Ok((id.clone(), Command::Publish { id, target, frame }))
+    }
+
+    /// Subscribes to `channel`; resolves once the broker has confirmed the subscription.
+    ///
+    /// Each call makes a new [`Subscription`], and each subscription to a channel gets every
+    /// message of it. While the connection is down the call waits for the reconnection.
+    ///
+    /// # Errors
+    /// [`SubscribeError::InvalidName`] for a bad channel name, [`SubscribeError::Refused`] when
+    /// the broker refuses (for example, too many subscriptions), [`SubscribeError::Closed`]
+    /// when the client stops first.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn example(client: broadcast_client::Client) -> Result<(), broadcast_client::SubscribeError> {
+    /// use futures::StreamExt;
+    /// let mut news = client.subscribe("news").await?;
+    /// while let Some(msg) = news.next().await {
+    ///     println!("{}: {:?}", msg.sender, msg.data);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn subscribe(
+        &self,
+        channel: impl Into<String>,
+    ) -> Result<Subscription, SubscribeError> {
+        let channel = channel.into();
+        validate_channel(&channel)?;
+        let id = self
+            .inner
+            .shared
+            .next_subscription
+            .fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(self.inner.receive_buffer);
+        let (reply, answer) = oneshot::channel();
+        // Made before the request, so that dropping this future at any point unsubscribes.
+        let subscription = Subscription::new(channel.clone(), id, rx, self.inner.control.clone());
+        let cmd = Command::Subscribe {
+            channel,
+            id,
+            tx,
+            reply,
+        };
+        self.inner
+            .commands
+            .send(cmd)
+            .await
+            .map_err(|_| SubscribeError::Closed)?;
+        match answer.await {
+            Ok(Ok(())) => Ok(subscription),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(SubscribeError::Closed),
+        }
+    }
+
+    /// The stream of direct messages (those with no channel), and of channel messages that no
+    /// live [`Subscription`] takes. `Some` only the first time it is called.
+    ///
+    /// Messages received before it is taken wait in its buffer; once that is full, further
+    /// ones are dropped and reported as [`Event::DeliveryFailed`] (reason
+    /// [`SlowConsumer`](crate::FailureReason::SlowConsumer)), so that a client that never
+    /// reads direct messages does not stall. Once taken, a full stream makes the connection
+    /// wait for room; if it is dropped, messages it would have had are reported the same way
+    /// (reason [`NotSubscribed`](crate::FailureReason::NotSubscribed)).
+    pub fn direct_messages(&self) -> Option<DirectMessages> {
+        let shared = &self.inner.shared;
+        let rx = lock(&shared.direct).take()?;
+        shared.direct_taken.store(true, Ordering::Release);
+        Some(DirectMessages::new(rx, self.inner.control.clone()))
+    }
+
+    /// A new stream of every [`Event`] raised from now on.
+    pub fn events(&self) -> Events {
+        Events::new(self.inner.shared.events.subscribe())
+    }
+
+    /// Resolves once the broker has processed everything this client sent before the call
+    /// (and sent the delivery failures it caused). If the connection is lost meanwhile, it
+    /// resolves once the new connection has processed the messages that were still queued.
+    ///
+    /// # Errors
+    /// [`SendError::Closed`] when the client stops first.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn example(client: broadcast_client::Client) -> Result<(), broadcast_client::SendError> {
+    /// use broadcast_client::OutgoingMessage;
+    /// client.send(OutgoingMessage::to_channel("news", "extra!")).await?;
+    /// client.flush().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn flush(&self) -> Result<(), SendError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .commands
+            .send(Command::Flush { reply })
+            .await
+            .map_err(|_| SendError::Closed)?;
+        answer.await.map_err(|_| SendError::Closed)
+    }
+
+    /// Writes out the messages already queued (when connected), says goodbye to the broker,
+    /// closes the connection and raises [`Event::Closed`]. Later sends fail with
+    /// [`SendError::Closed`] and every stream ends. Closing a closed client does nothing.
+    pub async fn close(&self) {
+        let (reply, done) = oneshot::channel();
+        if self.inner.control.send(Control::Close { reply }).is_ok() {
+            // An error means the task stopped on its own meanwhile: closed as well.
+            let _ = done.await;
+        }
+    }
+}
