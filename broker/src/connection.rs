@@ -264,7 +264,8 @@ async fn handle(frame: ClientFrame, out: &Outbound, name: &Arc<str>, ctx: &Conte
         },
         ClientFrame::Subscribe { channel } => match router.subscribe(name, out.conn_id, &channel) {
             Ok(()) => replies.push(encode::frame(&ServerFrame::Subscribed { channel })),
-            Err(r) => replies.push(encode::error(r.code, r.message, None)),
+            // The refused channel goes where a message id would, so the client can match it.
+            Err(r) => replies.push(encode::error(r.code, r.message, Some(&channel))),
         },
         ClientFrame::Unsubscribe { channel } => {
             router.unsubscribe(name, out.conn_id, &channel);

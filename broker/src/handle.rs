@@ -45,6 +45,7 @@ impl BrokerHandle {
             data,
             persistent: false,
             ttl_ms: None,
+            resent: false,
         };
         let failed = self.publish_message(&msg)?;
         Ok((msg.id, failed))

@@ -392,6 +392,7 @@ impl Router {
             recipient,
             reason,
             detail,
+            ack_tag: None,
         }
     }
 

@@ -162,6 +162,7 @@ impl OutgoingMessage {
             ttl_ms: self
                 .ttl
                 .map(|ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
+            resent: false,
         }
     }
 }

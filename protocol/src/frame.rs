@@ -54,11 +54,13 @@ pub struct Welcome {
 pub enum Target {
     /// One client, by name.
     Client(#[serde(deserialize_with = "wire::string")] String),
-    /// Each of several clients, by name; every name gets its own outcome.
+    /// Each of several clients, by name (at most [`crate::MAX_LIST`]); every name gets its own
+    /// outcome.
     Group(#[serde(deserialize_with = "wire::string_vec")] Vec<String>),
     /// Every subscriber of one channel but the sender's own connection.
     Channel(#[serde(deserialize_with = "wire::string")] String),
-    /// Every subscriber of any of several channels, each once, but the sender's connection.
+    /// Every subscriber of any of several channels (at most [`crate::MAX_LIST`]), each once,
+    /// but the sender's connection.
     Channels(#[serde(deserialize_with = "wire::string_vec")] Vec<String>),
     /// One client in its role as a subscriber of a channel: delivered to that client only,
     /// tagged with the channel.
@@ -92,6 +94,9 @@ pub struct Publish {
     pub persistent: bool,
     /// How long the message may wait for a recipient, in milliseconds.
     pub ttl_ms: Option<u64>,
+    /// True when the sender sends the message again because it was not confirmed before its
+    /// connection was lost; recipients get it marked as redelivered.
+    pub resent: bool,
 }
 
 /// A message as the broker hands it to a recipient.
@@ -169,6 +174,9 @@ pub struct DeliveryFailed {
     /// Human-readable detail.
     #[serde(deserialize_with = "wire::string")]
     pub detail: String,
+    /// When present, the notice was kept for the sender while it was away, and the sender
+    /// acknowledges it with this tag (as a delivery).
+    pub ack_tag: Option<u64>,
 }
 
 /// Kinds of error frames.
@@ -234,7 +242,7 @@ pub enum ClientFrame {
     },
     /// Acknowledge deliveries by their `ack_tag`.
     Ack {
-        /// The tags.
+        /// The tags (at most [`crate::MAX_ACK_TAGS`]).
         #[serde(deserialize_with = "wire::u64_vec")]
         tags: Vec<u64>,
     },

@@ -44,5 +44,11 @@ pub const MAX_FRAME_CAP: u32 = 64 * 1024 * 1024;
 /// Smallest frame limit either side may configure (4 KiB).
 pub const MIN_FRAME: u32 = 4 * 1024;
 
+/// Most names in a group or channel-list target; a longer list is a malformed frame.
+pub const MAX_LIST: usize = 4096;
+
+/// Most tags in one `Ack` frame; a longer list is a malformed frame.
+pub const MAX_ACK_TAGS: usize = 8192;
+
 /// Length of the frame header: a big-endian `u32` body length.
 pub const HEADER_LEN: usize = 4;

@@ -78,15 +78,25 @@ impl<'de> Visitor<'de> for StringVecVisitor {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(SEQ_PREALLOC));
+        let len = seq.size_hint().unwrap_or(0);
+        if len > crate::MAX_LIST {
+            return Err(de::Error::invalid_length(len, &"at most 4096 names"));
+        }
+        let mut out = Vec::with_capacity(len.min(SEQ_PREALLOC));
         while let Some(s) = seq.next_element_seed(StringSeed)? {
+            if out.len() == crate::MAX_LIST {
+                return Err(de::Error::invalid_length(
+                    out.len() + 1,
+                    &"at most 4096 names",
+                ));
+            }
             out.push(s);
         }
         Ok(out)
     }
 }
 
-/// A `Vec<String>` that preallocates at most a few elements.
+/// A `Vec<String>` of at most [`crate::MAX_LIST`] names that preallocates at most a few.
 pub(crate) fn string_vec<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     d.deserialize_seq(StringVecVisitor)
 }
@@ -101,15 +111,25 @@ impl<'de> Visitor<'de> for U64VecVisitor {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(SEQ_PREALLOC));
+        let len = seq.size_hint().unwrap_or(0);
+        if len > crate::MAX_ACK_TAGS {
+            return Err(de::Error::invalid_length(len, &"at most 8192 tags"));
+        }
+        let mut out = Vec::with_capacity(len.min(SEQ_PREALLOC));
         while let Some(v) = seq.next_element::<u64>()? {
+            if out.len() == crate::MAX_ACK_TAGS {
+                return Err(de::Error::invalid_length(
+                    out.len() + 1,
+                    &"at most 8192 tags",
+                ));
+            }
             out.push(v);
         }
         Ok(out)
     }
 }
 
-/// A `Vec<u64>` that preallocates at most a few elements.
+/// A `Vec<u64>` of at most [`crate::MAX_ACK_TAGS`] tags that preallocates at most a few.
 pub(crate) fn u64_vec<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
     d.deserialize_seq(U64VecVisitor)
 }

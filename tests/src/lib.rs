@@ -97,6 +97,15 @@ impl TestBroker {
     /// Starts the broker again on the same address and data directory.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.stop().await?;
+        self.start_again().await
+    }
+
+    /// Starts a [`stop`](Self::stop)ped broker again on the same address and data directory,
+    /// so that a test can act while the broker is down.
+    pub async fn start_again(&mut self) -> anyhow::Result<()> {
+        if self.broker.is_some() {
+            bail!("the broker is running");
+        }
         let listener = TcpListener::bind(self.addr).await?;
         self.shutdown = CancellationToken::new();
         let broker = Broker::start(self.config.clone(), listener, self.shutdown.clone()).await?;
@@ -293,6 +302,7 @@ pub fn publish(target: Target, data: &[u8], persistent: bool) -> Publish {
         data: Bytes::copy_from_slice(data),
         persistent,
         ttl_ms: None,
+        resent: false,
     }
 }
 
