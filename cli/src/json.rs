@@ -177,6 +177,7 @@ mod tests {
             data: Bytes::from_static(data),
             persistent: true,
             redelivered: false,
+            ack_tag: None,
         }
     }
 

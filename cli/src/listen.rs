@@ -232,7 +232,7 @@ fn report(event: &Event, connection_lost: &mut bool) -> io::Result<bool> {
             eprintln!("warning: reading too slowly, missed {missed} event(s)");
         }
         Event::Closed => return Ok(false),
-        Event::Accepted { .. } => {}
+        Event::Accepted { .. } | Event::Unconfirmed { .. } => {}
     }
     Ok(true)
 }

@@ -207,7 +207,9 @@ impl Report {
                 eprintln!("warning: missed {missed} event(s) about the message");
                 false
             }
-            Event::Connected { .. } | Event::Reconnecting { .. } => false,
+            Event::Connected { .. } | Event::Reconnecting { .. } | Event::Unconfirmed { .. } => {
+                false
+            }
         };
         if !about_this {
             if let Event::ServerError { code, message, .. } = event {

@@ -2,6 +2,8 @@
 
 use crate::driver::{Command, Control, Driver, connect_first};
 use crate::events::EVENT_CAPACITY;
+use crate::subscription::Inbound;
+use crate::unconfirmed::Confirm;
 use crate::{
     ConnectError, ConnectOptions, DirectMessages, Event, Events, Message, OutgoingMessage,
     SendError, SubscribeError, Subscription,
@@ -25,7 +27,7 @@ pub(crate) struct Shared {
     max_frame: AtomicU32,
     pub(crate) events: broadcast::Sender<Event>,
     /// The direct stream until [`Client::direct_messages`] takes it.
-    direct: Mutex<Option<mpsc::Receiver<Message>>>,
+    direct: Mutex<Option<mpsc::Receiver<Inbound>>>,
     /// Whether someone took the direct stream (and so will read it).
     pub(crate) direct_taken: AtomicBool,
     next_subscription: AtomicU64,
@@ -66,6 +68,7 @@ struct Inner {
     control: mpsc::UnboundedSender<Control>,
     shared: Arc<Shared>,
     receive_buffer: usize,
+    manual_ack: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -124,6 +127,7 @@ impl Client {
             next_subscription: AtomicU64::new(0),
         });
         let receive_buffer = options.receive_buffer;
+        let manual_ack = options.manual_ack;
         let mut driver = Driver::new(
             addr,
             options,
@@ -143,6 +147,7 @@ impl Client {
                 control,
                 shared,
                 receive_buffer,
+                manual_ack,
             }),
         })
     }
@@ -159,7 +164,12 @@ impl Client {
     ///
     /// Success means the message is queued, not delivered: failed deliveries are reported as
     /// [`Event::DeliveryFailed`], refusals as [`Event::ServerError`]; [`flush`](Self::flush)
-    /// waits until the broker has processed it.
+    /// waits until the broker has processed it, [`send_confirmed`](Self::send_confirmed) until
+    /// a persistent message is safe with the broker.
+    ///
+    /// A persistent message is kept by the client until the broker confirms it, and sent again
+    /// after a reconnection if it was not; see
+    /// [the crate documentation](crate#persistent-messages-and-acknowledgements).
     ///
     /// # Errors
     /// [`SendError::InvalidName`] / [`SendError::InvalidTarget`] when the message is not valid,
@@ -176,7 +186,7 @@ impl Client {
     /// # }
     /// ```
     pub async fn send(&self, msg: OutgoingMessage) -> Result<String, SendError> {
-        let (id, cmd) = self.prepare(msg)?;
+        let (id, cmd) = self.prepare(msg, None)?;
         self.inner
             .commands
             .send(cmd)
@@ -190,7 +200,7 @@ impl Client {
     /// # Errors
     /// As [`send`](Self::send), plus [`SendError::BufferFull`].
     pub fn try_send(&self, msg: OutgoingMessage) -> Result<String, SendError> {
-        let (id, cmd) = self.prepare(msg)?;
+        let (id, cmd) = self.prepare(msg, None)?;
         self.inner.commands.try_send(cmd).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => SendError::BufferFull,
             mpsc::error::TrySendError::Closed(_) => SendError::Closed,
@@ -198,9 +208,71 @@ impl Client {
         Ok(id)
     }
 
+    /// Sends a message and resolves once the broker has confirmed it: for a persistent
+    /// message, when its `Accepted` arrives (the message is acknowledged by every recipient it
+    /// was handed to and stored for every recipient it is queued for); for a non-persistent
+    /// one, when the broker has processed it (a [`flush`](Self::flush) round trip).
+    ///
+    /// Waits like [`send`](Self::send) while the send buffer is full, and while
+    /// [`ConnectOptions::max_unconfirmed`] messages are already unconfirmed. A lost connection
+    /// does not fail the call: the message is sent again after the reconnection and the call
+    /// resolves when that copy is confirmed. Recipients that will not get the message are
+    /// reported as [`Event::DeliveryFailed`] before the call resolves; a confirmed message
+    /// has been dealt with by the broker, not necessarily delivered to everyone.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send); [`SendError::Closed`] also when the client stops before the
+    /// confirmation arrives, and [`SendError::TooLarge`] when the broker reconnected to takes
+    /// smaller frames than the message.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn example(client: broadcast_client::Client) -> Result<(), broadcast_client::SendError> {
+    /// use broadcast_client::OutgoingMessage;
+    /// let id = client.send_confirmed(OutgoingMessage::to_client("bob", "invoice 17")).await?;
+    /// println!("{id} is safe with the broker");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn send_confirmed(&self, msg: OutgoingMessage) -> Result<String, SendError> {
+        if !msg.is_persistent() {
+            let id = self.send(msg).await?;
+            self.flush().await?;
+            return Ok(id);
+        }
+        let (reply, answer) = oneshot::channel();
+        let (id, cmd) = self.prepare(msg, Some(reply))?;
+        self.inner
+            .commands
+            .send(cmd)
+            .await
+            .map_err(|_| SendError::Closed)?;
+        answer.await.map_err(|_| SendError::Closed)??;
+        Ok(id)
+    }
+
+    /// Acknowledges a message received in manual mode
+    /// ([`ConnectOptions::manual_ack`]): queues its `ack_tag` for the next acknowledgement
+    /// frame, without waiting. Does nothing for a message without a tag, in automatic mode
+    /// (where messages are acknowledged when taken from their stream), or for a message that
+    /// arrived on an earlier connection (the broker hands such messages over again).
+    pub fn ack(&self, msg: &Message) {
+        if !self.inner.manual_ack {
+            return;
+        }
+        if let Some(tag) = msg.ack_tag {
+            // An error means the task has stopped, and with it the connection the tag was for.
+            let _ = self.inner.control.send(Control::ManualAck { tag });
+        }
+    }
+
     /// Validates and encodes a message, here rather than in the connection task, so that the
     /// caller learns at once what is wrong with it.
-    fn prepare(&self, msg: OutgoingMessage) -> Result<(String, Command), SendError> {
+    fn prepare(
+        &self,
+        msg: OutgoingMessage,
+        confirm: Option<Confirm>,
+    ) -> Result<(String, Command), SendError> {
         if self.inner.commands.is_closed() {
             return Err(SendError::Closed);
         }
@@ -214,14 +286,25 @@ impl Client {
             });
         }
         let publish = msg.into_publish();
-        let (id, target) = (publish.id.clone(), publish.target.clone());
+        let (id, target, persistent) = (
+            publish.id.clone(),
+            publish.target.clone(),
+            publish.persistent,
+        );
         let max_frame = shared.max_frame.load(Ordering::Relaxed) as usize;
         let frame =
             encode_frame(&ClientFrame::Publish(publish), max_frame).map_err(|e| match e {
                 CodecError::FrameTooLarge { len, max } => SendError::TooLarge { size: len, max },
                 other => SendError::InvalidTarget(other.to_string()),
             })?;
-        Ok((id.clone(), Command::Publish { id, target, frame }))
+        let cmd = Command::Publish {
+            id: id.clone(),
+            target,
+            frame,
+            persistent,
+            confirm,
+        };
+        Ok((id, cmd))
     }
 
     /// Subscribes to `channel`; resolves once the broker has confirmed the subscription.
@@ -325,8 +408,11 @@ impl Client {
         answer.await.map_err(|_| SendError::Closed)
     }
 
-    /// Writes out the messages already queued (when connected), says goodbye to the broker,
-    /// closes the connection and raises [`Event::Closed`]. Later sends fail with
+    /// Writes out the messages already queued (when connected), waits up to
+    /// [`ConnectOptions::close_timeout`] for the broker to confirm the persistent messages not
+    /// confirmed yet, says goodbye to the broker, closes the connection and raises
+    /// [`Event::Closed`]. Each persistent message still unconfirmed (or never sent, when the
+    /// connection is down) is reported first as [`Event::Unconfirmed`]. Later sends fail with
     /// [`SendError::Closed`] and every stream ends. Closing a closed client does nothing.
     pub async fn close(&self) {
         let (reply, done) = oneshot::channel();

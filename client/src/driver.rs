@@ -7,14 +7,22 @@
 //!
 //! While connected the task reads and writes at once, so that neither side can block the other
 //! on a full socket buffer. It stops pulling commands while the connection is down, while it
-//! resubscribes after a reconnection, and while more than [`WRITE_HIGH_WATER`] bytes wait to be
-//! written: that is how `send().await` feels backpressure.
+//! resubscribes after a reconnection, while more than [`WRITE_HIGH_WATER`] bytes wait to be
+//! written, and while `max_unconfirmed` persistent messages wait for the broker's `Accepted`:
+//! that is how `send().await` feels backpressure.
+//!
+//! Persistent messages stay in an [`UnconfirmedSet`] from the moment they are queued for
+//! writing until their `Accepted` arrives; after a reconnection (and the resubscriptions) they
+//! are sent again, marked `resent`, before anything else. Acknowledgements of deliveries are
+//! collected in an [`AckBatch`] and written with the next write, or after [`ACK_DELAY`].
 
+use crate::ack::{ACK_DELAY, AckBatch, DedupWindow, ManualTags};
 use crate::backoff::Backoff;
 use crate::client::Shared;
 use crate::connection::{self, Connection, Writer, frame_kind};
-use crate::subscription::{Lost, Registry, deliver};
-use crate::{ConnectError, ConnectOptions, Event, Message, SubscribeError};
+use crate::subscription::{AckRef, Inbound, Lost, Registry, deliver};
+use crate::unconfirmed::{Confirm, Unconfirmed, UnconfirmedSet};
+use crate::{ConnectError, ConnectOptions, Event, Message, SendError, SubscribeError};
 use broadcast_protocol::codec::Encoded;
 use broadcast_protocol::{
     ClientFrame, CodecError, ErrorCode, ErrorFrame, FailureReason, HEADER_LEN, Recipient,
@@ -39,17 +47,20 @@ const WRITE_HIGH_WATER: usize = 64 * 1024;
 /// A request from a [`Client`](crate::Client) handle, in send order.
 #[derive(Debug)]
 pub(crate) enum Command {
-    /// An encoded `Publish` frame.
+    /// An encoded `Publish` frame; `confirm` (persistent messages only) is answered when the
+    /// broker's `Accepted` arrives.
     Publish {
         id: String,
         target: Target,
         frame: Bytes,
+        persistent: bool,
+        confirm: Option<Confirm>,
     },
     /// Register a subscription and subscribe at the broker; answered once `Subscribed` arrives.
     Subscribe {
         channel: String,
         id: u64,
-        tx: mpsc::Sender<Message>,
+        tx: mpsc::Sender<Inbound>,
         reply: oneshot::Sender<Result<(), SubscribeError>>,
     },
     /// Ping; answered once the matching `Pong` arrives.
@@ -63,6 +74,10 @@ pub(crate) enum Control {
     Unsubscribe { channel: String, id: u64 },
     /// [`Client::close`](crate::Client::close).
     Close { reply: oneshot::Sender<()> },
+    /// The application took a delivery from a stream (automatic acknowledgement).
+    Ack(AckRef),
+    /// [`Client::ack`](crate::Client::ack) (manual acknowledgement).
+    ManualAck { tag: u64 },
 }
 
 /// Why the task stopped serving a connection.
@@ -81,8 +96,16 @@ enum End {
 enum Kind {
     /// Pings, pongs, subscriptions: rebuilt or meaningless on a new connection.
     Control,
-    /// A message: kept and sent on the next connection.
-    Publish { id: String, target: Target },
+    /// A message not yet registered as unconfirmed: kept and sent on the next connection.
+    Publish {
+        id: String,
+        target: Target,
+        persistent: bool,
+        confirm: Option<Confirm>,
+    },
+    /// A copy of a message of the [`UnconfirmedSet`]: dropped with the connection, as the set
+    /// sends it again.
+    Unconfirmed,
     /// The ping of a flush: kept, so that it stays behind the messages sent before it.
     Flush(u64),
 }
@@ -130,7 +153,7 @@ impl OutQueue {
     }
 }
 
-type PendingDelivery = Pin<Box<dyn Future<Output = Result<(), (Lost, Message)>> + Send>>;
+type PendingDelivery = Pin<Box<dyn Future<Output = Result<(), (Lost, Inbound)>> + Send>>;
 
 /// The state of the connection task.
 pub(crate) struct Driver {
@@ -141,7 +164,7 @@ pub(crate) struct Driver {
     /// False once every [`Client`](crate::Client) handle is gone.
     commands_open: bool,
     control: mpsc::UnboundedReceiver<Control>,
-    direct: mpsc::Sender<Message>,
+    direct: mpsc::Sender<Inbound>,
     registry: Registry,
     /// Callers of `subscribe` waiting for the broker's answer, by channel.
     waiters: HashMap<String, Vec<oneshot::Sender<Result<(), SubscribeError>>>>,
@@ -161,7 +184,21 @@ pub(crate) struct Driver {
     last_sent: Instant,
     /// A delivery waiting for room in a full stream; no frame is read meanwhile.
     pending: Option<PendingDelivery>,
+    /// The `(sender, id)` of the pending delivery, for the duplicate window once handed over.
+    pending_key: Option<(String, String)>,
     backoff: Backoff,
+    /// Persistent messages queued for writing and not yet confirmed by `Accepted`.
+    unconfirmed: UnconfirmedSet,
+    /// True after a lost connection until the unconfirmed messages are sent again.
+    resend_due: bool,
+    /// Tags to acknowledge on the current connection.
+    acks: AckBatch,
+    /// In manual mode, the tags handed to the application on the current connection.
+    manual_tags: ManualTags,
+    /// The messages handed to the application lately, to drop redelivered duplicates.
+    dedup: DedupWindow,
+    /// Number of the current connection: a tag is acknowledged only on its own connection.
+    epoch: u64,
 }
 
 impl Driver {
@@ -171,9 +208,10 @@ impl Driver {
         shared: Arc<Shared>,
         commands: mpsc::Receiver<Command>,
         control: mpsc::UnboundedReceiver<Control>,
-        direct: mpsc::Sender<Message>,
+        direct: mpsc::Sender<Inbound>,
     ) -> Self {
         let backoff = Backoff::new(options.reconnect_initial, options.reconnect_max);
+        let dedup = DedupWindow::new(options.dedup_window);
         Self {
             addr,
             options,
@@ -193,7 +231,14 @@ impl Driver {
             max_encode: 0,
             last_sent: Instant::now(),
             pending: None,
+            pending_key: None,
             backoff,
+            unconfirmed: UnconfirmedSet::default(),
+            resend_due: false,
+            acks: AckBatch::default(),
+            manual_tags: ManualTags::default(),
+            dedup,
+            epoch: 0,
         }
     }
 
@@ -205,7 +250,12 @@ impl Driver {
             let end = self.serve(&mut conn).instrument(span.clone()).await;
             let reason = match end {
                 End::Stop(reply) => {
-                    self.goodbye(&mut conn).instrument(span).await;
+                    async {
+                        let alive = self.drain(&mut conn).await;
+                        self.goodbye(&mut conn, alive).await;
+                    }
+                    .instrument(span)
+                    .await;
                     self.finish(reply);
                     return;
                 }
@@ -241,9 +291,11 @@ impl Driver {
         let _ = self.shared.events.send(event);
     }
 
-    /// Stops for good: later sends fail, waiting callers are released, `Closed` is raised.
+    /// Stops for good: later sends fail, waiting callers are released, persistent messages
+    /// never confirmed are reported, `Closed` is raised.
     fn finish(&mut self, reply: Option<oneshot::Sender<()>>) {
         self.commands.close();
+        self.abandon_unconfirmed();
         self.waiters.clear();
         self.flushes.clear();
         self.emit(Event::Closed);
@@ -253,14 +305,61 @@ impl Driver {
         }
     }
 
-    /// Keeps what must survive the lost connection: unwritten messages and flush pings.
+    /// Raises [`Event::Unconfirmed`] for every persistent message the broker never confirmed,
+    /// including those never sent; their `send_confirmed` callers fail with `Closed`.
+    fn abandon_unconfirmed(&mut self) {
+        let mut ids: Vec<String> = self
+            .unconfirmed
+            .take_all()
+            .into_iter()
+            .map(|msg| msg.id)
+            .collect();
+        for out in self.held.drain(..) {
+            if let Kind::Publish {
+                id,
+                persistent: true,
+                ..
+            } = out.kind
+            {
+                ids.push(id);
+            }
+        }
+        while let Ok(cmd) = self.commands.try_recv() {
+            match cmd {
+                Command::Publish {
+                    id,
+                    persistent: true,
+                    ..
+                } => ids.push(id),
+                Command::Subscribe { reply, .. } => {
+                    let _ = reply.send(Err(SubscribeError::Closed));
+                }
+                Command::Publish { .. } | Command::Flush { .. } => {}
+            }
+        }
+        if !ids.is_empty() {
+            tracing::warn!(
+                count = ids.len(),
+                "stopping with persistent messages the broker never confirmed"
+            );
+        }
+        for id in ids {
+            self.emit(Event::Unconfirmed { id });
+        }
+    }
+
+    /// Keeps what must survive the lost connection: unwritten messages and flush pings (the
+    /// unconfirmed messages are kept apart), and forgets what was only valid on it.
     fn on_disconnect(&mut self) {
         self.outstanding.clear();
         self.resubscribing = false;
+        self.acks.clear();
+        self.manual_tags.clear();
+        self.resend_due = !self.unconfirmed.is_empty();
         let frames = std::mem::take(&mut self.out).frames;
         let mut kept: VecDeque<Outgoing> = frames
             .into_iter()
-            .filter(|out| !matches!(out.kind, Kind::Control))
+            .filter(|out| matches!(out.kind, Kind::Publish { .. } | Kind::Flush(_)))
             .collect();
         kept.append(&mut self.held);
         self.held = kept;
@@ -316,6 +415,8 @@ impl Driver {
                 Ok(())
             }
             Some(Control::Close { reply }) => Err(Some(reply)),
+            // Tags of a lost connection mean nothing to the next one.
+            Some(Control::Ack(_) | Control::ManualAck { .. }) => Ok(()),
             None => Err(None),
         }
     }
@@ -323,6 +424,7 @@ impl Driver {
     /// Sets up a new connection: limits, name, resubscriptions, pending flushes.
     pub(crate) fn start(&mut self, conn: &Connection) {
         let welcome = &conn.welcome;
+        self.epoch += 1;
         self.last_sent = Instant::now();
         self.max_encode = conn.writer.encoder().max_encode();
         self.shared.set_welcome(welcome);
@@ -374,9 +476,21 @@ impl Driver {
             tick
         });
         let mut last_recv = Instant::now();
+        let mut ack_timer = pin!(tokio::time::sleep(ACK_DELAY));
         loop {
-            let accept_commands =
-                self.commands_open && !self.resubscribing && self.out.bytes < WRITE_HIGH_WATER;
+            let accept_commands = self.commands_open
+                && !self.resubscribing
+                && self.out.bytes < WRITE_HIGH_WATER
+                && self.unconfirmed.len() < self.options.max_unconfirmed;
+            if !self.acks.is_empty() && self.out.unflushed {
+                // Something is about to be written: the acknowledgements go with it.
+                self.push_acks();
+            }
+            if let Some(due) = self.acks.due() {
+                if ack_timer.deadline() != due {
+                    ack_timer.as_mut().reset(due);
+                }
+            }
             tokio::select! {
                 ctrl = self.control.recv() => match ctrl {
                     Some(Control::Unsubscribe { channel, id }) => {
@@ -384,9 +498,20 @@ impl Driver {
                             self.push_frame(&ClientFrame::Unsubscribe { channel });
                         }
                     }
+                    Some(Control::Ack(ack)) => {
+                        if ack.epoch == self.epoch {
+                            self.queue_ack(ack.tag);
+                        }
+                    }
+                    Some(Control::ManualAck { tag }) => {
+                        if self.manual_tags.acknowledge(tag) {
+                            self.queue_ack(tag);
+                        }
+                    }
                     Some(Control::Close { reply }) => return End::Stop(Some(reply)),
                     None => return End::Stop(None),
                 },
+                () = &mut ack_timer, if self.acks.due().is_some() => self.push_acks(),
                 res = poll_fn(|cx| self.out.poll_write(cx, &mut conn.writer)), if self.out.unflushed => {
                     if let Err(e) = res {
                         return End::Lost(format!("write failed: {e}"));
@@ -397,9 +522,10 @@ impl Driver {
                     None => Poll::Pending,
                 }), if self.pending.is_some() => {
                     self.pending = None;
+                    let key = self.pending_key.take();
                     // Reading was paused: silence meanwhile says nothing about the broker.
                     last_recv = Instant::now();
-                    self.on_delivered(res);
+                    self.on_delivered(res, key);
                 }
                 frame = conn.reader.next(), if self.pending.is_none() => {
                     last_recv = Instant::now();
@@ -419,7 +545,9 @@ impl Driver {
                     Some(cmd) => {
                         self.on_command(cmd);
                         // Batch whatever else is ready into the same write.
-                        while self.out.bytes < WRITE_HIGH_WATER {
+                        while self.out.bytes < WRITE_HIGH_WATER
+                            && self.unconfirmed.len() < self.options.max_unconfirmed
+                        {
                             match self.commands.try_recv() {
                                 Ok(cmd) => self.on_command(cmd),
                                 Err(_) => break,
@@ -447,16 +575,16 @@ impl Driver {
         }
     }
 
-    /// Writes what is queued and every command already buffered, then `Bye`, and closes.
-    async fn goodbye(&mut self, conn: &mut Connection) {
+    /// Before saying goodbye: queues what is held and every message already buffered, then
+    /// serves the connection until the broker has confirmed every persistent message or the
+    /// close timeout has passed. Deliveries that arrive meanwhile are left unacknowledged, for
+    /// the broker to hand over again. False when the connection was lost meanwhile.
+    async fn drain(&mut self, conn: &mut Connection) -> bool {
         self.commands.close();
         self.release_held();
         while let Ok(cmd) = self.commands.try_recv() {
             match cmd {
-                Command::Publish { id, target, frame } => self.push_publish(Outgoing {
-                    bytes: frame,
-                    kind: Kind::Publish { id, target },
-                }),
+                cmd @ Command::Publish { .. } => self.on_command(cmd),
                 Command::Subscribe { reply, .. } => {
                     let _ = reply.send(Err(SubscribeError::Closed));
                 }
@@ -464,6 +592,56 @@ impl Driver {
                 Command::Flush { .. } => {}
             }
         }
+        if self.unconfirmed.is_empty() {
+            return true;
+        }
+        tracing::debug!(
+            count = self.unconfirmed.len(),
+            "waiting for confirmations before closing"
+        );
+        let mut deadline = pin!(tokio::time::sleep(self.options.close_timeout));
+        while !self.unconfirmed.is_empty() {
+            if !self.acks.is_empty() {
+                self.push_acks();
+            }
+            tokio::select! {
+                () = &mut deadline => {
+                    tracing::debug!(count = self.unconfirmed.len(), "timed out waiting for confirmations");
+                    return true;
+                }
+                res = poll_fn(|cx| self.out.poll_write(cx, &mut conn.writer)), if self.out.unflushed => {
+                    if let Err(e) = res {
+                        tracing::debug!(error = %e, "write failed while closing");
+                        return false;
+                    }
+                }
+                frame = conn.reader.next() => match frame {
+                    None => return false,
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "read failed while closing");
+                        return false;
+                    }
+                    Some(Ok(Err(e))) => tracing::warn!(error = %e, "skipping a malformed frame"),
+                    Some(Ok(Ok(ServerFrame::Deliver(d)))) => {
+                        tracing::debug!(id = %d.id, "closing: leaving a delivery unacknowledged");
+                    }
+                    Some(Ok(Ok(frame))) => {
+                        if self.on_frame(frame).is_some() {
+                            return false;
+                        }
+                    }
+                },
+            }
+        }
+        true
+    }
+
+    /// Writes what is queued (when the connection is `alive`), then `Bye`, and closes.
+    async fn goodbye(&mut self, conn: &mut Connection, alive: bool) {
+        if !alive {
+            return;
+        }
+        self.push_acks();
         self.push_frame(&ClientFrame::Bye);
         let write = async {
             poll_fn(|cx| self.out.poll_write(cx, &mut conn.writer)).await?;
@@ -496,16 +674,63 @@ impl Driver {
         }
     }
 
-    /// Queues a message frame, unless the broker connected now takes smaller frames than the
-    /// one the message was encoded for.
-    fn push_publish(&mut self, out: Outgoing) {
-        let len = out.bytes.len().saturating_sub(HEADER_LEN);
-        if len <= self.max_encode {
-            return self.push(out);
+    /// Queues every acknowledgement waiting, in as few frames as possible.
+    fn push_acks(&mut self) {
+        for frame in self.acks.take_frames() {
+            self.push_frame(&frame);
         }
-        let Kind::Publish { id, target } = out.kind else {
-            return self.push(out);
+    }
+
+    /// Adds a tag to the acknowledgement batch; a full batch is queued at once.
+    fn queue_ack(&mut self, tag: u64) {
+        if self.acks.add(tag, Instant::now()) {
+            self.push_acks();
+        }
+    }
+
+    /// Queues a message frame, unless the broker connected now takes smaller frames than the
+    /// one the message was encoded for. A persistent message joins the unconfirmed ones.
+    fn push_publish(&mut self, out: Outgoing) {
+        let Outgoing { bytes, kind } = out;
+        let Kind::Publish {
+            id,
+            target,
+            persistent,
+            confirm,
+        } = kind
+        else {
+            return self.push(Outgoing { bytes, kind });
         };
+        let len = bytes.len().saturating_sub(HEADER_LEN);
+        if len > self.max_encode {
+            return self.too_large(id, target, len, confirm);
+        }
+        if persistent {
+            self.unconfirmed.push(Unconfirmed {
+                id,
+                target,
+                frame: bytes.clone(),
+                resent: false,
+                confirm,
+            });
+            return self.push(Outgoing {
+                bytes,
+                kind: Kind::Unconfirmed,
+            });
+        }
+        self.push(Outgoing {
+            bytes,
+            kind: Kind::Publish {
+                id,
+                target,
+                persistent,
+                confirm,
+            },
+        });
+    }
+
+    /// Reports a message that no longer fits the broker's frame limit.
+    fn too_large(&mut self, id: String, target: Target, len: usize, confirm: Option<Confirm>) {
         let detail = format!(
             "frame of {len} bytes exceeds the broker's limit of {} bytes",
             self.max_encode
@@ -519,20 +744,69 @@ impl Driver {
                 detail: detail.clone(),
             });
         }
+        if let Some(confirm) = confirm {
+            let _ = confirm.send(Err(SendError::TooLarge {
+                size: len,
+                max: self.max_encode,
+            }));
+        }
     }
 
-    /// Moves the messages kept from a lost connection into the write queue.
+    /// Moves the messages kept from a lost connection into the write queue: first the
+    /// unconfirmed ones again, marked as resent, then those never written.
     fn release_held(&mut self) {
+        if std::mem::take(&mut self.resend_due) {
+            self.resend_unconfirmed();
+        }
         while let Some(out) = self.held.pop_front() {
             self.push_publish(out);
         }
     }
 
+    /// Queues every unconfirmed message again, in send order, with `resent` set.
+    fn resend_unconfirmed(&mut self) {
+        let max = self.max_encode;
+        let mut frames = Vec::with_capacity(self.unconfirmed.len());
+        let mut too_large = Vec::new();
+        for (seq, msg) in self.unconfirmed.iter_mut() {
+            let frame = msg.resend_frame();
+            let len = frame.len().saturating_sub(HEADER_LEN);
+            if len > max {
+                too_large.push((seq, len));
+            } else {
+                frames.push(frame);
+            }
+        }
+        for (seq, len) in too_large {
+            if let Some(msg) = self.unconfirmed.remove(seq) {
+                self.too_large(msg.id, msg.target, len, msg.confirm);
+            }
+        }
+        tracing::debug!(count = frames.len(), "sending unconfirmed messages again");
+        for bytes in frames {
+            self.push(Outgoing {
+                bytes,
+                kind: Kind::Unconfirmed,
+            });
+        }
+    }
+
     fn on_command(&mut self, cmd: Command) {
         match cmd {
-            Command::Publish { id, target, frame } => self.push_publish(Outgoing {
+            Command::Publish {
+                id,
+                target,
+                frame,
+                persistent,
+                confirm,
+            } => self.push_publish(Outgoing {
                 bytes: frame,
-                kind: Kind::Publish { id, target },
+                kind: Kind::Publish {
+                    id,
+                    target,
+                    persistent,
+                    confirm,
+                },
             }),
             Command::Subscribe {
                 channel,
@@ -569,13 +843,24 @@ impl Driver {
         tracing::trace!(frame = frame_kind(&frame), "received");
         match frame {
             ServerFrame::Deliver(delivery) => self.on_delivery(delivery.into()),
-            ServerFrame::DeliveryFailed(f) => self.emit(Event::DeliveryFailed {
-                id: f.id,
-                recipient: f.recipient,
-                reason: f.reason,
-                detail: f.detail,
-            }),
-            ServerFrame::Accepted { id } => self.emit(Event::Accepted { id }),
+            ServerFrame::DeliveryFailed(f) => {
+                self.emit(Event::DeliveryFailed {
+                    id: f.id,
+                    recipient: f.recipient,
+                    reason: f.reason,
+                    detail: f.detail,
+                });
+                if let Some(tag) = f.ack_tag {
+                    self.queue_ack(tag);
+                }
+            }
+            ServerFrame::Accepted { id } => {
+                let confirmed = self.unconfirmed.confirm(&id);
+                self.emit(Event::Accepted { id });
+                if let Some(confirm) = confirmed.and_then(|msg| msg.confirm) {
+                    let _ = confirm.send(Ok(()));
+                }
+            }
             ServerFrame::Subscribed { channel } => self.on_subscribed(&channel),
             ServerFrame::Unsubscribed { channel } => tracing::debug!(%channel, "unsubscribed"),
             ServerFrame::Error(e) => return self.on_error(e),
@@ -662,19 +947,51 @@ impl Driver {
     }
 
     fn on_delivery(&mut self, msg: Message) {
+        if msg.redelivered && self.dedup.contains(&msg.sender, &msg.id) {
+            tracing::debug!(id = %msg.id, sender = %msg.sender, "dropping a redelivered duplicate");
+            if let Some(tag) = msg.ack_tag {
+                self.queue_ack(tag);
+            }
+            return;
+        }
+        // Only messages that may come again are worth remembering.
+        let key =
+            (msg.persistent || msg.ack_tag.is_some()).then(|| (msg.sender.clone(), msg.id.clone()));
+        let ack = match msg.ack_tag {
+            Some(tag) if self.options.manual_ack => {
+                self.manual_tags.handed(tag);
+                None
+            }
+            Some(tag) => Some(AckRef {
+                epoch: self.epoch,
+                tag,
+            }),
+            None => None,
+        };
         let targets = self.registry.targets(msg.channel.as_deref());
         let taken = self.shared.direct_taken.load(Ordering::Acquire);
-        let mut fut: PendingDelivery = Box::pin(deliver(targets, self.direct.clone(), taken, msg));
+        let inbound = Inbound { msg, ack };
+        let mut fut: PendingDelivery =
+            Box::pin(deliver(targets, self.direct.clone(), taken, inbound));
         match (&mut fut).now_or_never() {
-            Some(res) => self.on_delivered(res),
-            None => self.pending = Some(fut),
+            Some(res) => self.on_delivered(res, key),
+            None => {
+                self.pending = Some(fut);
+                self.pending_key = key;
+            }
         }
     }
 
-    /// Reports a message no stream could take.
-    fn on_delivered(&mut self, res: Result<(), (Lost, Message)>) {
-        let Err((lost, msg)) = res else {
-            return;
+    /// Remembers a message handed to the application, or reports one no stream could take.
+    fn on_delivered(&mut self, res: Result<(), (Lost, Inbound)>, key: Option<(String, String)>) {
+        let (lost, msg) = match res {
+            Ok(()) => {
+                if let Some((sender, id)) = key {
+                    self.dedup.insert(&sender, &id);
+                }
+                return;
+            }
+            Err((lost, inbound)) => (lost, inbound.msg),
         };
         let through = msg
             .channel

@@ -56,6 +56,15 @@ pub enum Event {
         /// Id of the message.
         id: String,
     },
+    /// The client stopped before the broker confirmed one of its persistent messages: the
+    /// message may or may not have been delivered. Raised once per such message when
+    /// [`Client::close`](crate::Client::close) runs out of
+    /// [`close_timeout`](crate::ConnectOptions::close_timeout), and when the client stops while
+    /// disconnected (including for messages still in the send buffer).
+    Unconfirmed {
+        /// Id of the message.
+        id: String,
+    },
     /// The broker reported an error, about a message (`id`) or about the connection.
     ServerError {
         /// Kind of error.

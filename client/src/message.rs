@@ -102,6 +102,11 @@ impl OutgoingMessage {
         self
     }
 
+    /// Whether the message is persistent (see [`persistent`](Self::persistent)).
+    pub fn is_persistent(&self) -> bool {
+        self.persistent
+    }
+
     /// How long the message may wait for a recipient (millisecond precision).
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
@@ -202,8 +207,17 @@ pub struct Message {
     pub data: Bytes,
     /// The sender's persistence flag.
     pub persistent: bool,
-    /// True when this client may have been handed the message before.
+    /// True when this client may have been handed the message before. The client drops
+    /// redelivered duplicates of the messages it handed over recently (see
+    /// [`ConnectOptions::dedup_window`](crate::ConnectOptions::dedup_window)); one that gets
+    /// through is marked with this flag.
     pub redelivered: bool,
+    /// The broker's acknowledgement tag, for deliveries the broker wants acknowledged
+    /// (persistent messages). In manual mode
+    /// ([`ConnectOptions::manual_ack`](crate::ConnectOptions::manual_ack)) pass the message to
+    /// [`Client::ack`](crate::Client::ack); otherwise the client acknowledges it when the
+    /// message is taken from its stream.
+    pub ack_tag: Option<u64>,
 }
 
 impl From<Delivery> for Message {
@@ -216,6 +230,7 @@ impl From<Delivery> for Message {
             data: d.data,
             persistent: d.persistent,
             redelivered: d.redelivered,
+            ack_tag: d.ack_tag,
         }
     }
 }

@@ -19,6 +19,10 @@ use std::time::Duration;
 /// | [`heartbeat`](Self::heartbeat) | 5 s |
 /// | [`connect_timeout`](Self::connect_timeout) | 10 s per attempt |
 /// | [`max_frame`](Self::max_frame) | [`DEFAULT_MAX_FRAME`] |
+/// | [`max_unconfirmed`](Self::max_unconfirmed) | 4096 persistent messages |
+/// | [`close_timeout`](Self::close_timeout) | 5 s |
+/// | [`manual_ack`](Self::manual_ack) | false: acknowledged when taken from a stream |
+/// | [`dedup_window`](Self::dedup_window) | 16,384 messages |
 ///
 /// ```no_run
 /// # async fn example() -> Result<(), broadcast_client::ConnectError> {
@@ -54,6 +58,14 @@ pub struct ConnectOptions {
     pub(crate) connect_timeout: Duration,
     /// Largest frame body this client accepts.
     pub(crate) max_frame: u32,
+    /// Most persistent messages written and not yet confirmed by the broker.
+    pub(crate) max_unconfirmed: usize,
+    /// How long [`Client::close`] waits for outstanding confirmations.
+    pub(crate) close_timeout: Duration,
+    /// Whether the application acknowledges deliveries itself with [`Client::ack`].
+    pub(crate) manual_ack: bool,
+    /// How many `(sender, id)` pairs of received messages are remembered to drop duplicates.
+    pub(crate) dedup_window: usize,
 }
 
 impl Default for ConnectOptions {
@@ -68,6 +80,10 @@ impl Default for ConnectOptions {
             heartbeat: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
             max_frame: DEFAULT_MAX_FRAME,
+            max_unconfirmed: 4096,
+            close_timeout: Duration::from_secs(5),
+            manual_ack: false,
+            dedup_window: 16_384,
         }
     }
 }
@@ -134,6 +150,44 @@ impl ConnectOptions {
     /// Largest frame body this client accepts, clamped to the protocol's bounds.
     pub fn max_frame(mut self, bytes: u32) -> Self {
         self.max_frame = bytes.clamp(MIN_FRAME, MAX_FRAME_CAP);
+        self
+    }
+
+    /// How many persistent messages may be written and not yet confirmed by the broker's
+    /// `Accepted` (at least 1). The client keeps each of them to send again after a
+    /// reconnection; at the limit it stops taking messages from the send buffer until a
+    /// confirmation arrives, so [`Client::send`] waits and [`Client::try_send`] fails with
+    /// [`SendError::BufferFull`](crate::SendError::BufferFull) once the buffer is full too
+    /// (and subscriptions and flushes queued behind them wait as well). It also bounds the
+    /// callers of [`Client::send_confirmed`] waiting at once.
+    pub fn max_unconfirmed(mut self, messages: usize) -> Self {
+        self.max_unconfirmed = messages.max(1);
+        self
+    }
+
+    /// How long [`Client::close`] waits for the broker to confirm the persistent messages
+    /// still unconfirmed before it says goodbye. Each message still unconfirmed then is
+    /// reported as [`Event::Unconfirmed`](crate::Event::Unconfirmed).
+    pub fn close_timeout(mut self, d: Duration) -> Self {
+        self.close_timeout = d;
+        self
+    }
+
+    /// With `true`, the application acknowledges each delivery itself, with
+    /// [`Client::ack`], once it has dealt with it. By default (`false`) a delivery is
+    /// acknowledged when the application takes it from its
+    /// [`Subscription`](crate::Subscription) or [`DirectMessages`](crate::DirectMessages)
+    /// stream. Unacknowledged deliveries are handed over again by the broker.
+    pub fn manual_ack(mut self, manual: bool) -> Self {
+        self.manual_ack = manual;
+        self
+    }
+
+    /// How many received messages (by sender and id) the client remembers in order to drop
+    /// redelivered duplicates of them; zero turns duplicate suppression off. See
+    /// [the crate documentation](crate#persistent-messages-and-acknowledgements).
+    pub fn dedup_window(mut self, messages: usize) -> Self {
+        self.dedup_window = messages;
         self
     }
 

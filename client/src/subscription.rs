@@ -6,8 +6,36 @@ use crate::driver::Control;
 use futures::Stream;
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use tokio::sync::mpsc;
+
+/// An acknowledgement to send when the application takes a message from its stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AckRef {
+    /// The connection the delivery arrived on: a tag means something only there.
+    pub(crate) epoch: u64,
+    /// The broker's tag.
+    pub(crate) tag: u64,
+}
+
+/// A delivery on its way to the application.
+#[derive(Debug, Clone)]
+pub(crate) struct Inbound {
+    pub(crate) msg: Message,
+    /// Sent to the connection task when the message is taken (automatic acknowledgement).
+    pub(crate) ack: Option<AckRef>,
+}
+
+/// Unwraps a delivery the application takes, acknowledging it if it asks to be.
+fn take(item: Option<Inbound>, control: &mpsc::UnboundedSender<Control>) -> Poll<Option<Message>> {
+    Poll::Ready(item.map(|inbound| {
+        if let Some(ack) = inbound.ack {
+            // An error means the task has stopped, and with it the connection the tag was for.
+            let _ = control.send(Control::Ack(ack));
+        }
+        inbound.msg
+    }))
+}
 
 /// The messages of one channel, from [`Client::subscribe`](crate::Client::subscribe).
 ///
@@ -18,7 +46,7 @@ use tokio::sync::mpsc;
 pub struct Subscription {
     channel: String,
     id: u64,
-    rx: mpsc::Receiver<Message>,
+    rx: mpsc::Receiver<Inbound>,
     control: mpsc::UnboundedSender<Control>,
 }
 
@@ -26,7 +54,7 @@ impl Subscription {
     pub(crate) fn new(
         channel: String,
         id: u64,
-        rx: mpsc::Receiver<Message>,
+        rx: mpsc::Receiver<Inbound>,
         control: mpsc::UnboundedSender<Control>,
     ) -> Self {
         Self {
@@ -47,7 +75,8 @@ impl Stream for Subscription {
     type Item = Message;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
-        self.rx.poll_recv(cx)
+        let item = ready!(self.rx.poll_recv(cx));
+        take(item, &self.control)
     }
 }
 
@@ -75,21 +104,18 @@ impl std::fmt::Debug for Subscription {
 ///
 /// The stream ends when the client stops.
 pub struct DirectMessages {
-    rx: mpsc::Receiver<Message>,
-    /// Keeps the connection task running while this stream is alive, even once every
-    /// [`Client`](crate::Client) handle is gone.
-    _control: mpsc::UnboundedSender<Control>,
+    rx: mpsc::Receiver<Inbound>,
+    /// Carries acknowledgements; also keeps the connection task running while this stream is
+    /// alive, even once every [`Client`](crate::Client) handle is gone.
+    control: mpsc::UnboundedSender<Control>,
 }
 
 impl DirectMessages {
     pub(crate) fn new(
-        rx: mpsc::Receiver<Message>,
+        rx: mpsc::Receiver<Inbound>,
         control: mpsc::UnboundedSender<Control>,
     ) -> Self {
-        Self {
-            rx,
-            _control: control,
-        }
+        Self { rx, control }
     }
 }
 
@@ -97,7 +123,8 @@ impl Stream for DirectMessages {
     type Item = Message;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
-        self.rx.poll_recv(cx)
+        let item = ready!(self.rx.poll_recv(cx));
+        take(item, &self.control)
     }
 }
 
@@ -110,12 +137,12 @@ impl std::fmt::Debug for DirectMessages {
 /// The live subscriptions, by channel, as the connection task sees them.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
-    channels: HashMap<String, Vec<(u64, mpsc::Sender<Message>)>>,
+    channels: HashMap<String, Vec<(u64, mpsc::Sender<Inbound>)>>,
 }
 
 impl Registry {
     /// Adds subscription `id` to `channel`.
-    pub(crate) fn add(&mut self, channel: String, id: u64, tx: mpsc::Sender<Message>) {
+    pub(crate) fn add(&mut self, channel: String, id: u64, tx: mpsc::Sender<Inbound>) {
         self.channels.entry(channel).or_default().push((id, tx));
     }
 
@@ -155,7 +182,7 @@ impl Registry {
     /// Where a delivery through `channel` goes: every live subscription of the channel. Empty
     /// for direct messages and for channels without a live subscription: those go to the
     /// direct stream.
-    pub(crate) fn targets(&self, channel: Option<&str>) -> Vec<mpsc::Sender<Message>> {
+    pub(crate) fn targets(&self, channel: Option<&str>) -> Vec<mpsc::Sender<Inbound>> {
         let Some(subs) = channel.and_then(|c| self.channels.get(c)) else {
             return Vec::new();
         };
@@ -179,11 +206,11 @@ pub(crate) enum Lost {
 /// target, or all dropped), to the direct stream. The direct stream is waited on only once it
 /// has been taken: while nobody can read it, waiting would stall the connection for good.
 pub(crate) async fn deliver(
-    targets: Vec<mpsc::Sender<Message>>,
-    direct: mpsc::Sender<Message>,
+    targets: Vec<mpsc::Sender<Inbound>>,
+    direct: mpsc::Sender<Inbound>,
     direct_taken: bool,
-    msg: Message,
-) -> Result<(), (Lost, Message)> {
+    msg: Inbound,
+) -> Result<(), (Lost, Inbound)> {
     let mut delivered = false;
     for tx in targets {
         delivered |= tx.send(msg.clone()).await.is_ok();
@@ -206,15 +233,19 @@ mod tests {
     use bytes::Bytes;
     use futures::FutureExt;
 
-    fn msg(channel: Option<&str>, id: &str) -> Message {
-        Message {
-            id: id.into(),
-            sender: "alice".into(),
-            channel: channel.map(Into::into),
-            name: None,
-            data: Bytes::from_static(b"x"),
-            persistent: true,
-            redelivered: false,
+    fn msg(channel: Option<&str>, id: &str) -> Inbound {
+        Inbound {
+            msg: Message {
+                id: id.into(),
+                sender: "alice".into(),
+                channel: channel.map(Into::into),
+                name: None,
+                data: Bytes::from_static(b"x"),
+                persistent: true,
+                redelivered: false,
+                ack_tag: None,
+            },
+            ack: None,
         }
     }
 
@@ -269,13 +300,13 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!(sub_rx.recv().await.unwrap().id, "1");
+        assert_eq!(sub_rx.recv().await.unwrap().msg.id, "1");
         assert!(direct_rx.try_recv().is_err());
 
         deliver(vec![], direct_tx.clone(), true, msg(None, "2"))
             .await
             .unwrap();
-        assert_eq!(direct_rx.recv().await.unwrap().id, "2");
+        assert_eq!(direct_rx.recv().await.unwrap().msg.id, "2");
 
         // The subscription's stream was dropped before the driver heard of it.
         drop(sub_rx);
@@ -287,7 +318,7 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!(direct_rx.recv().await.unwrap().id, "3");
+        assert_eq!(direct_rx.recv().await.unwrap().msg.id, "3");
 
         drop(direct_rx);
         let lost = deliver(vec![], direct_tx, true, msg(None, "4")).await;
@@ -310,9 +341,9 @@ mod tests {
             (&mut pending).now_or_never().is_none(),
             "must wait for room"
         );
-        assert_eq!(sub_rx.recv().await.unwrap().id, "first");
+        assert_eq!(sub_rx.recv().await.unwrap().msg.id, "first");
         pending.await.unwrap();
-        assert_eq!(sub_rx.recv().await.unwrap().id, "second");
+        assert_eq!(sub_rx.recv().await.unwrap().msg.id, "second");
     }
 
     #[tokio::test]
@@ -324,6 +355,6 @@ mod tests {
         let lost = deliver(vec![], direct_tx, false, msg(None, "2")).now_or_never();
         let (why, m) = lost.expect("must not wait").unwrap_err();
         assert_eq!(why, Lost::DirectFull);
-        assert_eq!(m.id, "2");
+        assert_eq!(m.msg.id, "2");
     }
 }

@@ -3,11 +3,12 @@
 
 use anyhow::{Context, Result, bail};
 use broadcast_client::{
-    Client, ConnectError, ConnectOptions, ErrorCode, Event, Events, OutgoingMessage, SendError,
-    SubscribeError,
+    Client, ConnectError, ConnectOptions, ErrorCode, Event, Events, FailureReason, OutgoingMessage,
+    Recipient, SendError, SubscribeError,
 };
 use broadcast_protocol::{
-    ClientFrame, Delivery, ErrorFrame, FrameCodec, Hello, PROTOCOL_VERSION, ServerFrame, Welcome,
+    ClientFrame, Delivery, DeliveryFailed, ErrorFrame, FrameCodec, Hello, PROTOCOL_VERSION,
+    Publish, ServerFrame, Welcome,
 };
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -85,6 +86,45 @@ impl Conn {
         })
         .await
     }
+
+    /// Expects a `Publish` and returns it.
+    async fn expect_publish(&mut self) -> Result<Publish> {
+        match self.recv().await? {
+            ClientFrame::Publish(p) => Ok(p),
+            other => bail!("expected Publish, got {other:?}"),
+        }
+    }
+
+    /// Expects a `Ping` and answers it.
+    async fn answer_ping(&mut self) -> Result<()> {
+        match self.recv().await? {
+            ClientFrame::Ping { nonce } => self.send(ServerFrame::Pong { nonce }).await,
+            other => bail!("expected Ping, got {other:?}"),
+        }
+    }
+
+    /// Reads `Ack` frames (answering pings) until they have carried every tag of `want`;
+    /// returns the tags in the order received.
+    async fn expect_acks(&mut self, want: &[u64]) -> Result<Vec<u64>> {
+        let mut got = Vec::new();
+        while !want.iter().all(|tag| got.contains(tag)) {
+            match self.recv().await? {
+                ClientFrame::Ack { tags } => got.extend(tags),
+                ClientFrame::Ping { nonce } => self.send(ServerFrame::Pong { nonce }).await?,
+                other => bail!("expected Ack, got {other:?}"),
+            }
+        }
+        Ok(got)
+    }
+}
+
+/// A flush round trip whose `Ping` must be the next frame: proves that the client has nothing
+/// (such as an acknowledgement) queued before it.
+async fn flush_with_nothing_before(client: &Client, conn: &mut Conn) -> Result<()> {
+    let (flushed, answered) = tokio::join!(client.flush(), conn.answer_ping());
+    answered?;
+    flushed?;
+    Ok(())
 }
 
 fn welcome(name: &str) -> ServerFrame {
@@ -108,6 +148,20 @@ fn delivery(id: &str, channel: Option<&str>) -> ServerFrame {
         persistent: false,
         redelivered: false,
         ack_tag: None,
+    })
+}
+
+/// A delivery of a persistent message from `sender`, to acknowledge with `tag`.
+fn tagged(id: &str, sender: &str, tag: u64, redelivered: bool) -> ServerFrame {
+    ServerFrame::Deliver(Delivery {
+        id: id.into(),
+        sender: sender.into(),
+        channel: None,
+        name: None,
+        data: Bytes::from_static(b"payload"),
+        persistent: true,
+        redelivered,
+        ack_tag: Some(tag),
     })
 }
 
@@ -422,12 +476,20 @@ async fn close_writes_queued_messages_then_says_goodbye() -> Result<()> {
     let id = client
         .send(OutgoingMessage::to_client("bob", "last words"))
         .await?;
-    client.close().await;
-    match conn.recv().await? {
-        ClientFrame::Publish(p) => assert_eq!(p.id, id),
-        other => bail!("expected Publish, got {other:?}"),
-    }
-    assert_eq!(conn.recv().await?, ClientFrame::Bye);
+    // The persistent message is confirmed before the client says goodbye.
+    let ((), broker) = tokio::join!(client.close(), async {
+        let p = conn.expect_publish().await?;
+        assert_eq!(p.id, id);
+        assert!(!p.resent);
+        conn.send(ServerFrame::Accepted { id: p.id }).await?;
+        assert_eq!(conn.recv().await?, ClientFrame::Bye);
+        anyhow::Ok(())
+    });
+    broker?;
+    assert_eq!(
+        within("Accepted", events.next()).await?,
+        Some(Event::Accepted { id })
+    );
     assert_eq!(within("Closed", events.next()).await?, Some(Event::Closed));
     assert_eq!(
         client
@@ -475,11 +537,8 @@ async fn a_message_nothing_can_take_is_reported_not_dropped_silently() -> Result
         bail!("not a DeliveryFailed");
     };
     assert_eq!(id, "m1");
-    assert_eq!(
-        recipient,
-        broadcast_client::Recipient::Client("alice".into())
-    );
-    assert_eq!(reason, broadcast_client::FailureReason::NotSubscribed);
+    assert_eq!(recipient, Recipient::Client("alice".into()));
+    assert_eq!(reason, FailureReason::NotSubscribed);
     Ok(())
 }
 
@@ -509,5 +568,229 @@ async fn a_slow_subscription_gets_every_message_in_order() -> Result<()> {
     );
     let _conn = sent?;
     assert_eq!(received?, ids);
+    Ok(())
+}
+
+#[tokio::test]
+async fn close_reports_messages_the_broker_never_confirmed() -> Result<()> {
+    let broker = FakeBroker::start().await?;
+    let quick = options().close_timeout(Duration::from_millis(50));
+    let (client, mut conn) = connect(&broker, quick, "alice").await?;
+    let mut events = client.events();
+    let confirmed = client.send(OutgoingMessage::to_client("bob", "1")).await?;
+    let unconfirmed = client.send(OutgoingMessage::to_client("bob", "2")).await?;
+    let fire_and_forget = OutgoingMessage::to_client("bob", "3").persistent(false);
+    client.send(fire_and_forget).await?;
+    assert_eq!(conn.expect_publish().await?.id, confirmed);
+    assert_eq!(conn.expect_publish().await?.id, unconfirmed);
+    conn.expect_publish().await?;
+    conn.send(ServerFrame::Accepted {
+        id: confirmed.clone(),
+    })
+    .await?;
+    wait_for(&mut events, |e| matches!(e, Event::Accepted { .. })).await?;
+
+    // The broker withholds the second `Accepted`: close gives up after its timeout.
+    let ((), bye) = tokio::join!(client.close(), conn.recv());
+    assert_eq!(bye?, ClientFrame::Bye);
+    assert_eq!(
+        within("Unconfirmed", events.next()).await?,
+        Some(Event::Unconfirmed { id: unconfirmed })
+    );
+    assert_eq!(within("Closed", events.next()).await?, Some(Event::Closed));
+    Ok(())
+}
+
+#[tokio::test]
+async fn unconfirmed_messages_are_resent_after_a_reconnect_and_confirmed_ones_are_not() -> Result<()>
+{
+    let broker = FakeBroker::start().await?;
+    let (client, mut conn) = connect(&broker, options(), "alice").await?;
+    let mut events = client.events();
+    let (sub, confirmed) = tokio::join!(client.subscribe("news"), conn.confirm_subscribe("news"));
+    let _sub = sub?;
+    confirmed?;
+
+    let accepted = client
+        .send(OutgoingMessage::to_channel("news", "1"))
+        .await?;
+    let pending = client
+        .send(OutgoingMessage::to_channel("news", "2"))
+        .await?;
+    let volatile = OutgoingMessage::to_channel("news", "3").persistent(false);
+    let volatile = client.send(volatile).await?;
+    for id in [&accepted, &pending, &volatile] {
+        let p = conn.expect_publish().await?;
+        assert_eq!((&p.id, p.resent), (id, false));
+    }
+    conn.send(ServerFrame::Accepted {
+        id: accepted.clone(),
+    })
+    .await?;
+    let event = wait_for(&mut events, |e| matches!(e, Event::Accepted { .. })).await?;
+    assert_eq!(event, Event::Accepted { id: accepted });
+
+    drop(conn);
+    wait_for(&mut events, |e| matches!(e, Event::Disconnected { .. })).await?;
+    let newer = client.try_send(OutgoingMessage::to_channel("news", "4"))?;
+
+    let (mut conn, _) = broker.accept_as("alice").await?;
+    conn.confirm_subscribe("news").await?;
+    // Only the unconfirmed persistent message comes again, marked, before the newer one.
+    let resent = conn.expect_publish().await?;
+    assert_eq!((&resent.id, resent.resent), (&pending, true));
+    assert_eq!(resent.data, Bytes::from_static(b"2"));
+    let next = conn.expect_publish().await?;
+    assert_eq!((&next.id, next.resent), (&newer, false));
+    flush_with_nothing_before(&client, &mut conn).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn deliveries_are_acknowledged_once_the_application_takes_them() -> Result<()> {
+    let broker = FakeBroker::start().await?;
+    let (client, mut conn) = connect(&broker, options(), "alice").await?;
+    let mut direct = client.direct_messages().context("direct stream")?;
+    conn.send(tagged("m1", "bob", 7, false)).await?;
+    conn.send(tagged("m2", "bob", 8, false)).await?;
+    // Not taken yet: nothing to acknowledge.
+    flush_with_nothing_before(&client, &mut conn).await?;
+
+    for (id, tag) in [("m1", 7), ("m2", 8)] {
+        let msg = within(id, direct.next()).await?.context("direct ended")?;
+        assert_eq!((msg.id.as_str(), msg.ack_tag), (id, Some(tag)));
+    }
+    let mut tags = conn.expect_acks(&[7, 8]).await?;
+    tags.sort_unstable();
+    assert_eq!(tags, [7, 8], "each tag is acknowledged once");
+    Ok(())
+}
+
+#[tokio::test]
+async fn in_manual_mode_nothing_is_acknowledged_until_the_application_says_so() -> Result<()> {
+    let broker = FakeBroker::start().await?;
+    let (client, mut conn) = connect(&broker, options().manual_ack(true), "alice").await?;
+    let mut direct = client.direct_messages().context("direct stream")?;
+    conn.send(tagged("m1", "bob", 5, false)).await?;
+    conn.send(delivery("m2", None)).await?;
+    let msg = within("m1", direct.next()).await?.context("direct ended")?;
+    assert_eq!(msg.ack_tag, Some(5));
+    let untagged = within("m2", direct.next()).await?.context("direct ended")?;
+    assert_eq!(untagged.ack_tag, None);
+    flush_with_nothing_before(&client, &mut conn).await?;
+
+    client.ack(&untagged);
+    client.ack(&msg);
+    assert_eq!(conn.recv().await?, ClientFrame::Ack { tags: vec![5] });
+    // A second acknowledgement of the same message is not sent again.
+    client.ack(&msg);
+    flush_with_nothing_before(&client, &mut conn).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_redelivered_duplicate_is_acknowledged_but_not_handed_over_again() -> Result<()> {
+    let broker = FakeBroker::start().await?;
+    let (client, mut conn) = connect(&broker, options(), "alice").await?;
+    let mut direct = client.direct_messages().context("direct stream")?;
+    conn.send(tagged("m1", "bob", 1, false)).await?;
+    let first = within("m1", direct.next()).await?.context("direct ended")?;
+    assert_eq!((first.id.as_str(), first.redelivered), ("m1", false));
+    conn.expect_acks(&[1]).await?;
+
+    // The same message again, and a redelivery the client never handed over.
+    conn.send(tagged("m1", "bob", 2, true)).await?;
+    conn.send(tagged("m1", "carol", 3, true)).await?;
+    conn.expect_acks(&[2]).await?;
+    let next = within("m1 from carol", direct.next())
+        .await?
+        .context("direct ended")?;
+    assert_eq!(
+        (next.id.as_str(), next.sender.as_str(), next.redelivered),
+        ("m1", "carol", true),
+        "the duplicate was skipped; a redelivery outside the window is passed on"
+    );
+    conn.expect_acks(&[3]).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_stored_delivery_failure_is_acknowledged_when_reported() -> Result<()> {
+    let broker = FakeBroker::start().await?;
+    let (client, mut conn) = connect(&broker, options(), "alice").await?;
+    let mut events = client.events();
+    conn.send(ServerFrame::DeliveryFailed(DeliveryFailed {
+        id: "m1".into(),
+        recipient: Recipient::Client("bob".into()),
+        reason: FailureReason::Expired,
+        detail: String::new(),
+        ack_tag: Some(11),
+    }))
+    .await?;
+    let failed = wait_for(&mut events, |e| matches!(e, Event::DeliveryFailed { .. })).await?;
+    assert!(matches!(failed, Event::DeliveryFailed { ref id, .. } if id == "m1"));
+    assert_eq!(conn.expect_acks(&[11]).await?, [11]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn send_confirmed_resolves_when_the_broker_accepts_the_message() -> Result<()> {
+    let broker = FakeBroker::start().await?;
+    let (client, mut conn) = connect(&broker, options(), "alice").await?;
+    let sender = client.clone();
+    let confirmed = tokio::spawn(async move {
+        sender
+            .send_confirmed(OutgoingMessage::to_client("bob", "important").id("m-1"))
+            .await
+    });
+    let p = conn.expect_publish().await?;
+    assert_eq!(p.id, "m-1");
+    flush_with_nothing_before(&client, &mut conn).await?;
+    assert!(!confirmed.is_finished(), "resolved before Accepted");
+    conn.send(ServerFrame::Accepted { id: p.id }).await?;
+    assert_eq!(
+        within("send_confirmed", confirmed).await??,
+        Ok("m-1".into())
+    );
+
+    // A non-persistent message is confirmed by a flush round trip.
+    let volatile = OutgoingMessage::to_client("bob", "x").persistent(false);
+    let (confirmed, broker_side) = tokio::join!(client.send_confirmed(volatile), async {
+        conn.expect_publish().await?;
+        conn.answer_ping().await
+    });
+    broker_side?;
+    confirmed?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn at_most_max_unconfirmed_messages_are_outstanding() -> Result<()> {
+    let broker = FakeBroker::start().await?;
+    let bounded = options().max_unconfirmed(2).send_buffer(1);
+    let (client, mut conn) = connect(&broker, bounded, "alice").await?;
+    let first = client.send(OutgoingMessage::to_client("bob", "1")).await?;
+    client.send(OutgoingMessage::to_client("bob", "2")).await?;
+    conn.expect_publish().await?;
+    conn.expect_publish().await?;
+
+    // Two are outstanding: the third waits in the buffer, which is then full.
+    let third = client.try_send(OutgoingMessage::to_client("bob", "3"))?;
+    assert_eq!(
+        client.try_send(OutgoingMessage::to_client("bob", "4")),
+        Err(SendError::BufferFull)
+    );
+
+    conn.send(ServerFrame::Accepted { id: first }).await?;
+    assert_eq!(conn.expect_publish().await?.id, third);
+    within("room in the buffer", async {
+        loop {
+            match client.try_send(OutgoingMessage::to_client("bob", "4")) {
+                Err(SendError::BufferFull) => tokio::task::yield_now().await,
+                other => return other,
+            }
+        }
+    })
+    .await??;
     Ok(())
 }
