@@ -33,6 +33,28 @@ pub struct Config {
     pub max_subscriptions: usize,
     /// Most names in a group or channel list target. Default 1,024.
     pub max_target_names: usize,
+    /// How long a delivery of a persistent message may stay unacknowledged before it is sent
+    /// again. Default 30 s.
+    pub ack_timeout: Duration,
+    /// How many times a persistent message is handed to one recipient before its sender is
+    /// told the attempts are exhausted. Default 10.
+    pub max_attempts: u32,
+    /// Most unacknowledged persistent deliveries per recipient. Default 4,096.
+    pub max_unacked: usize,
+    /// Time to live of a persistent message that does not set one. Default 24 h.
+    pub default_ttl: Duration,
+    /// Most messages queued for one recipient. Default 1,000,000.
+    pub queue_max_messages: u64,
+    /// Most bytes queued for one recipient. Default 1 GiB.
+    pub queue_max_bytes: u64,
+    /// Most messages kept for a channel that has no subscriber at all. Default 10,000.
+    pub backlog_max_messages: u64,
+    /// Most bytes in the whole store. Default 8 GiB.
+    pub store_max_bytes: u64,
+    /// How long a disconnected client's subscriptions are remembered. Default 24 h.
+    pub session_expiry: Duration,
+    /// How often expired messages and sessions are looked for. Default 1 s.
+    pub expiry_interval: Duration,
 }
 
 impl Default for Config {
@@ -48,6 +70,16 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(5),
             max_subscriptions: 10_000,
             max_target_names: 1024,
+            ack_timeout: Duration::from_secs(30),
+            max_attempts: 10,
+            max_unacked: 4096,
+            default_ttl: Duration::from_secs(24 * 3600),
+            queue_max_messages: 1_000_000,
+            queue_max_bytes: 1 << 30,
+            backlog_max_messages: 10_000,
+            store_max_bytes: 8 << 30,
+            session_expiry: Duration::from_secs(24 * 3600),
+            expiry_interval: Duration::from_secs(1),
         }
     }
 }
@@ -105,6 +137,36 @@ impl Config {
         }
         if self.max_subscriptions == 0 || self.max_target_names == 0 {
             return err("max_subscriptions", "limits must be at least 1");
+        }
+        if self.max_target_names > broadcast_protocol::MAX_LIST {
+            return err("max_target_names", "must be at most 4096");
+        }
+        if self.ack_timeout < Duration::from_millis(10) {
+            return err("ack_timeout", "must be at least 10 ms");
+        }
+        if self.max_attempts == 0 {
+            return err("max_attempts", "must be at least 1");
+        }
+        if self.max_unacked == 0 {
+            return err("max_unacked", "must be at least 1");
+        }
+        if self.default_ttl.is_zero() {
+            return err("default_ttl", "must be more than zero");
+        }
+        if self.queue_max_messages == 0 || self.backlog_max_messages == 0 {
+            return err("queue_max_messages", "queue limits must be at least 1");
+        }
+        if self.queue_max_bytes < u64::from(self.max_frame()) {
+            return err(
+                "queue_max_bytes",
+                "must hold at least one message of the largest size",
+            );
+        }
+        if self.store_max_bytes < self.queue_max_bytes {
+            return err("store_max_bytes", "must be at least queue_max_bytes");
+        }
+        if self.expiry_interval < Duration::from_millis(10) {
+            return err("expiry_interval", "must be at least 10 ms");
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! One task per connection: the handshake, then every frame the client sends.
 
 use crate::config::Config;
+use crate::confirm::Confirm;
 use crate::encode;
 use crate::outbound::{OutFrame, Outbound};
 use crate::router::Router;
@@ -165,7 +166,10 @@ async fn run(
     if out.try_push(OutFrame::control(welcome)).is_err() {
         return;
     }
-    if let Some(old) = ctx.router.register(name.clone(), out.clone()) {
+    let Some(slot) = ctx.router.persist.reserve().await else {
+        return;
+    };
+    if let Some(old) = ctx.router.register(name.clone(), out.clone(), slot) {
         tracing::info!("name taken over from an older connection");
         old.close_with(Some(encode::error(
             ErrorCode::Replaced,
@@ -185,12 +189,25 @@ async fn run(
         shutdown: ctx.shutdown.clone(),
     };
     let writer = tokio::spawn(writer.run().instrument(tracing::Span::current()));
+    let drainer = tokio::spawn(
+        crate::drain::run(
+            ctx.router.clone(),
+            name.clone(),
+            conn_id,
+            out.shared.wake.clone(),
+            close.clone(),
+        )
+        .instrument(tracing::Span::current()),
+    );
     let idle = 3 * cfg
         .heartbeat
         .max(Duration::from_millis(u64::from(hello.heartbeat_ms)));
     let farewell = read_loop(&mut reader, &out, &name, &ctx, idle).await;
-    ctx.router.unregister(&name, conn_id);
+    if let Some(slot) = ctx.router.persist.reserve().await {
+        ctx.router.unregister(&name, conn_id, slot);
+    }
     out.close_with(farewell);
+    let _ = drainer.await;
     let _ = writer.await;
     tracing::info!("disconnected");
 }
@@ -251,33 +268,62 @@ enum Handled {
 
 async fn handle(frame: ClientFrame, out: &Outbound, name: &Arc<str>, ctx: &Context) -> Handled {
     let router = &ctx.router;
-    let reply = |b: Bytes| OutFrame::control(b);
     let mut replies: Vec<Bytes> = Vec::new();
     match frame {
-        ClientFrame::Publish(msg) => match router.validate(&msg) {
-            Err(r) => replies.push(encode::error(r.code, r.message, Some(&msg.id))),
-            Ok(()) => {
-                for notice in router.route(name, &msg) {
+        ClientFrame::Publish(msg) => {
+            if let Err(r) = router.validate(&msg) {
+                replies.push(encode::error(r.code, r.message, Some(&msg.id)));
+            } else if msg.persistent {
+                // Room for the `Accepted` is reserved now, so it can never be refused later;
+                // a sender with many unconfirmed messages waits here.
+                let Some(permit) = out.reserve().await else {
+                    return Handled::Close;
+                };
+                let confirm = Confirm::new(Arc::from(msg.id.as_str()), permit, out.shared.clone());
+                let slot = router.persist.reserve().await;
+                for notice in router.route(name, &msg, Some(confirm.clone()), slot) {
+                    if out
+                        .push(OutFrame::control(encode::failed(notice)))
+                        .await
+                        .is_err()
+                    {
+                        return Handled::Close;
+                    }
+                }
+                confirm.settle();
+            } else {
+                for notice in router.route(name, &msg, None, None) {
                     replies.push(encode::failed(notice));
                 }
             }
-        },
-        ClientFrame::Subscribe { channel } => match router.subscribe(name, out.conn_id, &channel) {
-            Ok(()) => replies.push(encode::frame(&ServerFrame::Subscribed { channel })),
-            // The refused channel goes where a message id would, so the client can match it.
-            Err(r) => replies.push(encode::error(r.code, r.message, Some(&channel))),
-        },
+        }
+        ClientFrame::Subscribe { channel } => {
+            let Some(slot) = router.persist.reserve().await else {
+                return Handled::Close;
+            };
+            match router.subscribe(name, out.conn_id, &channel, slot) {
+                Ok(remembered) => {
+                    // Answer once the subscription is on disk.
+                    let _ = remembered.await;
+                    replies.push(encode::frame(&ServerFrame::Subscribed { channel }));
+                }
+                // The refused channel goes where a message id would, so the client can match it.
+                Err(r) => replies.push(encode::error(r.code, r.message, Some(&channel))),
+            }
+        }
         ClientFrame::Unsubscribe { channel } => {
-            router.unsubscribe(name, out.conn_id, &channel);
+            let Some(slot) = router.persist.reserve().await else {
+                return Handled::Close;
+            };
+            router.unsubscribe(name, out.conn_id, &channel, slot);
             replies.push(encode::frame(&ServerFrame::Unsubscribed { channel }));
         }
         ClientFrame::Ping { nonce } => replies.push(encode::frame(&ServerFrame::Pong { nonce })),
         ClientFrame::Pong { .. } => {}
         ClientFrame::Ack { tags } => {
-            tracing::debug!(
-                count = tags.len(),
-                "acknowledgement of no outstanding delivery"
-            );
+            if let Some(cmd) = router.ack(name, out.conn_id, &tags) {
+                router.persist.send(cmd).await;
+            }
         }
         ClientFrame::Hello(_) => replies.push(encode::error(
             ErrorCode::BadHandshake,
@@ -287,7 +333,7 @@ async fn handle(frame: ClientFrame, out: &Outbound, name: &Arc<str>, ctx: &Conte
         ClientFrame::Bye => return Handled::Close,
     }
     for r in replies {
-        if out.push(reply(r)).await.is_err() {
+        if out.push(OutFrame::control(r)).await.is_err() {
             return Handled::Close;
         }
     }

@@ -22,6 +22,9 @@ pub enum BrokerError {
         #[source]
         source: std::io::Error,
     },
+    /// The message store cannot be opened or used.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     /// A message handed to [`crate::BrokerHandle::publish`] is not valid.
     #[error("invalid message: {0}")]
     InvalidMessage(String),

@@ -52,7 +52,8 @@ impl BrokerHandle {
     }
 
     /// Sends a complete message from the broker itself (sender name `$broker`), returning a
-    /// notice for every recipient that did not get it.
+    /// notice for every recipient that did not get it. Messages from the broker are delivered
+    /// to the clients connected now and are never kept: `persistent` is ignored.
     ///
     /// # Errors
     /// As [`BrokerHandle::publish`].
@@ -63,7 +64,9 @@ impl BrokerHandle {
         self.router
             .validate(msg)
             .map_err(|r| BrokerError::InvalidMessage(r.message))?;
-        Ok(self.router.route(&Arc::from(BROKER_SENDER), msg))
+        Ok(self
+            .router
+            .route(&Arc::from(BROKER_SENDER), msg, None, None))
     }
 
     /// A receiver of every message clients send from now on. It never slows routing: a

@@ -15,18 +15,28 @@
 //! - `outbound`: each connection's bounded outbound queue.
 //! - `router`: who is connected and subscribed, and where each message goes.
 //! - `encode`: frames encoded once and shared across a fan-out.
+//! - `confirm`: the `Accepted` confirmation of a persistent message to its sender.
+//! - `drain`: each connection's drainer of its queue; `sweeper`: expiry of messages and
+//!   sessions.
+//! - `persist`: the store's own thread, grouping writes under one flush.
+//! - [`store`]: the message store: [`store::QueueStore`], on disk or in memory.
 //! - [`error`]: the error type, [`BrokerError`].
 #![forbid(unsafe_code)]
 
 pub mod config;
+mod confirm;
 mod connection;
+mod drain;
 mod encode;
 pub mod error;
 pub mod handle;
 mod listener;
 mod outbound;
+mod persist;
 mod router;
 pub mod server;
+pub mod store;
+mod sweeper;
 mod writer;
 
 pub use config::{Config, ConfigError};

@@ -6,9 +6,9 @@
 //! which waits, so a client that does not read its notices stops being read from.
 
 use bytes::Bytes;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 /// The message a queued frame delivers, so its sender can be told if it is never written.
@@ -53,6 +53,10 @@ pub(crate) struct Shared {
     pub(crate) close: CancellationToken,
     /// Last frame to write before closing, when the broker closes the connection on purpose.
     pub(crate) farewell: Mutex<Option<Bytes>>,
+    /// Wakes the connection's drainer (queue entries appended, acknowledgements, room).
+    pub(crate) wake: Arc<Notify>,
+    /// Set when the drainer waits for room in the queue; the writer then wakes it.
+    pub(crate) wants_room: AtomicBool,
 }
 
 /// The sending side of a connection's queue. Cheap to clone.
@@ -80,6 +84,8 @@ impl Outbound {
             queued: AtomicUsize::new(0),
             close,
             farewell: Mutex::new(None),
+            wake: Arc::new(Notify::new()),
+            wants_room: AtomicBool::new(false),
         });
         (
             Self {
@@ -124,6 +130,16 @@ impl Outbound {
             self.shared.queued.fetch_sub(len, Ordering::AcqRel);
             PushError::Closed
         })
+    }
+
+    /// Asks the writer to wake the drainer once it has written what is queued.
+    pub(crate) fn want_room(&self) {
+        self.shared.wants_room.store(true, Ordering::Release);
+    }
+
+    /// Reserves room for one frame, waiting while the queue is full.
+    pub(crate) async fn reserve(&self) -> Option<mpsc::OwnedPermit<OutFrame>> {
+        self.tx.clone().reserve_owned().await.ok()
     }
 
     /// Closes the connection after writing what is queued and then `farewell`.

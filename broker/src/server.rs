@@ -5,7 +5,9 @@ use crate::connection::Context;
 use crate::error::BrokerError;
 use crate::handle::BrokerHandle;
 use crate::listener;
-use crate::router::{Limits, Router};
+use crate::router::Router;
+use crate::store::{QueueStore, SledStore};
+use crate::sweeper;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,21 +43,45 @@ impl Broker {
             path: config.data_dir.clone(),
             source,
         })?;
+        let dir = config.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || SledStore::open(&dir))
+            .await
+            .map_err(|_| BrokerError::Stopped)??;
+        Self::start_with_store(config, Arc::new(store), listener, shutdown).await
+    }
+
+    /// Starts a broker on `store` instead of the sled store in `config.data_dir` (tests use
+    /// the in-memory store, or one that fails on purpose).
+    ///
+    /// # Errors
+    /// As [`Broker::start`], and [`BrokerError::Store`] when the store cannot be read.
+    pub async fn start_with_store(
+        config: Config,
+        store: Arc<dyn QueueStore>,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<Self, BrokerError> {
+        config.validate()?;
         let addr = listener.local_addr().map_err(BrokerError::Listener)?;
-        let router = Arc::new(Router::new(Limits {
-            max_payload: config.max_payload as usize,
-            max_target_names: config.max_target_names,
-            max_subscriptions: config.max_subscriptions,
-        }));
+        let rt = tokio::runtime::Handle::current();
+        let cfg = config.clone();
+        let router = tokio::task::spawn_blocking(move || Router::new(cfg, store, rt))
+            .await
+            .map_err(|_| BrokerError::Stopped)??;
         let drain = config.drain_timeout;
+        let every = config.expiry_interval;
         let ctx = Arc::new(Context {
             router: router.clone(),
             config,
             shutdown: shutdown.clone(),
         });
-        let handle = BrokerHandle { router, shutdown };
+        let handle = BrokerHandle {
+            router: router.clone(),
+            shutdown: shutdown.clone(),
+        };
         let task = tokio::spawn(async move {
             let tracker = TaskTracker::new();
+            tracker.spawn(sweeper::run(router.clone(), every, shutdown.clone()));
             listener::accept_loop(listener, ctx, &tracker).await;
             tracker.close();
             tracing::info!(connections = tracker.len(), "shutting down");
@@ -63,6 +89,8 @@ impl Broker {
             if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
                 tracing::warn!("connections still open after {grace:?}; stopping anyway");
             }
+            // Everything the connections left for the store is written before the end.
+            router.persist.shutdown().await;
         });
         tracing::info!(%addr, "broker listening");
         Ok(Self { addr, handle, task })

@@ -80,6 +80,9 @@ impl Writer {
         let n = buf.len();
         let r = self.io.write_all(buf).await;
         self.out.shared.queued.fetch_sub(n, Ordering::AcqRel);
+        if self.out.shared.wants_room.swap(false, Ordering::AcqRel) {
+            self.out.shared.wake.notify_one();
+        }
         if buf.capacity() > 4 * BATCH_BYTES {
             // Do not keep a large buffer on an idle connection after one huge frame.
             *buf = BytesMut::new();

@@ -222,8 +222,12 @@ impl RawClient {
 
     /// The next frame, answering broker pings on the way; fails after [`WAIT`].
     pub async fn next(&mut self) -> anyhow::Result<ServerFrame> {
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            match next_frame(&mut self.io).await? {
+            let frame = tokio::time::timeout_at(deadline, next_frame(&mut self.io))
+                .await
+                .map_err(|_| anyhow!("no frame but pings within {WAIT:?}"))??;
+            match frame {
                 ServerFrame::Ping { nonce } => self.send(ClientFrame::Pong { nonce }).await?,
                 other => return Ok(other),
             }

@@ -1,30 +1,38 @@
-//! Who is connected, who subscribes to what, and where each message goes.
+//! Who is connected, who subscribes to what, what is queued for whom, and where each message
+//! goes.
 //!
-//! The registry is one `std::sync::Mutex` held only for short, non-blocking work (lookups and
-//! `try_push` into bounded queues), never across an `.await`. Every delivery that cannot be
-//! made goes through [`Router::undeliverable`], the one place that decides what happens to a
-//! message that cannot be delivered now.
+//! The registry is one `std::sync::Mutex` held only for short, non-blocking work: lookups,
+//! `try_push` into bounded queues, and handing store commands to slots reserved beforehand
+//! (so the store sees them in the order the router decided them). It is never held across an
+//! `.await`. Every delivery that cannot be made now goes through [`Router::undeliverable`] or
+//! into a recipient's queue in the store; nothing is dropped in silence.
+//!
+//! - `route`: where one message goes.
+//! - `delivery`: persistent deliveries in flight, acknowledgements, draining queues, timeouts.
+//! - `expiry`: messages whose time to live ran out, sessions that expired.
 
-use crate::encode::{self, DeliveryRef};
+mod delivery;
+mod expiry;
+mod route;
+
+use crate::config::Config;
+use crate::encode;
 use crate::handle::Observed;
-use crate::outbound::{Origin, OutFrame, Outbound, PushError};
+use crate::outbound::{Origin, OutFrame, Outbound};
+use crate::persist::{AppendItem, Command, Persist, Slot};
+use crate::store::{QueueId, QueueStore, Seq, Session, StoreError, StoredEntry, StoredMessage};
 use broadcast_protocol::{
-    DeliveryFailed, ErrorCode, FailureReason, HEADER_LEN, Publish, Recipient, Target,
-    validate_channel, validate_client_name, validate_id,
+    DeliveryFailed, ErrorCode, FailureReason, Publish, Recipient, Target, validate_channel,
+    validate_client_name, validate_id,
 };
-use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::broadcast;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::{Notify, broadcast, oneshot};
+use tokio::time::Instant;
 
-/// Limits the router applies to what clients send.
-#[derive(Debug, Clone)]
-pub(crate) struct Limits {
-    pub(crate) max_payload: usize,
-    pub(crate) max_target_names: usize,
-    pub(crate) max_subscriptions: usize,
-}
+pub(crate) use delivery::DrainStep;
 
 /// A refusal of a request, reported to the client as an error frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,81 +50,164 @@ impl Refusal {
     }
 }
 
+/// A persistent delivery handed to a connection and not yet acknowledged.
+#[derive(Debug)]
+struct Inflight {
+    what: InflightKind,
+    attempts: u32,
+    deadline: Instant,
+}
+
+#[derive(Debug)]
+enum InflightKind {
+    /// Delivered straight from a sender; its sender waits for the acknowledgement.
+    Live {
+        entry: StoredMessage,
+        confirm: Arc<crate::confirm::Confirm>,
+    },
+    /// Delivered from the recipient's queue in the store.
+    Queued { seq: Seq, entry: StoredEntry },
+}
+
 #[derive(Debug)]
 struct Client {
     out: Outbound,
-    subscriptions: HashSet<Arc<str>>,
+    /// Wakes the connection's drainer: queue entries appended, room in the window or queue.
+    wake: Arc<Notify>,
+    inflight: HashMap<u64, Inflight>,
+    next_live_tag: u64,
+    /// Next queue sequence number to read for this connection.
+    cursor: Seq,
+    /// Persistent messages go through the queue (not straight to the connection) while the
+    /// queue may hold entries this connection has not been handed yet, to keep their order.
+    queue_mode: bool,
+}
+
+/// What the broker remembers of a client across disconnects.
+#[derive(Debug, Default)]
+struct SessionState {
+    channels: HashSet<Arc<str>>,
+    last_seen_ms: u64,
+}
+
+/// Counters of one queue in the store.
+#[derive(Debug, Default)]
+struct QueueMeta {
+    /// Unsettled entries.
+    pending: u64,
+    /// Their bytes.
+    bytes: u64,
+    /// Entries decided but not yet appended by the store thread.
+    unapplied: u64,
+    /// Highest sequence number handed to any connection in this broker's life (entries at or
+    /// below it are marked redelivered); at start-up, everything stored before.
+    hwm: Seq,
+    /// Delivery attempts of entries handed out at least once.
+    attempts: HashMap<Seq, u32>,
 }
 
 #[derive(Debug, Default)]
 struct State {
     clients: HashMap<Arc<str>, Client>,
+    sessions: HashMap<Arc<str>, SessionState>,
     channels: HashMap<Arc<str>, HashSet<Arc<str>>>,
+    queues: HashMap<QueueId, QueueMeta>,
+    stored_bytes: u64,
 }
 
 /// The registry and routing logic, shared by every connection.
-#[derive(Debug)]
 pub(crate) struct Router {
     state: Mutex<State>,
-    limits: Limits,
+    config: Config,
     next_conn: AtomicU64,
     observers: broadcast::Sender<Arc<Observed>>,
+    pub(crate) persist: Persist,
+    rt: tokio::runtime::Handle,
+    me: Arc<OnceLock<Weak<Router>>>,
 }
 
-/// `Deliver` frames of one message, encoded once per channel tag.
-struct Encodings<'a> {
-    sender: &'a str,
-    msg: &'a Publish,
-    cache: Vec<(Option<Arc<str>>, Bytes)>,
-}
-
-impl<'a> Encodings<'a> {
-    fn new(sender: &'a str, msg: &'a Publish) -> Self {
-        Self {
-            sender,
-            msg,
-            cache: Vec::new(),
-        }
-    }
-
-    fn get(&mut self, channel: Option<&Arc<str>>) -> Bytes {
-        if let Some((_, b)) = self.cache.iter().find(|(c, _)| c.as_ref() == channel) {
-            return b.clone();
-        }
-        let d = DeliveryRef {
-            id: &self.msg.id,
-            sender: self.sender,
-            channel: channel.map(|c| &**c),
-            name: self.msg.name.as_deref(),
-            data: &self.msg.data,
-            persistent: self.msg.persistent,
-            redelivered: false,
-            ack_tag: None,
-        };
-        // The publish frame was decoded within the frame cap and a delivery adds at most the
-        // sender's and the channel's names, so it always fits the cap; per-recipient limits
-        // are checked at delivery.
-        let b = encode::deliver(&d).unwrap_or_default();
-        self.cache.push((channel.cloned(), b.clone()));
-        b
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router").finish_non_exhaustive()
     }
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
-    // A panic while holding the lock cannot leave the maps half-updated in a way that matters
-    // more than stopping the broker would, so a poisoned lock is used as it is.
+    // A panic while holding the lock cannot leave the maps in a state worse than stopping the
+    // broker would, so a poisoned lock is used as it is.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Tags of deliveries made straight from a sender have the top bit set; tags of deliveries
+/// from a queue are the entry's sequence number.
+const LIVE_TAG: u64 = 1 << 63;
+
 impl Router {
-    pub(crate) fn new(limits: Limits) -> Self {
+    /// A router over an opened store: restores every queue's counters and every session.
+    pub(crate) fn new(
+        config: Config,
+        store: Arc<dyn QueueStore>,
+        rt: tokio::runtime::Handle,
+    ) -> Result<Arc<Self>, StoreError> {
+        let queues = store.queues()?;
+        let sessions = store.sessions()?;
+        let me: Arc<OnceLock<Weak<Self>>> = Arc::new(OnceLock::new());
+        let cell = me.clone();
+        let persist = Persist::start(
+            store,
+            Arc::new(move |queue: &QueueId, n: u64| {
+                if let Some(router) = cell.get().and_then(Weak::upgrade) {
+                    router.appended(queue, n);
+                }
+            }),
+        )?;
+        let mut state = State::default();
+        for q in queues {
+            state.stored_bytes += q.bytes;
+            let meta = QueueMeta {
+                pending: q.pending,
+                bytes: q.bytes,
+                hwm: q.next_seq.saturating_sub(1),
+                ..QueueMeta::default()
+            };
+            state.queues.insert(q.queue, meta);
+        }
+        for s in sessions {
+            let name: Arc<str> = Arc::from(s.name);
+            let mut session = SessionState {
+                last_seen_ms: s.last_seen_ms,
+                ..Default::default()
+            };
+            for ch in s.channels {
+                let ch: Arc<str> = Arc::from(ch);
+                state
+                    .channels
+                    .entry(ch.clone())
+                    .or_default()
+                    .insert(name.clone());
+                session.channels.insert(ch);
+            }
+            state.sessions.insert(name, session);
+        }
         let (observers, _) = broadcast::channel(1024);
-        Self {
-            state: Mutex::new(State::default()),
-            limits,
+        let router = Arc::new(Self {
+            state: Mutex::new(state),
+            config,
             next_conn: AtomicU64::new(1),
             observers,
-        }
+            persist,
+            rt,
+            me: me.clone(),
+        });
+        let _ = me.set(Arc::downgrade(&router));
+        Ok(router)
     }
 
     /// A new connection id.
@@ -129,40 +220,6 @@ impl Router {
         self.observers.subscribe()
     }
 
-    /// Registers a connection under `name`, returning the connection it took the name from.
-    pub(crate) fn register(&self, name: Arc<str>, out: Outbound) -> Option<Outbound> {
-        let mut st = lock(&self.state);
-        let old = st.clients.insert(
-            name.clone(),
-            Client {
-                out,
-                subscriptions: HashSet::new(),
-            },
-        );
-        let old = old?;
-        for ch in &old.subscriptions {
-            remove_subscriber(&mut st.channels, ch, &name);
-        }
-        Some(old.out)
-    }
-
-    /// Removes a connection, unless its name has been taken over by a newer one.
-    pub(crate) fn unregister(&self, name: &str, conn_id: u64) {
-        let mut st = lock(&self.state);
-        if st
-            .clients
-            .get(name)
-            .is_none_or(|c| c.out.conn_id != conn_id)
-        {
-            return;
-        }
-        if let Some((name, c)) = st.clients.remove_entry(name) {
-            for ch in &c.subscriptions {
-                remove_subscriber(&mut st.channels, ch, &name);
-            }
-        }
-    }
-
     /// Names of the connected clients.
     pub(crate) fn connected(&self) -> Vec<String> {
         lock(&self.state)
@@ -172,49 +229,218 @@ impl Router {
             .collect()
     }
 
-    /// Subscribes the connection `conn_id` registered as `name` to `channel`.
-    pub(crate) fn subscribe(&self, name: &str, conn_id: u64, channel: &str) -> Result<(), Refusal> {
+    /// Registers a connection under `name`. Returns what wakes its drainer and the connection
+    /// it took the name from. Persistent deliveries in flight to that older connection go back
+    /// to the queue, through `slot`.
+    pub(crate) fn register(&self, name: Arc<str>, out: Outbound, slot: Slot) -> Option<Outbound> {
+        let mut st = lock(&self.state);
+        let wake = out.shared.wake.clone();
+        let meta = st.queues.get(&QueueId::Client(name.to_string()));
+        let queue_mode = meta.is_some_and(|m| m.pending > 0 || m.unapplied > 0);
+        let client = Client {
+            out,
+            wake: wake.clone(),
+            inflight: HashMap::new(),
+            next_live_tag: 0,
+            cursor: 0,
+            queue_mode,
+        };
+        let old = st.clients.insert(name.clone(), client);
+        st.sessions.entry(name.clone()).or_default();
+        let mut cmds = Vec::new();
+        if let Some(old) = &old {
+            self.requeue(&mut st, &name, old, &mut cmds);
+        }
+        if let Some(c) = st.clients.get_mut(&name) {
+            // Entries requeued from the older connection are drained to this one.
+            c.queue_mode |= !cmds.is_empty();
+        }
+        send_all(slot, cmds);
+        wake.notify_one();
+        old.map(|c| c.out)
+    }
+
+    /// Removes a connection, unless its name has been taken over by a newer one. Its
+    /// persistent deliveries in flight go back to its queue; its subscriptions are remembered.
+    pub(crate) fn unregister(&self, name: &str, conn_id: u64, slot: Slot) {
+        let mut st = lock(&self.state);
+        if st
+            .clients
+            .get(name)
+            .is_none_or(|c| c.out.conn_id != conn_id)
+        {
+            return;
+        }
+        let mut cmds = Vec::new();
+        if let Some((name, client)) = st.clients.remove_entry(name) {
+            self.requeue(&mut st, &name, &client, &mut cmds);
+            let now = now_ms();
+            if let Some(s) = st.sessions.get_mut(&name) {
+                s.last_seen_ms = now;
+                if s.channels.is_empty() {
+                    st.sessions.remove(&name);
+                } else {
+                    cmds.push(Command::PutSession(session_record(&name, s), None));
+                }
+            }
+        }
+        send_all(slot, cmds);
+    }
+
+    /// Puts a closed connection's persistent deliveries in flight back into its queue.
+    fn requeue(&self, st: &mut State, name: &Arc<str>, client: &Client, cmds: &mut Vec<Command>) {
+        let queue = QueueId::Client(name.to_string());
+        let mut items = Vec::new();
+        for inflight in client.inflight.values() {
+            match &inflight.what {
+                InflightKind::Live { entry, confirm } => {
+                    let entry = StoredEntry::Message(StoredMessage {
+                        redelivered: true,
+                        ..entry.clone()
+                    });
+                    self.count_enqueued(st, &queue, &entry);
+                    let confirm = confirm.clone();
+                    let weak = self.self_weak();
+                    let (sender, id, recipient) =
+                        (entry_sender(&entry), entry_id(&entry), name.to_string());
+                    let done: crate::persist::Done = Box::new(move |r| {
+                        if let (Err(e), Some(router)) = (r, weak.upgrade()) {
+                            router.store_failed(&sender, &id, &recipient, e);
+                        }
+                        confirm.settle();
+                    });
+                    items.push(AppendItem {
+                        queue: queue.clone(),
+                        entry,
+                        done: Some(done),
+                    });
+                }
+                InflightKind::Queued { seq, .. } => {
+                    let meta = st.queues.entry(queue.clone()).or_default();
+                    *meta.attempts.entry(*seq).or_insert(0) = inflight.attempts;
+                }
+            }
+        }
+        if !items.is_empty() {
+            cmds.push(Command::Append(items));
+        }
+    }
+
+    /// A weak reference to this router, for callbacks that run on the store thread.
+    fn self_weak(&self) -> Weak<Self> {
+        self.me.get().cloned().unwrap_or_default()
+    }
+
+    /// Subscribes `name` to `channel`. Resolves once the subscription is remembered durably.
+    /// The first subscriber of a channel receives the channel's backlog.
+    pub(crate) fn subscribe(
+        &self,
+        name: &Arc<str>,
+        conn_id: u64,
+        channel: &str,
+        slot: Slot,
+    ) -> Result<oneshot::Receiver<()>, Refusal> {
         validate_channel(channel)
             .map_err(|e| Refusal::new(ErrorCode::InvalidName, e.to_string()))?;
         let mut st = lock(&self.state);
-        let State { clients, channels } = &mut *st;
-        let Some(client) = clients.get_mut(name) else {
-            return Err(Refusal::new(
-                ErrorCode::Internal,
-                "connection is not registered",
-            ));
-        };
-        if client.out.conn_id != conn_id {
+        if st
+            .clients
+            .get(&**name)
+            .is_none_or(|c| c.out.conn_id != conn_id)
+        {
             return Err(Refusal::new(ErrorCode::Replaced, "connection was replaced"));
         }
-        if client.subscriptions.contains(channel) {
-            return Ok(());
+        let (tx, rx) = oneshot::channel();
+        let State {
+            sessions,
+            channels,
+            queues,
+            clients,
+            ..
+        } = &mut *st;
+        let session = sessions.entry(name.clone()).or_default();
+        if session.channels.contains(channel) {
+            let _ = tx.send(());
+            return Ok(rx);
         }
-        if client.subscriptions.len() >= self.limits.max_subscriptions {
+        if session.channels.len() >= self.config.max_subscriptions {
             return Err(Refusal::new(
                 ErrorCode::LimitReached,
                 format!(
-                    "at most {} subscriptions per connection",
-                    self.limits.max_subscriptions
+                    "at most {} subscriptions per client",
+                    self.config.max_subscriptions
                 ),
             ));
         }
         let ch: Arc<str> = Arc::from(channel);
-        client.subscriptions.insert(ch.clone());
-        channels.entry(ch).or_default().insert(Arc::from(name));
-        Ok(())
+        session.channels.insert(ch.clone());
+        let subs = channels.entry(ch.clone()).or_default();
+        let first = subs.is_empty();
+        subs.insert(name.clone());
+        let mut cmds = vec![Command::PutSession(
+            session_record(name, session),
+            Some(Box::new(move |_| {
+                let _ = tx.send(());
+            })),
+        )];
+        let backlog = QueueId::Backlog(channel.to_owned());
+        let has_backlog = queues
+            .get(&backlog)
+            .is_some_and(|m| m.pending > 0 || m.unapplied > 0);
+        if first && has_backlog {
+            let to = QueueId::Client(name.to_string());
+            let moved = queues.remove(&backlog).unwrap_or_default();
+            let meta = queues.entry(to.clone()).or_default();
+            meta.pending += moved.pending;
+            meta.bytes += moved.bytes;
+            meta.unapplied += moved.pending;
+            if let Some(c) = clients.get_mut(&**name) {
+                c.queue_mode = true;
+            }
+            let weak = self.self_weak();
+            let (expected, to2) = (moved.pending, to.clone());
+            cmds.push(Command::Move {
+                from: backlog,
+                to,
+                done: Box::new(move |r| {
+                    if let Some(router) = weak.upgrade() {
+                        router.moved(&to2, expected, r.ok());
+                    }
+                }),
+            });
+        }
+        drop(st);
+        send_all(slot, cmds);
+        Ok(rx)
     }
 
     /// Removes a subscription; removing one that does not exist is not an error.
-    pub(crate) fn unsubscribe(&self, name: &str, conn_id: u64, channel: &str) {
+    pub(crate) fn unsubscribe(&self, name: &Arc<str>, conn_id: u64, channel: &str, slot: Slot) {
         let mut st = lock(&self.state);
-        let Some(client) = st.clients.get_mut(name) else {
-            return;
-        };
-        if client.out.conn_id != conn_id || !client.subscriptions.remove(channel) {
+        if st
+            .clients
+            .get(&**name)
+            .is_none_or(|c| c.out.conn_id != conn_id)
+        {
             return;
         }
-        remove_subscriber(&mut st.channels, channel, name);
+        let State {
+            sessions, channels, ..
+        } = &mut *st;
+        let Some(session) = sessions.get_mut(&**name) else {
+            return;
+        };
+        if !session.channels.remove(channel) {
+            return;
+        }
+        remove_subscriber(channels, channel, name);
+        let cmd = if session.channels.is_empty() {
+            Command::RemoveSession(name.to_string(), None)
+        } else {
+            Command::PutSession(session_record(name, session), None)
+        };
+        drop(st);
+        send_all(slot, vec![cmd]);
     }
 
     /// Checks a message before routing it.
@@ -222,24 +448,27 @@ impl Router {
         let invalid_name =
             |e: broadcast_protocol::NameError| Refusal::new(ErrorCode::InvalidName, e.to_string());
         validate_id(&msg.id).map_err(invalid_name)?;
-        if msg.data.len() > self.limits.max_payload {
+        if msg.data.len() > self.config.max_payload as usize {
             return Err(Refusal::new(
                 ErrorCode::PayloadTooLarge,
                 format!(
                     "payload of {} bytes exceeds the limit of {} bytes",
                     msg.data.len(),
-                    self.limits.max_payload
+                    self.config.max_payload
                 ),
             ));
         }
-        if let Some(name) = &msg.name {
-            if name.len() > broadcast_protocol::names::MAX_NAME_LEN {
-                return Err(Refusal::new(
-                    ErrorCode::InvalidName,
-                    "event name is too long",
-                ));
-            }
+        if msg
+            .name
+            .as_ref()
+            .is_some_and(|n| n.len() > broadcast_protocol::names::MAX_NAME_LEN)
+        {
+            return Err(Refusal::new(
+                ErrorCode::InvalidName,
+                "event name is too long",
+            ));
         }
+        let max = self.config.max_target_names;
         let list = |names: &[String], what: &str| -> Result<(), Refusal> {
             if names.is_empty() {
                 return Err(Refusal::new(
@@ -247,14 +476,10 @@ impl Router {
                     format!("{what} is empty"),
                 ));
             }
-            if names.len() > self.limits.max_target_names {
+            if names.len() > max {
                 return Err(Refusal::new(
                     ErrorCode::InvalidTarget,
-                    format!(
-                        "{what} has {} names, the limit is {}",
-                        names.len(),
-                        self.limits.max_target_names
-                    ),
+                    format!("{what} has {} names, the limit is {max}", names.len()),
                 ));
             }
             Ok(())
@@ -282,103 +507,8 @@ impl Router {
         }
     }
 
-    /// Routes a validated message from `sender`, returning a notice for every recipient that
-    /// will not get it.
-    pub(crate) fn route(&self, sender: &Arc<str>, msg: &Publish) -> Vec<DeliveryFailed> {
-        if self.observers.receiver_count() > 0 && &**sender != crate::BROKER_SENDER {
-            // A lagging observer loses old entries; it never slows routing.
-            let _ = self.observers.send(Arc::new(Observed {
-                sender: sender.to_string(),
-                message: msg.clone(),
-            }));
-        }
-        let origin = Arc::new(Origin {
-            sender: sender.clone(),
-            id: Arc::from(msg.id.as_str()),
-        });
-        let mut r = Routing {
-            router: self,
-            enc: Encodings::new(sender, msg),
-            origin,
-            failed: Vec::new(),
-        };
-        let st = lock(&self.state);
-        match &msg.target {
-            Target::Client(name) => match st.clients.get_key_value(name.as_str()) {
-                Some((k, c)) => r.deliver(k, c, None),
-                None => r.not_connected(name),
-            },
-            Target::Group(names) => {
-                let mut seen = HashSet::with_capacity(names.len());
-                for name in names.iter().filter(|n| seen.insert(n.as_str())) {
-                    match st.clients.get_key_value(name.as_str()) {
-                        Some((k, c)) => r.deliver(k, c, None),
-                        None => r.not_connected(name),
-                    }
-                }
-            }
-            Target::Channel(channel) => {
-                let mut any = false;
-                if let Some((ch, subs)) = st.channels.get_key_value(channel.as_str()) {
-                    for name in subs.iter().filter(|n| ***n != **sender) {
-                        if let Some(c) = st.clients.get(name) {
-                            any = true;
-                            r.deliver(name, c, Some(ch));
-                        }
-                    }
-                }
-                if !any {
-                    r.no_subscribers(Recipient::Channel(channel.clone()));
-                }
-            }
-            Target::Channels(channels) => {
-                let mut served: HashSet<&Arc<str>> = HashSet::new();
-                let mut seen_channels = HashSet::with_capacity(channels.len());
-                for channel in channels.iter().filter(|c| seen_channels.insert(c.as_str())) {
-                    let mut any = false;
-                    if let Some((ch, subs)) = st.channels.get_key_value(channel.as_str()) {
-                        for name in subs.iter().filter(|n| ***n != **sender) {
-                            if let Some(c) = st.clients.get(name) {
-                                any = true;
-                                if served.insert(name) {
-                                    r.deliver(name, c, Some(ch));
-                                }
-                            }
-                        }
-                    }
-                    if !any {
-                        r.no_subscribers(Recipient::Channel(channel.clone()));
-                    }
-                }
-            }
-            Target::ClientInChannel { client, channel } => {
-                match st.clients.get_key_value(client.as_str()) {
-                    None => r.not_connected(client),
-                    Some((k, c)) => match c.subscriptions.get(channel.as_str()) {
-                        Some(ch) => r.deliver(k, c, Some(ch)),
-                        None => r.fail(
-                            Recipient::Client(client.clone()),
-                            FailureReason::NotSubscribed,
-                            format!("{client} is connected but not subscribed to {channel}"),
-                        ),
-                    },
-                }
-            }
-            Target::All => {
-                let mut any = false;
-                for (name, c) in st.clients.iter().filter(|(n, _)| ***n != **sender) {
-                    any = true;
-                    r.deliver(name, c, None);
-                }
-                if !any {
-                    r.no_subscribers(Recipient::All);
-                }
-            }
-        }
-        r.failed
-    }
-
-    /// The one place a message that cannot be delivered now ends up: its sender is told.
+    /// The one place a message that cannot be delivered now, and will not be kept, ends up:
+    /// a notice for its sender.
     pub(crate) fn undeliverable(
         &self,
         origin: &Origin,
@@ -396,83 +526,144 @@ impl Router {
         }
     }
 
-    /// Sends a notice to a sender that is not the connection at hand (used when a queued
-    /// frame could not be written). The sender's own queue is tried without waiting.
+    /// Sends a notice to a sender outside of the sender's own request: straight to its
+    /// connection when it is connected and has room, otherwise into its queue in the store,
+    /// so a sender that acts on failures never misses one.
     pub(crate) fn notify(&self, sender: &str, notice: DeliveryFailed) {
-        let st = lock(&self.state);
-        let Some(c) = st.clients.get(sender) else {
-            tracing::warn!(%sender, id = %notice.id, reason = ?notice.reason, "sender not connected, notice not delivered");
+        if sender == crate::BROKER_SENDER {
+            tracing::warn!(id = %notice.id, reason = ?notice.reason, "a message of the broker was not delivered");
             return;
+        }
+        let mut st = lock(&self.state);
+        if let Some(c) = st.clients.get(sender) {
+            if c.out
+                .try_push(OutFrame::control(encode::failed(notice.clone())))
+                .is_ok()
+            {
+                return;
+            }
+        }
+        let queue = QueueId::Client(sender.to_owned());
+        let entry = StoredEntry::Notice {
+            notice,
+            expires_at_ms: now_ms().saturating_add(self.config.default_ttl.as_millis() as u64),
         };
-        if c.out
-            .try_push(OutFrame::control(encode::failed(notice)))
-            .is_err()
-        {
-            tracing::warn!(%sender, "sender's queue is full, notice not delivered");
+        if self.persist.is_failed() {
+            tracing::error!(%sender, "store unavailable: a delivery-failed notice is lost");
+            return;
+        }
+        self.count_enqueued(&mut st, &queue, &entry);
+        if let Some(c) = st.clients.get_mut(sender) {
+            c.queue_mode = true;
+        }
+        drop(st);
+        let cmd = Command::Append(vec![AppendItem {
+            queue,
+            entry,
+            done: None,
+        }]);
+        self.persist.send_detached(cmd, &self.rt);
+    }
+
+    /// A store write for a message failed: its sender learns that this recipient will not
+    /// get it.
+    fn store_failed(&self, sender: &str, id: &str, recipient: &str, e: &StoreError) {
+        let notice = DeliveryFailed {
+            id: id.to_owned(),
+            recipient: Recipient::Client(recipient.to_owned()),
+            reason: FailureReason::StoreUnavailable,
+            detail: format!("the message store failed: {e}"),
+            ack_tag: None,
+        };
+        let st = lock(&self.state);
+        if let Some(c) = st.clients.get(sender) {
+            if c.out
+                .try_push(OutFrame::control(encode::failed(notice)))
+                .is_err()
+            {
+                tracing::error!(%sender, %id, "cannot tell the sender that the store failed");
+            }
+        }
+    }
+
+    /// Counts an entry decided for a queue.
+    fn count_enqueued(&self, st: &mut State, queue: &QueueId, entry: &StoredEntry) {
+        let size = entry.size();
+        st.stored_bytes += size;
+        let meta = st.queues.entry(queue.clone()).or_default();
+        meta.pending += 1;
+        meta.bytes += size;
+        meta.unapplied += 1;
+    }
+
+    /// Counts entries settled in a queue.
+    fn count_settled(st: &mut State, queue: &QueueId, seq: Seq, size: u64) {
+        st.stored_bytes = st.stored_bytes.saturating_sub(size);
+        if let Some(meta) = st.queues.get_mut(queue) {
+            meta.pending = meta.pending.saturating_sub(1);
+            meta.bytes = meta.bytes.saturating_sub(size);
+            meta.attempts.remove(&seq);
+        }
+    }
+
+    /// The store thread appended `n` entries to `queue`.
+    fn appended(&self, queue: &QueueId, n: u64) {
+        let mut st = lock(&self.state);
+        if let Some(meta) = st.queues.get_mut(queue) {
+            meta.unapplied = meta.unapplied.saturating_sub(n);
+        }
+        if let QueueId::Client(name) = queue {
+            if let Some(c) = st.clients.get(name.as_str()) {
+                c.wake.notify_one();
+            }
+        }
+    }
+
+    /// A backlog was moved into a client's queue.
+    fn moved(&self, to: &QueueId, expected: u64, moved: Option<(u64, u64)>) {
+        let mut st = lock(&self.state);
+        let (n, _) = moved.unwrap_or((0, 0));
+        if let Some(meta) = st.queues.get_mut(to) {
+            // `appended` already took the moved entries off `unapplied`; take off the rest
+            // of what was expected (entries that were not there to move).
+            meta.unapplied = meta.unapplied.saturating_sub(expected.saturating_sub(n));
+            meta.pending = meta.pending.saturating_sub(expected.saturating_sub(n));
         }
     }
 }
 
-/// One message being routed: its encodings and the notices it has produced so far.
-struct Routing<'a> {
-    router: &'a Router,
-    enc: Encodings<'a>,
-    origin: Arc<Origin>,
-    failed: Vec<DeliveryFailed>,
+/// Sends commands through a reserved slot, as one command.
+fn send_all(slot: Slot, mut cmds: Vec<Command>) {
+    match cmds.len() {
+        0 => drop(slot),
+        1 => {
+            slot.send(cmds.remove(0));
+        }
+        _ => {
+            slot.send(Command::Batch(cmds));
+        }
+    }
 }
 
-impl Routing<'_> {
-    fn deliver(&mut self, name: &Arc<str>, client: &Client, channel: Option<&Arc<str>>) {
-        let bytes = self.enc.get(channel);
-        let recipient = || Recipient::Client(name.to_string());
-        if bytes.len() - HEADER_LEN > client.out.max_frame {
-            let detail = format!(
-                "{name} accepts frames of at most {} bytes",
-                client.out.max_frame
-            );
-            return self.fail(recipient(), FailureReason::TooLarge, detail);
-        }
-        let frame = OutFrame {
-            bytes,
-            origin: Some(self.origin.clone()),
-        };
-        match client.out.try_push(frame) {
-            Ok(()) => {}
-            Err(PushError::Full) => self.fail(
-                recipient(),
-                FailureReason::SlowConsumer,
-                format!("{name} is not reading fast enough: its outbound queue is full"),
-            ),
-            Err(PushError::Closed) => self.fail(
-                recipient(),
-                FailureReason::NotConnected,
-                format!("{name} disconnected"),
-            ),
-        }
+fn session_record(name: &str, s: &SessionState) -> Session {
+    Session {
+        name: name.to_owned(),
+        channels: s.channels.iter().map(|c| c.to_string()).collect(),
+        last_seen_ms: s.last_seen_ms,
     }
+}
 
-    fn not_connected(&mut self, name: &str) {
-        let detail = format!("{name} is not connected");
-        self.fail(
-            Recipient::Client(name.to_owned()),
-            FailureReason::NotConnected,
-            detail,
-        );
+fn entry_sender(e: &StoredEntry) -> String {
+    match e {
+        StoredEntry::Message(m) => m.sender.clone(),
+        StoredEntry::Notice { .. } => String::new(),
     }
+}
 
-    fn no_subscribers(&mut self, recipient: Recipient) {
-        let detail = match &recipient {
-            Recipient::Channel(c) => format!("channel {c} has no subscribers but the sender"),
-            _ => "no other client is connected".to_owned(),
-        };
-        self.fail(recipient, FailureReason::NoSubscribers, detail);
-    }
-
-    fn fail(&mut self, recipient: Recipient, reason: FailureReason, detail: String) {
-        let notice = self
-            .router
-            .undeliverable(&self.origin, recipient, reason, detail);
-        self.failed.push(notice);
+fn entry_id(e: &StoredEntry) -> String {
+    match e {
+        StoredEntry::Message(m) => m.id.clone(),
+        StoredEntry::Notice { notice, .. } => notice.id.clone(),
     }
 }
 

@@ -1,0 +1,53 @@
+//! Each connection's drainer: hands the connection its queue in order, within the window of
+//! unacknowledged deliveries, and sends late deliveries again.
+
+use crate::router::{DrainStep, Router};
+use crate::store::QueueId;
+use std::sync::Arc;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Runs until the connection closes.
+pub(crate) async fn run(
+    router: Arc<Router>,
+    name: Arc<str>,
+    conn_id: u64,
+    wake: Arc<Notify>,
+    close: CancellationToken,
+) {
+    let queue = QueueId::Client(name.to_string());
+    loop {
+        loop {
+            match router.drain_step(&name, conn_id) {
+                DrainStep::Gone => return,
+                DrainStep::Idle => break,
+                DrainStep::Read { from, max } => {
+                    let entries = tokio::select! {
+                        _ = close.cancelled() => return,
+                        r = router.persist.read(queue.clone(), from, max) => r,
+                    };
+                    match entries {
+                        Ok(entries) => {
+                            if !router.drained(&name, conn_id, from, entries) {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot read the queue");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        let deadline = router.next_deadline(&name, conn_id);
+        tokio::select! {
+            _ = close.cancelled() => return,
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                router.redeliver_late(&name, conn_id, Instant::now());
+            }
+        }
+    }
+}

@@ -1,0 +1,414 @@
+//! The store's own thread: every store operation runs there, writes are grouped, and one flush
+//! covers every write of a group before any of them is reported done.
+//!
+//! Async code talks to it through [`Persist`], a bounded channel. Callers that must keep an
+//! order between their decision and the store (the router assigns work to queues under its
+//! lock) reserve a slot first and send under the lock without waiting.
+
+use crate::store::{QueueId, QueueInfo, QueueStore, Seq, Session, StoreError, StoredEntry};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::{mpsc, oneshot};
+
+/// Commands waiting for the store thread at most; senders wait beyond that.
+const CHANNEL: usize = 16 * 1024;
+
+/// Commands applied together before one flush.
+const GROUP: usize = 8 * 1024;
+
+/// Called on the store thread once a write is durable (or failed).
+pub(crate) type Done = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
+
+/// Called on the store thread after entries were appended to a queue (before the flush), so a
+/// connected recipient's drainer can read them.
+pub(crate) type OnAppended = Arc<dyn Fn(&QueueId, u64) + Send + Sync>;
+
+/// Called on the store thread once a move between queues is durable, with the entries and
+/// bytes moved.
+pub(crate) type Moved = Box<dyn FnOnce(Result<(u64, u64), &StoreError>) + Send>;
+
+/// Answer to a look for expired entries.
+pub(crate) type ExpiredReply =
+    oneshot::Sender<Result<Vec<(QueueId, Seq, StoredEntry)>, StoreError>>;
+
+/// One entry to append; the store thread assigns its sequence number.
+pub(crate) struct AppendItem {
+    pub(crate) queue: QueueId,
+    pub(crate) entry: StoredEntry,
+    pub(crate) done: Option<Done>,
+}
+
+pub(crate) enum Command {
+    Append(Vec<AppendItem>),
+    Settle(QueueId, Vec<Seq>),
+    Read {
+        queue: QueueId,
+        from: Seq,
+        max: usize,
+        reply: oneshot::Sender<Result<Vec<(Seq, StoredEntry)>, StoreError>>,
+    },
+    Expired {
+        now_ms: u64,
+        max: usize,
+        reply: ExpiredReply,
+    },
+    PutSession(Session, Option<Done>),
+    RemoveSession(String, Option<Done>),
+    /// Moves every unsettled entry of one queue to the end of another.
+    Move {
+        from: QueueId,
+        to: QueueId,
+        done: Moved,
+    },
+    /// Several commands that must be applied in this order, sent through one slot.
+    Batch(Vec<Command>),
+    /// Flushes, closes the store and stops the thread, then answers.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Handle on the store thread. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Persist {
+    tx: mpsc::Sender<Command>,
+    failed: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Persist {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Persist")
+            .field("failed", &self.is_failed())
+            .finish()
+    }
+}
+
+/// A reserved slot in the store thread's channel.
+pub(crate) type Slot = mpsc::OwnedPermit<Command>;
+
+impl Persist {
+    /// Starts the store thread over an opened store.
+    pub(crate) fn start(
+        store: Arc<dyn QueueStore>,
+        on_appended: OnAppended,
+    ) -> Result<Self, StoreError> {
+        let next_seq = store
+            .queues()?
+            .into_iter()
+            .map(
+                |QueueInfo {
+                     queue, next_seq, ..
+                 }| (queue, next_seq),
+            )
+            .collect();
+        let (tx, rx) = mpsc::channel(CHANNEL);
+        let failed = Arc::new(AtomicBool::new(false));
+        let worker = Worker {
+            store,
+            rx,
+            next_seq,
+            on_appended,
+            failed: failed.clone(),
+        };
+        std::thread::Builder::new()
+            .name("broadcast-store".into())
+            .spawn(move || worker.run())
+            .map_err(|e| StoreError::Io(format!("cannot start the store thread: {e}")))?;
+        Ok(Self { tx, failed })
+    }
+
+    /// True once a write or flush has failed: the store takes no more persistent messages.
+    pub(crate) fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Reserves a slot, waiting while the store thread is behind.
+    pub(crate) async fn reserve(&self) -> Option<Slot> {
+        self.tx.clone().reserve_owned().await.ok()
+    }
+
+    /// Sends a command, waiting for room.
+    pub(crate) async fn send(&self, cmd: Command) {
+        if self.tx.send(cmd).await.is_err() {
+            tracing::error!("the store thread has stopped");
+        }
+    }
+
+    /// Sends a command from code that cannot wait: at once when there is room, otherwise from
+    /// a task of `rt` that waits for room.
+    pub(crate) fn send_detached(&self, cmd: Command, rt: &tokio::runtime::Handle) {
+        match self.tx.try_send(cmd) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(cmd)) => {
+                let tx = self.tx.clone();
+                rt.spawn(async move {
+                    let _ = tx.send(cmd).await;
+                });
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!("the store thread has stopped");
+            }
+        }
+    }
+
+    /// Reads unsettled entries of a queue from `from` on.
+    pub(crate) async fn read(
+        &self,
+        queue: QueueId,
+        from: Seq,
+        max: usize,
+    ) -> Result<Vec<(Seq, StoredEntry)>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Read {
+            queue,
+            from,
+            max,
+            reply,
+        })
+        .await;
+        rx.await
+            .map_err(|_| StoreError::Io("the store thread has stopped".into()))?
+    }
+
+    /// Unsettled entries whose time to live has run out.
+    pub(crate) async fn expired(
+        &self,
+        now_ms: u64,
+        max: usize,
+    ) -> Result<Vec<(QueueId, Seq, StoredEntry)>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Expired { now_ms, max, reply }).await;
+        rx.await
+            .map_err(|_| StoreError::Io("the store thread has stopped".into()))?
+    }
+
+    /// Flushes, closes the store and stops the store thread.
+    pub(crate) async fn shutdown(&self) {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Shutdown(reply)).await;
+        let _ = rx.await;
+    }
+}
+
+struct Worker {
+    store: Arc<dyn QueueStore>,
+    rx: mpsc::Receiver<Command>,
+    next_seq: HashMap<QueueId, Seq>,
+    on_appended: OnAppended,
+    failed: Arc<AtomicBool>,
+}
+
+/// What to report once the group is flushed.
+enum Pending {
+    Done(Done, Result<(), StoreError>),
+    Moved(Moved, Result<(u64, u64), StoreError>),
+}
+
+impl Worker {
+    fn run(mut self) {
+        let mut group = Vec::with_capacity(GROUP);
+        let mut stop = None;
+        while let Some(first) = self.rx.blocking_recv() {
+            group.push(first);
+            while group.len() < GROUP {
+                match self.rx.try_recv() {
+                    Ok(cmd) => group.push(cmd),
+                    Err(_) => break,
+                }
+            }
+            if let Some(i) = group.iter().position(|c| matches!(c, Command::Shutdown(_))) {
+                // Commands after the shutdown are not applied; their senders see the stop.
+                if let Command::Shutdown(reply) = group.swap_remove(i) {
+                    stop = Some(reply);
+                }
+                group.truncate(i);
+            }
+            self.apply(&mut group);
+            if stop.is_some() {
+                break;
+            }
+        }
+        if let Err(e) = self.store.flush() {
+            tracing::error!(error = %e, "final store flush failed");
+        }
+        // Close the store before answering, so that it can be opened again at once.
+        drop(self);
+        if let Some(reply) = stop {
+            let _ = reply.send(());
+        }
+    }
+
+    fn apply(&mut self, group: &mut Vec<Command>) {
+        let mut pending = Vec::new();
+        let mut wrote = false;
+        // Appends of the whole group are gathered per queue, so that each queue gets one
+        // append (a few segments) per group whatever the number of messages.
+        let mut appends: Vec<(QueueId, Vec<AppendItem>)> = Vec::new();
+        let mut index: HashMap<QueueId, usize> = HashMap::new();
+        for cmd in group.drain(..) {
+            match cmd {
+                Command::Append(items) => gather(items, &mut appends, &mut index),
+                other => {
+                    // Keep the order between appends and everything else.
+                    wrote |= self.flush_appends(&mut appends, &mut index, &mut pending);
+                    wrote |= self.apply_one(other, &mut pending);
+                }
+            }
+        }
+        wrote |= self.flush_appends(&mut appends, &mut index, &mut pending);
+        let flushed = if wrote { self.store.flush() } else { Ok(()) };
+        if let Err(e) = &flushed {
+            tracing::error!(error = %e, "store flush failed; persistent messages are refused");
+            self.failed.store(true, Ordering::Release);
+        }
+        for p in pending {
+            match p {
+                Pending::Done(done, r) => done(r.as_ref().and(flushed.as_ref()).map(|_| ())),
+                Pending::Moved(done, r) => match (&r, &flushed) {
+                    (Ok(n), Ok(())) => done(Ok(*n)),
+                    (Err(e), _) | (_, Err(e)) => done(Err(e)),
+                },
+            }
+        }
+    }
+
+    fn flush_appends(
+        &mut self,
+        appends: &mut Vec<(QueueId, Vec<AppendItem>)>,
+        index: &mut HashMap<QueueId, usize>,
+        pending: &mut Vec<Pending>,
+    ) -> bool {
+        if appends.is_empty() {
+            return false;
+        }
+        index.clear();
+        for (queue, items) in appends.drain(..) {
+            let first = self.next_seq.get(&queue).copied().unwrap_or(1).max(1);
+            let entries: Vec<StoredEntry> = items.iter().map(|i| i.entry.clone()).collect();
+            let r = self.store.append(&queue, first, &entries);
+            match &r {
+                Ok(()) => {
+                    self.next_seq
+                        .insert(queue.clone(), first + entries.len() as u64);
+                    (self.on_appended)(&queue, entries.len() as u64);
+                }
+                Err(e) => {
+                    tracing::error!(%queue, error = %e, "store append failed");
+                    self.failed.store(true, Ordering::Release);
+                }
+            }
+            for item in items {
+                if let Some(done) = item.done {
+                    pending.push(Pending::Done(
+                        done,
+                        r.as_ref().map(|_| ()).map_err(clone_err),
+                    ));
+                }
+            }
+        }
+        true
+    }
+
+    fn apply_one(&mut self, cmd: Command, pending: &mut Vec<Pending>) -> bool {
+        match cmd {
+            Command::Append(_) => unreachable!("appends are gathered by the caller"),
+            Command::Settle(queue, seqs) => {
+                if let Err(e) = self.store.settle(&queue, &seqs) {
+                    tracing::error!(%queue, error = %e, "store settle failed");
+                }
+                true
+            }
+            Command::Read {
+                queue,
+                from,
+                max,
+                reply,
+            } => {
+                let _ = reply.send(self.store.read(&queue, from, max));
+                false
+            }
+            Command::Expired { now_ms, max, reply } => {
+                let _ = reply.send(self.store.expired(now_ms, max));
+                false
+            }
+            Command::PutSession(s, done) => {
+                let r = self.store.put_session(&s);
+                if let Some(done) = done {
+                    pending.push(Pending::Done(done, r));
+                }
+                true
+            }
+            Command::RemoveSession(name, done) => {
+                let r = self.store.remove_session(&name);
+                if let Some(done) = done {
+                    pending.push(Pending::Done(done, r));
+                }
+                true
+            }
+            Command::Move { from, to, done } => {
+                let r = self.move_queue(&from, &to);
+                pending.push(Pending::Moved(done, r));
+                true
+            }
+            Command::Batch(cmds) => {
+                let mut wrote = false;
+                let mut appends = Vec::new();
+                let mut index = HashMap::new();
+                for cmd in cmds {
+                    match cmd {
+                        Command::Append(items) => {
+                            gather(items, &mut appends, &mut index);
+                            wrote |= self.flush_appends(&mut appends, &mut index, pending);
+                        }
+                        other => wrote |= self.apply_one(other, pending),
+                    }
+                }
+                wrote
+            }
+            Command::Shutdown(_) => unreachable!("shutdown is taken out of the group first"),
+        }
+    }
+
+    /// Appends every unsettled entry of `from` to `to` and settles them in `from`; returns
+    /// how many entries and bytes moved.
+    fn move_queue(&mut self, from: &QueueId, to: &QueueId) -> Result<(u64, u64), StoreError> {
+        let mut moved = (0u64, 0u64);
+        let mut cursor = 0;
+        loop {
+            let batch = self.store.read(from, cursor, 4096)?;
+            let Some((last, _)) = batch.last() else { break };
+            cursor = last + 1;
+            let first = self.next_seq.get(to).copied().unwrap_or(1).max(1);
+            let entries: Vec<StoredEntry> = batch.iter().map(|(_, e)| e.clone()).collect();
+            self.store.append(to, first, &entries)?;
+            self.next_seq
+                .insert(to.clone(), first + entries.len() as u64);
+            let seqs: Vec<Seq> = batch.iter().map(|(s, _)| *s).collect();
+            self.store.settle(from, &seqs)?;
+            moved.0 += entries.len() as u64;
+            moved.1 += entries.iter().map(StoredEntry::size).sum::<u64>();
+        }
+        if moved.0 > 0 {
+            (self.on_appended)(to, moved.0);
+        }
+        Ok(moved)
+    }
+}
+
+/// Adds items to the appends of their queues.
+fn gather(
+    items: Vec<AppendItem>,
+    appends: &mut Vec<(QueueId, Vec<AppendItem>)>,
+    index: &mut HashMap<QueueId, usize>,
+) {
+    for item in items {
+        let i = *index.entry(item.queue.clone()).or_insert_with(|| {
+            appends.push((item.queue.clone(), Vec::new()));
+            appends.len() - 1
+        });
+        appends[i].1.push(item);
+    }
+}
+
+fn clone_err(e: &StoreError) -> StoreError {
+    StoreError::Io(e.to_string())
+}

@@ -1,0 +1,449 @@
+//! Where one message goes.
+
+use super::{Client, Inflight, InflightKind, LIVE_TAG, QueueMeta, Router, State, lock, now_ms};
+use crate::confirm::Confirm;
+use crate::encode::{self, DeliveryRef};
+use crate::outbound::{Origin, OutFrame, PushError};
+use crate::persist::{AppendItem, Command, Done, Slot};
+use crate::store::{QueueId, StoredEntry, StoredMessage};
+use broadcast_protocol::{DeliveryFailed, FailureReason, HEADER_LEN, Publish, Recipient, Target};
+use bytes::Bytes;
+use std::collections::HashSet;
+use std::sync::Arc;
+use tokio::time::Instant;
+
+/// `Deliver` frames of one non-persistent message, encoded once per channel tag.
+struct Encodings<'a> {
+    sender: &'a str,
+    msg: &'a Publish,
+    cache: Vec<(Option<Arc<str>>, Bytes)>,
+}
+
+impl<'a> Encodings<'a> {
+    fn get(&mut self, channel: Option<&Arc<str>>) -> Bytes {
+        if let Some((_, b)) = self.cache.iter().find(|(c, _)| c.as_ref() == channel) {
+            return b.clone();
+        }
+        let b = deliver_frame(
+            self.sender,
+            self.msg,
+            channel.map(|c| &**c),
+            self.msg.resent,
+            None,
+        );
+        self.cache.push((channel.cloned(), b.clone()));
+        b
+    }
+}
+
+/// Encodes a delivery of `msg`.
+fn deliver_frame(
+    sender: &str,
+    msg: &Publish,
+    channel: Option<&str>,
+    redelivered: bool,
+    ack_tag: Option<u64>,
+) -> Bytes {
+    let d = DeliveryRef {
+        id: &msg.id,
+        sender,
+        channel,
+        name: msg.name.as_deref(),
+        data: &msg.data,
+        persistent: msg.persistent,
+        redelivered,
+        ack_tag,
+    };
+    // The publish frame was decoded within the frame cap and a delivery adds at most the
+    // sender's and the channel's names, so it always fits the cap; per-recipient limits are
+    // checked at delivery.
+    encode::deliver(&d).unwrap_or_default()
+}
+
+/// One message being routed: its encodings, what it puts in the store, and the notices it has
+/// produced so far.
+struct Routing<'a> {
+    router: &'a Router,
+    sender: &'a Arc<str>,
+    msg: &'a Publish,
+    enc: Encodings<'a>,
+    origin: Arc<Origin>,
+    failed: Vec<DeliveryFailed>,
+    confirm: Option<Arc<Confirm>>,
+    appends: Vec<AppendItem>,
+    expires_at_ms: u64,
+}
+
+impl Router {
+    /// Routes a validated message from `sender`, returning a notice for every recipient that
+    /// will not get it. A persistent message comes with its `confirm` and a reserved store
+    /// `slot`; the caller sends the notices, then settles the router's hold on `confirm`.
+    pub(crate) fn route(
+        &self,
+        sender: &Arc<str>,
+        msg: &Publish,
+        confirm: Option<Arc<Confirm>>,
+        slot: Option<Slot>,
+    ) -> Vec<DeliveryFailed> {
+        if self.observers.receiver_count() > 0 && &**sender != crate::BROKER_SENDER {
+            // A lagging observer loses old entries; it never slows routing.
+            let _ = self.observers.send(Arc::new(crate::handle::Observed {
+                sender: sender.to_string(),
+                message: msg.clone(),
+            }));
+        }
+        let ttl = msg
+            .ttl_ms
+            .unwrap_or(self.config.default_ttl.as_millis() as u64);
+        let mut r = Routing {
+            router: self,
+            sender,
+            msg,
+            enc: Encodings {
+                sender,
+                msg,
+                cache: Vec::new(),
+            },
+            origin: Arc::new(Origin {
+                sender: sender.clone(),
+                id: Arc::from(msg.id.as_str()),
+            }),
+            failed: Vec::new(),
+            confirm: if msg.persistent { confirm } else { None },
+            appends: Vec::new(),
+            expires_at_ms: now_ms().saturating_add(ttl),
+        };
+        let mut st = lock(&self.state);
+        match &msg.target {
+            Target::Client(name) => r.for_client(&mut st, name, None),
+            Target::Group(names) => {
+                let mut seen = HashSet::with_capacity(names.len());
+                for name in names.iter().filter(|n| seen.insert(n.as_str())) {
+                    r.for_client(&mut st, name, None);
+                }
+            }
+            Target::Channel(channel) => r.for_channels(&mut st, std::slice::from_ref(channel)),
+            Target::Channels(channels) => r.for_channels(&mut st, channels),
+            Target::ClientInChannel { client, channel } => {
+                let subscribed = st
+                    .sessions
+                    .get(client.as_str())
+                    .and_then(|s| s.channels.get(channel.as_str()))
+                    .cloned();
+                match subscribed {
+                    Some(ch) => r.for_client(&mut st, client, Some(&ch)),
+                    None if st.clients.contains_key(client.as_str()) || !msg.persistent => {
+                        let reason = if st.clients.contains_key(client.as_str()) {
+                            FailureReason::NotSubscribed
+                        } else {
+                            FailureReason::NotConnected
+                        };
+                        let detail = match reason {
+                            FailureReason::NotSubscribed => {
+                                format!("{client} is connected but not subscribed to {channel}")
+                            }
+                            _ => format!("{client} is not connected"),
+                        };
+                        r.fail(Recipient::Client(client.clone()), reason, detail);
+                    }
+                    // Not connected and not known to subscribe: keep it for the client, tagged
+                    // with the channel, as for any client named directly.
+                    None => {
+                        let ch: Arc<str> = Arc::from(channel.as_str());
+                        r.for_client(&mut st, client, Some(&ch));
+                    }
+                }
+            }
+            Target::All => {
+                let names: Vec<Arc<str>> = st
+                    .clients
+                    .keys()
+                    .filter(|n| ***n != **sender)
+                    .cloned()
+                    .collect();
+                if names.is_empty() {
+                    r.no_subscribers(Recipient::All);
+                }
+                for name in names {
+                    r.for_client(&mut st, &name, None);
+                }
+            }
+        }
+        let appends = std::mem::take(&mut r.appends);
+        drop(st);
+        match slot {
+            Some(slot) if !appends.is_empty() => {
+                slot.send(Command::Append(appends));
+            }
+            _ => debug_assert!(
+                appends.is_empty(),
+                "persistent routing without a store slot"
+            ),
+        }
+        r.failed
+    }
+}
+
+impl Routing<'_> {
+    fn for_channels(&mut self, st: &mut State, channels: &[String]) {
+        let mut served: HashSet<Arc<str>> = HashSet::new();
+        let mut seen = HashSet::with_capacity(channels.len());
+        for channel in channels.iter().filter(|c| seen.insert(c.as_str())) {
+            let Some((ch, subs)) = st.channels.get_key_value(channel.as_str()) else {
+                self.no_subscriber_at_all(st, channel);
+                continue;
+            };
+            let ch = ch.clone();
+            let others: Vec<Arc<str>> = subs
+                .iter()
+                .filter(|n| ***n != **self.sender)
+                .cloned()
+                .collect();
+            if others.is_empty() {
+                self.no_subscriber_at_all(st, channel);
+                continue;
+            }
+            for name in others {
+                if served.insert(name.clone()) {
+                    self.for_client(st, &name, Some(&ch));
+                }
+            }
+        }
+    }
+
+    /// A channel nobody (but perhaps the sender) subscribes to: a persistent message waits in
+    /// the channel's backlog for the first subscriber.
+    fn no_subscriber_at_all(&mut self, st: &mut State, channel: &str) {
+        if self.confirm.is_none() {
+            return self.no_subscribers(Recipient::Channel(channel.to_owned()));
+        }
+        let entry = self.stored(Some(channel));
+        let queue = QueueId::Backlog(channel.to_owned());
+        let limit = self.router.config.backlog_max_messages;
+        self.enqueue(
+            st,
+            queue,
+            entry,
+            Recipient::Channel(channel.to_owned()),
+            limit,
+        );
+    }
+
+    fn for_client(&mut self, st: &mut State, name: &str, channel: Option<&Arc<str>>) {
+        let persistent = self.confirm.is_some();
+        let key = st.clients.get_key_value(name).map(|(k, _)| k.clone());
+        let Some((key, client)) = key.and_then(|k| st.clients.get_mut(&k).map(|c| (k, c))) else {
+            if persistent {
+                let entry = self.stored(channel.map(|c| &**c));
+                let limit = self.router.config.queue_max_messages;
+                let recipient = Recipient::Client(name.to_owned());
+                return self.enqueue(
+                    st,
+                    QueueId::Client(name.to_owned()),
+                    entry,
+                    recipient,
+                    limit,
+                );
+            }
+            return self.not_connected(name);
+        };
+        if !persistent {
+            return self.deliver_now(&key, client, channel);
+        }
+        let window_full = client.inflight.len() >= self.router.config.max_unacked;
+        if client.queue_mode || window_full || !self.live(&key, client, channel) {
+            if let Some(c) = st.clients.get_mut(&key) {
+                c.queue_mode = true;
+            }
+            let entry = self.stored(channel.map(|c| &**c));
+            let limit = self.router.config.queue_max_messages;
+            let recipient = Recipient::Client(key.to_string());
+            self.enqueue(
+                st,
+                QueueId::Client(key.to_string()),
+                entry,
+                recipient,
+                limit,
+            );
+        }
+    }
+
+    /// Hands a non-persistent message to a connected client, or says why not.
+    fn deliver_now(&mut self, name: &Arc<str>, client: &Client, channel: Option<&Arc<str>>) {
+        let bytes = self.enc.get(channel);
+        let recipient = || Recipient::Client(name.to_string());
+        if bytes.len() - HEADER_LEN > client.out.max_frame {
+            let detail = format!(
+                "{name} accepts frames of at most {} bytes",
+                client.out.max_frame
+            );
+            return self.fail(recipient(), FailureReason::TooLarge, detail);
+        }
+        let frame = OutFrame {
+            bytes,
+            origin: Some(self.origin.clone()),
+        };
+        match client.out.try_push(frame) {
+            Ok(()) => {}
+            Err(PushError::Full) => self.fail(
+                recipient(),
+                FailureReason::SlowConsumer,
+                format!("{name} is not reading fast enough: its outbound queue is full"),
+            ),
+            Err(PushError::Closed) => self.fail(
+                recipient(),
+                FailureReason::NotConnected,
+                format!("{name} disconnected"),
+            ),
+        }
+    }
+
+    /// Hands a persistent message straight to a connected client with an acknowledgement tag.
+    /// Returns false when it must be queued instead (the connection has no room or is closing).
+    fn live(&mut self, name: &Arc<str>, client: &mut Client, channel: Option<&Arc<str>>) -> bool {
+        let tag = LIVE_TAG | client.next_live_tag;
+        let bytes = deliver_frame(
+            self.sender,
+            self.msg,
+            channel.map(|c| &**c),
+            self.msg.resent,
+            Some(tag),
+        );
+        if bytes.len() - HEADER_LEN > client.out.max_frame {
+            let detail = format!(
+                "{name} accepts frames of at most {} bytes",
+                client.out.max_frame
+            );
+            self.fail(
+                Recipient::Client(name.to_string()),
+                FailureReason::TooLarge,
+                detail,
+            );
+            return true;
+        }
+        if client.out.try_push(OutFrame::control(bytes)).is_err() {
+            return false;
+        }
+        client.next_live_tag += 1;
+        let Some(confirm) = self.confirm.clone() else {
+            return true;
+        };
+        confirm.add();
+        let StoredEntry::Message(entry) = self.stored(channel.map(|c| &**c)) else {
+            unreachable!("stored() makes messages")
+        };
+        let deadline = Instant::now() + self.router.config.ack_timeout;
+        let what = InflightKind::Live { entry, confirm };
+        client.inflight.insert(
+            tag,
+            Inflight {
+                what,
+                attempts: 1,
+                deadline,
+            },
+        );
+        client.wake.notify_one();
+        true
+    }
+
+    /// Decides that a persistent message waits in `queue`, within its limits.
+    fn enqueue(
+        &mut self,
+        st: &mut State,
+        queue: QueueId,
+        entry: StoredEntry,
+        recipient: Recipient,
+        max_messages: u64,
+    ) {
+        if self.router.persist.is_failed() {
+            let detail = "the message store is unavailable; persistent messages are refused";
+            return self.fail(
+                recipient,
+                FailureReason::StoreUnavailable,
+                detail.to_owned(),
+            );
+        }
+        let size = entry.size();
+        let cfg = &self.router.config;
+        let meta = st.queues.get(&queue);
+        let (pending, bytes) = meta.map_or((0, 0), |m: &QueueMeta| (m.pending, m.bytes));
+        let full = if pending >= max_messages {
+            Some(format!(
+                "the queue of {queue} holds its limit of {max_messages} messages"
+            ))
+        } else if bytes + size > cfg.queue_max_bytes {
+            Some(format!(
+                "the queue of {queue} holds its limit of {} bytes",
+                cfg.queue_max_bytes
+            ))
+        } else if st.stored_bytes + size > cfg.store_max_bytes {
+            Some(format!(
+                "the store holds its limit of {} bytes",
+                cfg.store_max_bytes
+            ))
+        } else {
+            None
+        };
+        if let Some(detail) = full {
+            return self.fail(recipient, FailureReason::QueueFull, detail);
+        }
+        self.router.count_enqueued(st, &queue, &entry);
+        let Some(confirm) = self.confirm.clone() else {
+            return;
+        };
+        confirm.add();
+        let weak = self.router.self_weak();
+        let (sender, id) = (self.sender.to_string(), self.msg.id.clone());
+        let who = match &recipient {
+            Recipient::Client(c) | Recipient::Channel(c) => c.clone(),
+            Recipient::All => String::new(),
+        };
+        let done: Done = Box::new(move |r| {
+            if let (Err(e), Some(router)) = (r, weak.upgrade()) {
+                router.store_failed(&sender, &id, &who, e);
+            }
+            confirm.settle();
+        });
+        self.appends.push(AppendItem {
+            queue,
+            entry,
+            done: Some(done),
+        });
+    }
+
+    fn stored(&self, channel: Option<&str>) -> StoredEntry {
+        StoredEntry::Message(StoredMessage {
+            id: self.msg.id.clone(),
+            sender: self.sender.to_string(),
+            channel: channel.map(str::to_owned),
+            name: self.msg.name.clone(),
+            data: self.msg.data.clone(),
+            expires_at_ms: self.expires_at_ms,
+            redelivered: self.msg.resent,
+        })
+    }
+
+    fn not_connected(&mut self, name: &str) {
+        let detail = format!("{name} is not connected");
+        self.fail(
+            Recipient::Client(name.to_owned()),
+            FailureReason::NotConnected,
+            detail,
+        );
+    }
+
+    fn no_subscribers(&mut self, recipient: Recipient) {
+        let detail = match &recipient {
+            Recipient::Channel(c) => format!("channel {c} has no subscribers but the sender"),
+            _ => "no other client is connected".to_owned(),
+        };
+        self.fail(recipient, FailureReason::NoSubscribers, detail);
+    }
+
+    fn fail(&mut self, recipient: Recipient, reason: FailureReason, detail: String) {
+        let notice = self
+            .router
+            .undeliverable(&self.origin, recipient, reason, detail);
+        self.failed.push(notice);
+    }
+}

@@ -1,0 +1,243 @@
+//! Keys and values of the sled store.
+//!
+//! Keys start with a one-byte kind. Queue-scoped keys continue with the queue's kind and name
+//! and a 0xFF byte, which cannot occur in UTF-8, so one queue's keys never prefix another's;
+//! segment keys end with the segment's first seq in big-endian, so a prefix scan is in seq
+//! order. Message ids are never part of a key.
+//!
+//! Values are bincode (serde, standard configuration). Decoding is always limited, so a
+//! corrupt length prefix cannot make it allocate more than [`DECODE_LIMIT`].
+
+use super::{QueueId, Seq, StoreError, StoredEntry};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Most bytes one decode may claim.
+const DECODE_LIMIT: usize = 64 << 20;
+
+/// Most entries in one segment; settlement of a segment is a `u64` bit mask.
+pub(super) const SEGMENT_ENTRIES: usize = 64;
+/// Most encoded entry bytes in one segment, unless a single entry is larger. Keeps segment
+/// values well under the size at which sled stores a value as a separate blob.
+pub(super) const SEGMENT_BYTES: usize = 64 * 1024;
+
+/// Kind of the key holding the store's format version.
+const META: u8 = b'm';
+/// Kind of queue records: next seq and settlement.
+pub(super) const QUEUE: u8 = b'q';
+/// Kind of segments: up to [`SEGMENT_ENTRIES`] consecutive entries.
+pub(super) const SEGMENT: u8 = b's';
+/// Kind of sessions, keyed by client name.
+pub(super) const SESSION: u8 = b'n';
+
+const CLIENT: u8 = b'c';
+const BACKLOG: u8 = b'b';
+const SEP: u8 = 0xFF;
+
+/// The key of the format version and the version this code writes.
+pub(super) const FORMAT_KEY: &[u8] = &[META, b'f'];
+pub(super) const FORMAT: &[u8] = &[1];
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<DECODE_LIMIT>()
+}
+
+/// Encodes a value.
+pub(super) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    bincode::serde::encode_to_vec(value, config()).map_err(|e| StoreError::Encode(e.to_string()))
+}
+
+/// Decodes a value that must fill `bytes` exactly; `what` names it in errors.
+pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreError> {
+    let (value, used) = decode_prefix(bytes, what)?;
+    if used != bytes.len() {
+        return Err(StoreError::Corrupt(format!(
+            "{what}: {} bytes left over",
+            bytes.len() - used
+        )));
+    }
+    Ok(value)
+}
+
+/// Decodes a value at the start of `bytes`; returns it and the bytes it took.
+fn decode_prefix<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<(T, usize), StoreError> {
+    bincode::serde::decode_from_slice(bytes, config())
+        .map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+fn queue_scoped(kind: u8, queue: &QueueId, extra: usize) -> Vec<u8> {
+    let (qkind, name) = match queue {
+        QueueId::Client(name) => (CLIENT, name),
+        QueueId::Backlog(name) => (BACKLOG, name),
+    };
+    let mut key = Vec::with_capacity(3 + name.len() + extra);
+    key.push(kind);
+    key.push(qkind);
+    key.extend_from_slice(name.as_bytes());
+    key.push(SEP);
+    key
+}
+
+/// Key of a queue's record.
+pub(super) fn queue_key(queue: &QueueId) -> Vec<u8> {
+    queue_scoped(QUEUE, queue, 0)
+}
+
+/// Prefix of every segment key of a queue.
+pub(super) fn segments_prefix(queue: &QueueId) -> Vec<u8> {
+    queue_scoped(SEGMENT, queue, 0)
+}
+
+/// Key of the segment of `queue` whose first seq is `first`.
+pub(super) fn segment_key(queue: &QueueId, first: Seq) -> Vec<u8> {
+    let mut key = queue_scoped(SEGMENT, queue, 8);
+    key.extend_from_slice(&first.to_be_bytes());
+    key
+}
+
+/// Key of a session.
+pub(super) fn session_key(name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + name.len());
+    key.push(SESSION);
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+/// The queue of a queue-scoped key body: kind byte, name, separator.
+fn parse_queue(body: &[u8]) -> Option<QueueId> {
+    let (&qkind, rest) = body.split_first()?;
+    let (&sep, name) = rest.split_last()?;
+    if sep != SEP {
+        return None;
+    }
+    let name = std::str::from_utf8(name).ok()?.to_owned();
+    match qkind {
+        CLIENT => Some(QueueId::Client(name)),
+        BACKLOG => Some(QueueId::Backlog(name)),
+        _ => None,
+    }
+}
+
+/// The queue of a queue record key.
+pub(super) fn parse_queue_key(key: &[u8]) -> Option<QueueId> {
+    match key.split_first()? {
+        (&QUEUE, body) => parse_queue(body),
+        _ => None,
+    }
+}
+
+/// The queue and first seq of a segment key.
+pub(super) fn parse_segment_key(key: &[u8]) -> Option<(QueueId, Seq)> {
+    let (&SEGMENT, body) = key.split_first()? else {
+        return None;
+    };
+    let split = body.len().checked_sub(8)?;
+    let (body, seq) = body.split_at(split);
+    let seq = Seq::from_be_bytes(seq.try_into().ok()?);
+    Some((parse_queue(body)?, seq))
+}
+
+/// A queue's next seq and settlement, one small value per queue.
+///
+/// Every seq below `acked_below` is settled (or was never appended). Beyond it, `partial`
+/// lists the segments, by first seq, that hold settled entries, with a bit mask of them (bit
+/// `i` is seq `first + i`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(super) struct QueueRecord {
+    pub(super) next_seq: Seq,
+    pub(super) acked_below: Seq,
+    pub(super) partial: Vec<(Seq, u64)>,
+}
+
+/// What the index keeps of each entry, and what a segment's header holds so that opening
+/// the store reads no payloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(super) struct EntryMeta {
+    pub(super) size: u64,
+    pub(super) expires_at_ms: u64,
+}
+
+/// One segment ready to be written.
+#[derive(Debug)]
+pub(super) struct EncodedSegment {
+    pub(super) first: Seq,
+    pub(super) metas: Vec<EntryMeta>,
+    pub(super) value: Vec<u8>,
+}
+
+/// Splits `entries` (seqs from `first_seq`) into segments of at most [`SEGMENT_ENTRIES`]
+/// entries and [`SEGMENT_BYTES`] encoded bytes; an entry larger than that gets a segment of
+/// its own.
+///
+/// A segment value is the encoded header (the entries' [`EntryMeta`]s) followed by the encoded
+/// entries, one after another.
+pub(super) fn encode_segments(
+    first_seq: Seq,
+    entries: &[StoredEntry],
+) -> Result<Vec<EncodedSegment>, StoreError> {
+    let mut body = Vec::new();
+    let mut ends = Vec::with_capacity(entries.len());
+    for entry in entries {
+        bincode::serde::encode_into_std_write(entry, &mut body, config())
+            .map_err(|e| StoreError::Encode(e.to_string()))?;
+        ends.push(body.len());
+    }
+    let mut segments = Vec::new();
+    let mut start = 0; // index of the segment's first entry
+    while start < entries.len() {
+        let byte_start = if start == 0 { 0 } else { ends[start - 1] };
+        let mut end = start + 1; // one past the segment's last entry
+        while end < entries.len()
+            && end - start < SEGMENT_ENTRIES
+            && ends[end] - byte_start <= SEGMENT_BYTES
+        {
+            end += 1;
+        }
+        let metas: Vec<EntryMeta> = entries[start..end]
+            .iter()
+            .map(|e| EntryMeta {
+                size: e.size(),
+                expires_at_ms: e.expires_at_ms(),
+            })
+            .collect();
+        let mut value = encode(&metas)?;
+        value.extend_from_slice(&body[byte_start..ends[end - 1]]);
+        segments.push(EncodedSegment {
+            first: first_seq + start as u64,
+            metas,
+            value,
+        });
+        start = end;
+    }
+    Ok(segments)
+}
+
+/// The header of a segment value: its entries' metadata, and where the entries start.
+pub(super) fn decode_segment_header(value: &[u8]) -> Result<(Vec<EntryMeta>, usize), StoreError> {
+    let (metas, used): (Vec<EntryMeta>, usize) = decode_prefix(value, "segment header")?;
+    if metas.is_empty() || metas.len() > SEGMENT_ENTRIES {
+        return Err(StoreError::Corrupt(format!(
+            "segment header: {} entries",
+            metas.len()
+        )));
+    }
+    Ok((metas, used))
+}
+
+/// Every entry of a segment value.
+pub(super) fn decode_segment(value: &[u8]) -> Result<Vec<StoredEntry>, StoreError> {
+    let (metas, mut at) = decode_segment_header(value)?;
+    let mut entries = Vec::with_capacity(metas.len());
+    for _ in 0..metas.len() {
+        let (entry, used) = decode_prefix::<StoredEntry>(&value[at..], "segment entry")?;
+        at += used;
+        entries.push(entry);
+    }
+    if at != value.len() {
+        return Err(StoreError::Corrupt(format!(
+            "segment: {} bytes left over",
+            value.len() - at
+        )));
+    }
+    Ok(entries)
+}

@@ -1,0 +1,556 @@
+//! [`SledStore`]: queues and sessions in a sled database.
+//!
+//! Entries are written in segments of up to 64 consecutive entries per sled value, because
+//! sled's cost is mostly per key: one key per message stores an order of magnitude fewer
+//! messages per second. Each queue has one small record with its next seq and which entries
+//! are settled; a segment is deleted once all of its entries are settled.
+//!
+//! An in-memory index, rebuilt on open from the records and the segment headers, knows every
+//! segment's entries (size, expiry, settled or not), so counting, finding expired entries and
+//! settling read no payloads. Every change is written first and applied to the index only
+//! once sled has taken it, so a failed write leaves the index as it was.
+
+use super::codec::{self, EncodedSegment, EntryMeta, QueueRecord};
+use super::{QueueId, QueueInfo, QueueStore, Seq, Session, StoreError, StoredEntry, append_end};
+use sled::{Batch, Db};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// A [`QueueStore`] in a sled database in one directory.
+///
+/// Writes become durable at [`QueueStore::flush`] (sled also flushes on its own every half
+/// second). Only one `SledStore` can have a directory open at a time.
+#[derive(Debug)]
+pub struct SledStore {
+    db: Db,
+    path: PathBuf,
+    index: Mutex<Index>,
+}
+
+/// Every queue's segments, by queue.
+#[derive(Debug, Default)]
+struct Index {
+    queues: BTreeMap<QueueId, QueueState>,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    next_seq: Seq,
+    /// Unsettled entries.
+    pending: u64,
+    /// Sum of the unsettled entries' sizes.
+    bytes: u64,
+    /// Segments with at least one unsettled entry, by first seq.
+    segments: BTreeMap<Seq, Segment>,
+    /// First seqs of the segments with at least one settled entry.
+    partial: BTreeSet<Seq>,
+}
+
+#[derive(Debug)]
+struct Segment {
+    metas: Box<[EntryMeta]>,
+    /// Bit `i` is set when the entry `i` is settled.
+    settled: u64,
+    pending: u64,
+    bytes: u64,
+    /// Earliest expiry of an unsettled entry.
+    min_expiry: u64,
+}
+
+/// Mask with a bit for each of `len` entries.
+fn full_mask(len: usize) -> u64 {
+    if len >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << len) - 1
+    }
+}
+
+impl Segment {
+    fn new(metas: Box<[EntryMeta]>, settled: u64) -> Self {
+        let mut segment = Segment {
+            metas,
+            settled: 0,
+            pending: 0,
+            bytes: 0,
+            min_expiry: u64::MAX,
+        };
+        segment.set_settled(settled);
+        segment
+    }
+
+    fn len(&self) -> u64 {
+        self.metas.len() as u64
+    }
+
+    fn is_full(&self, mask: u64) -> bool {
+        mask == full_mask(self.metas.len())
+    }
+
+    fn is_settled(&self, i: usize) -> bool {
+        self.settled & (1 << i) != 0
+    }
+
+    /// Replaces the settled mask and recomputes the counts.
+    fn set_settled(&mut self, mask: u64) {
+        self.settled = mask & full_mask(self.metas.len());
+        self.pending = 0;
+        self.bytes = 0;
+        self.min_expiry = u64::MAX;
+        for (i, meta) in self.metas.iter().enumerate() {
+            if self.settled & (1 << i) == 0 {
+                self.pending += 1;
+                self.bytes += meta.size;
+                self.min_expiry = self.min_expiry.min(meta.expires_at_ms);
+            }
+        }
+    }
+}
+
+impl QueueState {
+    /// The segment holding `seq`, by first seq.
+    fn segment_of(&self, seq: Seq) -> Option<(Seq, &Segment)> {
+        let (&first, segment) = self.segments.range(..=seq).next_back()?;
+        (seq - first < segment.len()).then_some((first, segment))
+    }
+
+    /// The record of this queue after the settled masks in `changed` (by segment first seq)
+    /// replace the segments' own.
+    fn record(&self, changed: &BTreeMap<Seq, u64>) -> QueueRecord {
+        let mask =
+            |first: Seq, segment: &Segment| changed.get(&first).copied().unwrap_or(segment.settled);
+        // The first unsettled seq: every seq below it is settled or was never appended.
+        let mut acked_below = self.next_seq;
+        for (&first, segment) in &self.segments {
+            let m = mask(first, segment);
+            if !segment.is_full(m) {
+                acked_below = first + u64::from(m.trailing_ones());
+                break;
+            }
+        }
+        let mut partial = Vec::new();
+        let firsts: BTreeSet<Seq> = self.partial.iter().chain(changed.keys()).copied().collect();
+        for first in firsts {
+            let Some(segment) = self.segments.get(&first) else {
+                continue;
+            };
+            let mut m = mask(first, segment);
+            if segment.is_full(m) {
+                continue;
+            }
+            if first < acked_below {
+                // Only the segment holding `acked_below` can start below it.
+                m &= !full_mask((acked_below - first) as usize);
+            }
+            if m != 0 {
+                partial.push((first, m));
+            }
+        }
+        QueueRecord {
+            next_seq: self.next_seq,
+            acked_below,
+            partial,
+        }
+    }
+}
+
+/// How long [`SledStore::open`] waits for a directory locked by a store that is closing.
+const LOCK_WAIT: Duration = Duration::from_secs(1);
+const LOCK_RETRY: Duration = Duration::from_millis(10);
+
+/// Opens the database in `dir`, retrying while its lock is held for up to [`LOCK_WAIT`].
+///
+/// sled closes its files from background threads some time after the last `Db` handle is
+/// dropped, so reopening a directory right after closing it can find the lock still held.
+fn open_db(dir: &Path) -> sled::Result<Db> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match sled::Config::new().path(dir).open() {
+            // sled reports the lock as an `Other` I/O error; its message is the only sign.
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(LOCK_RETRY);
+            }
+            result => return result,
+        }
+    }
+}
+
+fn io(e: sled::Error) -> StoreError {
+    match e {
+        sled::Error::Corruption { .. } => StoreError::Corrupt(e.to_string()),
+        e => StoreError::Io(e.to_string()),
+    }
+}
+
+fn missing_segment(queue: &QueueId, first: Seq) -> StoreError {
+    StoreError::Corrupt(format!(
+        "the segment at seq {first} of the {queue} is missing"
+    ))
+}
+
+impl SledStore {
+    /// Opens the store in `dir`, creating the directory and an empty store when needed, and
+    /// rebuilds the index from what the store holds.
+    ///
+    /// sled releases a directory's lock a little after its last handle is dropped, so opening
+    /// waits up to a second for the lock before it gives up.
+    ///
+    /// # Errors
+    /// [`StoreError::Open`], naming `dir`, when the directory is locked by another open store,
+    /// cannot be read or written, or holds data that is not a valid store.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let open_error = |reason: String| StoreError::Open {
+            path: dir.to_path_buf(),
+            reason,
+        };
+        let db = open_db(dir).map_err(|e| open_error(e.to_string()))?;
+        match db
+            .get(codec::FORMAT_KEY)
+            .map_err(|e| open_error(e.to_string()))?
+        {
+            Some(format) if &*format == codec::FORMAT => {}
+            Some(format) => {
+                return Err(open_error(format!("unknown store format {:?}", &*format)));
+            }
+            None if db.is_empty() => {
+                db.insert(codec::FORMAT_KEY, codec::FORMAT)
+                    .map_err(|e| open_error(e.to_string()))?;
+            }
+            None => return Err(open_error("not a message store".to_owned())),
+        }
+        let index = load(&db).map_err(|e| open_error(e.to_string()))?;
+        Ok(SledStore {
+            db,
+            path: dir.to_path_buf(),
+            index: Mutex::new(index),
+        })
+    }
+
+    /// The directory the store is in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// How many segment values the database holds, for tests.
+    ///
+    /// # Errors
+    /// Storage failures.
+    #[doc(hidden)]
+    pub fn segment_count(&self) -> Result<usize, StoreError> {
+        let mut count = 0;
+        for item in self.db.scan_prefix([codec::SEGMENT]) {
+            item.map_err(io)?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// The database, for tests that look at or damage what is stored.
+    #[cfg(test)]
+    pub(super) fn db(&self) -> &Db {
+        &self.db
+    }
+
+    fn index(&self) -> Result<MutexGuard<'_, Index>, StoreError> {
+        // A panic while the lock was held may have left the index half-updated; refuse to use
+        // it rather than answer from it.
+        self.index
+            .lock()
+            .map_err(|_| StoreError::Io("the store index was poisoned by a panic".to_owned()))
+    }
+
+    fn load_segment(
+        &self,
+        queue: &QueueId,
+        first: Seq,
+        len: u64,
+    ) -> Result<Vec<StoredEntry>, StoreError> {
+        let value = self
+            .db
+            .get(codec::segment_key(queue, first))
+            .map_err(io)?
+            .ok_or_else(|| missing_segment(queue, first))?;
+        let entries = codec::decode_segment(&value)?;
+        if entries.len() as u64 != len {
+            return Err(StoreError::Corrupt(format!(
+                "the segment at seq {first} of the {queue} holds {} entries, not {len}",
+                entries.len()
+            )));
+        }
+        Ok(entries)
+    }
+}
+
+/// Rebuilds the index from the queue records and segment headers, and deletes segments whose
+/// entries are all settled (a store written by this code holds none).
+fn load(db: &Db) -> Result<Index, StoreError> {
+    // Each queue's next seq, first unsettled seq and masks of partly settled segments.
+    let mut records: HashMap<QueueId, (Seq, Seq, HashMap<Seq, u64>)> = HashMap::new();
+    for item in db.scan_prefix([codec::QUEUE]) {
+        let (key, value) = item.map_err(io)?;
+        let queue = codec::parse_queue_key(&key)
+            .ok_or_else(|| StoreError::Corrupt(format!("bad queue key {:?}", &*key)))?;
+        let record: QueueRecord = codec::decode(&value, "queue record")?;
+        let partial = record.partial.into_iter().collect();
+        records.insert(queue, (record.next_seq, record.acked_below, partial));
+    }
+    let mut index = Index::default();
+    let mut stale = Batch::default();
+    let mut any_stale = false;
+    for item in db.scan_prefix([codec::SEGMENT]) {
+        let (key, value) = item.map_err(io)?;
+        let (queue, first) = codec::parse_segment_key(&key)
+            .ok_or_else(|| StoreError::Corrupt(format!("bad segment key {:?}", &*key)))?;
+        let (metas, _) = codec::decode_segment_header(&value)?;
+        let len = metas.len() as u64;
+        let end = first.checked_add(len).ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "the segment at seq {first} of the {queue} overflows"
+            ))
+        })?;
+        let record = records.get(&queue);
+        let mut settled = 0u64;
+        if let Some((_, acked_below, partial)) = record {
+            if *acked_below > first {
+                settled |= full_mask((acked_below - first).min(len) as usize);
+            }
+            settled |= partial.get(&first).copied().unwrap_or(0);
+        }
+        let segment = Segment::new(metas.into_boxed_slice(), settled);
+        let state = index.queues.entry(queue).or_default();
+        state.next_seq = state.next_seq.max(end);
+        if segment.pending == 0 {
+            stale.remove(key);
+            any_stale = true;
+            continue;
+        }
+        state.pending += segment.pending;
+        state.bytes += segment.bytes;
+        if segment.settled != 0 {
+            state.partial.insert(first);
+        }
+        state.segments.insert(first, segment);
+    }
+    for (queue, (next_seq, _, _)) in records {
+        let state = index.queues.entry(queue).or_default();
+        state.next_seq = state.next_seq.max(next_seq);
+    }
+    if any_stale {
+        db.apply_batch(stale).map_err(io)?;
+    }
+    Ok(index)
+}
+
+impl QueueStore for SledStore {
+    fn append(
+        &self,
+        queue: &QueueId,
+        first_seq: Seq,
+        entries: &[StoredEntry],
+    ) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut index = self.index()?;
+        let state = index.queues.get(queue);
+        let next_seq = append_end(
+            queue,
+            state.map_or(0, |s| s.next_seq),
+            first_seq,
+            entries.len(),
+        )?;
+        let segments = codec::encode_segments(first_seq, entries)?;
+        // The new entries are unsettled and lie at or above the old next seq, so the record
+        // only changes its next seq.
+        let record = state.map_or_else(QueueRecord::default, |s| s.record(&BTreeMap::new()));
+        let record = QueueRecord { next_seq, ..record };
+        let mut batch = Batch::default();
+        for segment in &segments {
+            batch.insert(codec::segment_key(queue, segment.first), &segment.value[..]);
+        }
+        batch.insert(codec::queue_key(queue), codec::encode(&record)?);
+        self.db.apply_batch(batch).map_err(io)?;
+
+        let state = index.queues.entry(queue.clone()).or_default();
+        state.next_seq = next_seq;
+        for EncodedSegment { first, metas, .. } in segments {
+            let segment = Segment::new(metas.into_boxed_slice(), 0);
+            state.pending += segment.pending;
+            state.bytes += segment.bytes;
+            state.segments.insert(first, segment);
+        }
+        Ok(())
+    }
+
+    fn settle(&self, queue: &QueueId, seqs: &[Seq]) -> Result<(), StoreError> {
+        let mut index = self.index()?;
+        let Some(state) = index.queues.get_mut(queue) else {
+            return Ok(());
+        };
+        // New settled masks of the segments that change, by first seq.
+        let mut changed: BTreeMap<Seq, u64> = BTreeMap::new();
+        for &seq in seqs {
+            let Some((first, segment)) = state.segment_of(seq) else {
+                continue;
+            };
+            let mask = changed.entry(first).or_insert(segment.settled);
+            *mask |= 1 << (seq - first);
+        }
+        // Indexing cannot fail: every key of `changed` was found in `state.segments` above,
+        // and nothing has been removed since.
+        changed.retain(|first, mask| state.segments[first].settled != *mask);
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let record = state.record(&changed);
+        let mut batch = Batch::default();
+        for (&first, &mask) in &changed {
+            if state.segments[&first].is_full(mask) {
+                batch.remove(codec::segment_key(queue, first));
+            }
+        }
+        batch.insert(codec::queue_key(queue), codec::encode(&record)?);
+        self.db.apply_batch(batch).map_err(io)?;
+
+        for (first, mask) in changed {
+            let Some(segment) = state.segments.get_mut(&first) else {
+                continue;
+            };
+            state.pending -= segment.pending;
+            state.bytes -= segment.bytes;
+            segment.set_settled(mask);
+            if segment.pending == 0 {
+                state.segments.remove(&first);
+                state.partial.remove(&first);
+            } else {
+                state.pending += segment.pending;
+                state.bytes += segment.bytes;
+                state.partial.insert(first);
+            }
+        }
+        Ok(())
+    }
+
+    fn read(
+        &self,
+        queue: &QueueId,
+        from: Seq,
+        max: usize,
+    ) -> Result<Vec<(Seq, StoredEntry)>, StoreError> {
+        let index = self.index()?;
+        let mut out = Vec::new();
+        let Some(state) = index.queues.get(queue) else {
+            return Ok(out);
+        };
+        if max == 0 {
+            return Ok(out);
+        }
+        let start = state.segment_of(from).map_or(from, |(first, _)| first);
+        for (&first, segment) in state.segments.range(start..) {
+            let skip = from.saturating_sub(first);
+            // Unsettled entries of this segment at or after `from`.
+            let wanted =
+                !segment.settled & full_mask(segment.metas.len()) & !full_mask(skip as usize);
+            if wanted == 0 {
+                continue;
+            }
+            let entries = self.load_segment(queue, first, segment.len())?;
+            for (i, entry) in entries.into_iter().enumerate() {
+                if wanted & (1 << i) != 0 {
+                    out.push((first + i as u64, entry));
+                    if out.len() == max {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn expired(
+        &self,
+        now_ms: u64,
+        max: usize,
+    ) -> Result<Vec<(QueueId, Seq, StoredEntry)>, StoreError> {
+        let index = self.index()?;
+        let mut out = Vec::new();
+        if max == 0 {
+            return Ok(out);
+        }
+        for (queue, state) in &index.queues {
+            for (&first, segment) in &state.segments {
+                if segment.min_expiry > now_ms {
+                    continue;
+                }
+                let entries = self.load_segment(queue, first, segment.len())?;
+                for (i, entry) in entries.into_iter().enumerate() {
+                    if !segment.is_settled(i) && segment.metas[i].expires_at_ms <= now_ms {
+                        out.push((queue.clone(), first + i as u64, entry));
+                        if out.len() == max {
+                            return Ok(out);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn queues(&self) -> Result<Vec<QueueInfo>, StoreError> {
+        let index = self.index()?;
+        Ok(index
+            .queues
+            .iter()
+            .map(|(queue, state)| QueueInfo {
+                queue: queue.clone(),
+                next_seq: state.next_seq,
+                pending: state.pending,
+                bytes: state.bytes,
+            })
+            .collect())
+    }
+
+    fn drop_queue(&self, queue: &QueueId) -> Result<(), StoreError> {
+        let mut index = self.index()?;
+        let mut batch = Batch::default();
+        // Scan rather than trust the index, so that no segment of the queue can survive it.
+        for key in self.db.scan_prefix(codec::segments_prefix(queue)).keys() {
+            batch.remove(key.map_err(io)?);
+        }
+        batch.remove(codec::queue_key(queue));
+        self.db.apply_batch(batch).map_err(io)?;
+        index.queues.remove(queue);
+        Ok(())
+    }
+
+    fn put_session(&self, session: &Session) -> Result<(), StoreError> {
+        self.db
+            .insert(codec::session_key(&session.name), codec::encode(session)?)
+            .map_err(io)?;
+        Ok(())
+    }
+
+    fn remove_session(&self, name: &str) -> Result<(), StoreError> {
+        self.db.remove(codec::session_key(name)).map_err(io)?;
+        Ok(())
+    }
+
+    fn sessions(&self) -> Result<Vec<Session>, StoreError> {
+        let mut sessions = Vec::new();
+        for item in self.db.scan_prefix([codec::SESSION]) {
+            let (_, value) = item.map_err(io)?;
+            sessions.push(codec::decode(&value, "session")?);
+        }
+        Ok(sessions)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(io)?;
+        Ok(())
+    }
+}

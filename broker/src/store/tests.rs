@@ -1,0 +1,253 @@
+//! Keys, values and damaged stores. The behaviour of both stores is tested by the conformance
+//! suite in `tests/store_conformance.rs`.
+
+use super::codec::{self, QueueRecord, SEGMENT_BYTES, SEGMENT_ENTRIES};
+use super::*;
+
+fn message(seq: Seq, len: usize) -> StoredEntry {
+    StoredEntry::Message(StoredMessage {
+        id: format!("m{seq}"),
+        sender: "s".to_owned(),
+        channel: None,
+        name: Some("n".to_owned()),
+        data: Bytes::from(vec![7; len]),
+        expires_at_ms: seq,
+        redelivered: false,
+    })
+}
+
+fn alice() -> QueueId {
+    QueueId::Client("alice".to_owned())
+}
+
+#[test]
+fn keys_round_trip_and_sort_by_seq() {
+    for queue in [
+        QueueId::Client("a".to_owned()),
+        QueueId::Backlog("a".to_owned()),
+        QueueId::Client(String::new()),
+        QueueId::Backlog("ünï côdé".to_owned()),
+    ] {
+        assert_eq!(
+            codec::parse_queue_key(&codec::queue_key(&queue)),
+            Some(queue.clone())
+        );
+        for seq in [0, 1, 255, 256, u64::MAX] {
+            let key = codec::segment_key(&queue, seq);
+            assert!(key.starts_with(&codec::segments_prefix(&queue)));
+            assert_eq!(codec::parse_segment_key(&key), Some((queue.clone(), seq)));
+        }
+        assert!(codec::segment_key(&queue, 255) < codec::segment_key(&queue, 256));
+        assert!(codec::segment_key(&queue, 1 << 40) < codec::segment_key(&queue, u64::MAX));
+    }
+    assert_eq!(codec::parse_segment_key(b"s"), None);
+    assert_eq!(codec::parse_segment_key(b"sc\xff1234567"), None);
+    assert_eq!(codec::parse_queue_key(b"qx\xff"), None);
+    assert_eq!(codec::parse_queue_key(b"qc\xfe\xff"), None);
+}
+
+#[test]
+fn no_queue_key_prefixes_another_queues_keys() {
+    let a = codec::segments_prefix(&QueueId::Client("a".to_owned()));
+    let ab = codec::segment_key(&QueueId::Client("ab".to_owned()), 0);
+    let backlog = codec::segment_key(&QueueId::Backlog("a".to_owned()), 0);
+    assert!(!ab.starts_with(&a));
+    assert!(!backlog.starts_with(&a));
+}
+
+#[test]
+fn segments_hold_at_most_64_entries() {
+    let entries: Vec<StoredEntry> = (0..200).map(|s| message(s, 10)).collect();
+    let segments = codec::encode_segments(1000, &entries).unwrap();
+    let shape: Vec<(Seq, usize)> = segments.iter().map(|s| (s.first, s.metas.len())).collect();
+    assert_eq!(shape, vec![(1000, 64), (1064, 64), (1128, 64), (1192, 8)]);
+    let decoded: Vec<StoredEntry> = segments
+        .iter()
+        .flat_map(|s| codec::decode_segment(&s.value).unwrap())
+        .collect();
+    assert_eq!(decoded, entries);
+    assert_eq!(segments[3].metas[0].size, entries[192].size());
+    assert_eq!(segments[3].metas[0].expires_at_ms, 192);
+    assert_eq!(SEGMENT_ENTRIES, 64);
+}
+
+#[test]
+fn segments_hold_at_most_64_kib_unless_one_entry_is_larger() {
+    let entries = vec![
+        message(0, 30 * 1024),
+        message(1, 30 * 1024),
+        message(2, 30 * 1024),
+        message(3, 100 * 1024),
+        message(4, 1),
+    ];
+    let segments = codec::encode_segments(0, &entries).unwrap();
+    let shape: Vec<usize> = segments.iter().map(|s| s.metas.len()).collect();
+    assert_eq!(shape, vec![2, 1, 1, 1]);
+    for segment in &segments[..2] {
+        assert!(segment.value.len() <= SEGMENT_BYTES + 100);
+    }
+}
+
+#[test]
+fn damaged_values_are_corrupt_not_panics() {
+    let segments = codec::encode_segments(0, &[message(0, 100), message(1, 100)]).unwrap();
+    let value = &segments[0].value;
+    for cut in 0..value.len() {
+        let err = codec::decode_segment(&value[..cut]).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+    }
+    let mut longer = value.clone();
+    longer.push(0);
+    assert!(matches!(
+        codec::decode_segment(&longer),
+        Err(StoreError::Corrupt(_))
+    ));
+    // Length prefixes that claim far more than the limit, and an empty header.
+    for bad in [
+        &[0xfc, 0xff, 0xff, 0xff, 0xff][..],
+        &[0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f][..],
+        &[0][..],
+        &[65][..],
+    ] {
+        assert!(matches!(
+            codec::decode_segment(bad),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+    assert!(matches!(
+        codec::decode::<QueueRecord>(&[0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], "r"),
+        Err(StoreError::Corrupt(_))
+    ));
+}
+
+#[test]
+fn the_queue_record_is_small_after_settling_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let entries: Vec<StoredEntry> = (0..200).map(|s| message(s, 10)).collect();
+    store.append(&alice(), 0, &entries).unwrap();
+    let record = || -> QueueRecord {
+        let value = store.db().get(codec::queue_key(&alice())).unwrap().unwrap();
+        codec::decode(&value, "record").unwrap()
+    };
+    store
+        .settle(&alice(), &(0..70).collect::<Vec<_>>())
+        .unwrap();
+    assert_eq!(
+        record(),
+        QueueRecord {
+            next_seq: 200,
+            acked_below: 70,
+            partial: vec![]
+        }
+    );
+    store.settle(&alice(), &[72, 130]).unwrap();
+    assert_eq!(
+        record(),
+        QueueRecord {
+            next_seq: 200,
+            acked_below: 70,
+            partial: vec![(64, 1 << 8), (128, 1 << 2)]
+        }
+    );
+    store.settle(&alice(), &[70, 71]).unwrap();
+    assert_eq!(record().acked_below, 73);
+    assert_eq!(record().partial, vec![(128, 1 << 2)]);
+}
+
+#[test]
+fn a_damaged_segment_header_fails_open_naming_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    store.append(&alice(), 0, &[message(0, 10)]).unwrap();
+    store
+        .db()
+        .insert(codec::segment_key(&alice(), 0), &[0xff, 0xff][..])
+        .unwrap();
+    store.flush().unwrap();
+    drop(store);
+    let err = SledStore::open(dir.path()).unwrap_err();
+    assert!(matches!(err, StoreError::Open { .. }), "{err}");
+    assert!(err.to_string().contains(&dir.path().display().to_string()));
+}
+
+#[test]
+fn a_damaged_queue_record_fails_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    store.append(&alice(), 0, &[message(0, 10)]).unwrap();
+    store
+        .db()
+        .insert(codec::queue_key(&alice()), &[1, 2, 3, 4, 5, 6][..])
+        .unwrap();
+    store.flush().unwrap();
+    drop(store);
+    let err = SledStore::open(dir.path()).unwrap_err();
+    assert!(matches!(err, StoreError::Open { .. }), "{err}");
+}
+
+#[test]
+fn a_damaged_segment_body_is_corrupt_on_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    store.append(&alice(), 0, &[message(0, 10)]).unwrap();
+    let key = codec::segment_key(&alice(), 0);
+    let mut value = store.db().get(&key).unwrap().unwrap().to_vec();
+    value.truncate(value.len() - 3);
+    store.db().insert(&key, value).unwrap();
+    let err = store.read(&alice(), 0, 10).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+    let err = store.expired(u64::MAX, 10).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+    store.db().remove(&key).unwrap();
+    let err = store.read(&alice(), 0, 10).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+}
+
+#[test]
+fn a_damaged_session_is_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    store
+        .db()
+        .insert(codec::session_key("bob"), &[0xff][..])
+        .unwrap();
+    assert!(matches!(store.sessions(), Err(StoreError::Corrupt(_))));
+}
+
+#[test]
+fn a_database_that_is_not_a_store_fails_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    store.db().insert(b"mf", &[9][..]).unwrap();
+    store.flush().unwrap();
+    drop(store);
+    let err = SledStore::open(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("format"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    store.db().remove(b"mf").unwrap();
+    store.db().insert(b"other", &[1][..]).unwrap();
+    store.flush().unwrap();
+    drop(store);
+    let err = SledStore::open(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("not a message store"), "{err}");
+}
+
+#[test]
+fn entry_sizes_count_payload_and_strings() {
+    assert_eq!(message(5, 100).size(), 100 + 2 + 1 + 1);
+    let notice = StoredEntry::Notice {
+        notice: DeliveryFailed {
+            id: "abc".to_owned(),
+            recipient: Recipient::Client("bob".to_owned()),
+            reason: broadcast_protocol::FailureReason::Expired,
+            detail: "gone".to_owned(),
+            ack_tag: None,
+        },
+        expires_at_ms: 9,
+    };
+    assert_eq!(notice.size(), 3 + 3 + 4);
+    assert_eq!(notice.expires_at_ms(), 9);
+}
