@@ -94,8 +94,9 @@ enum Command {
             {\"event\":\"accepted\",\"id\":...}   (a persistent message is safe)\n  \
             {\"event\":\"error\",\"code\":...,\"message\":...,\"id\":...}\n\n\
             When there is nothing to report, {\"event\":\"sent\",\"id\":...} is printed instead. \
-            A persistent message is waited on until the broker accepts it or --wait seconds \
-            pass.\n\n\
+            A persistent message is waited on until the broker accepts it (at most 10 s). With \
+            --wait SECS, every notice that arrives within SECS is printed, also after \
+            acceptance (for example the expiry of a message sent with --ttl).\n\n\
             Exit status: 0 when no failure or error was printed; 1 when at least one was \
             (or on other errors); 3 when the broker cannot be reached.",
         after_help = "Examples:\n  \

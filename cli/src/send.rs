@@ -20,6 +20,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long closing the connection may take before the command exits anyway.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `send` waits for a persistent message to be accepted when `--wait` is not given.
+const DEFAULT_ACCEPT_WAIT: Duration = Duration::from_secs(10);
 
 /// Arguments of `broadcast send`.
 #[derive(Debug, Args)]
@@ -55,9 +57,12 @@ pub(crate) struct SendArgs {
     #[arg(long, value_name = "ID", value_parser = parse_id)]
     pub(crate) id: Option<String>,
 
-    /// For a persistent message, how many seconds to wait for the broker to accept it.
-    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "2")]
-    pub(crate) wait: Duration,
+    /// Seconds to keep listening for notices about the message (a delivery failure, an expiry
+    /// of its time to live). Without it, `send` returns as soon as the outcome is known: at
+    /// once for a non-persistent message, when the broker accepts a persistent one (at most
+    /// 10 s).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub(crate) wait: Option<Duration>,
 
     /// The payload; `-` reads it from stdin as raw bytes.
     #[arg(value_name = "DATA", allow_hyphen_values = true)]
@@ -324,13 +329,14 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
 }
 
 /// Sends the message, waits until the broker has processed it and, for a persistent message,
-/// until it is accepted or `wait` has passed, printing every notice about it on the way.
+/// until it is accepted, then (with `wait`) until `wait` has passed, printing every notice
+/// about it on the way.
 async fn exchange(
     client: &Client,
     events: &mut Events,
     message: OutgoingMessage,
     persistent: bool,
-    wait: Duration,
+    wait: Option<Duration>,
     server: &str,
 ) -> anyhow::Result<Report> {
     let mut report = Report::new(message.message_id().to_owned());
@@ -396,8 +402,8 @@ async fn exchange(
     // Notices caused by the message arrive before the flush completes.
     report.drain(events)?;
 
+    let deadline = Instant::now() + wait.unwrap_or(DEFAULT_ACCEPT_WAIT);
     if persistent && !report.settled() {
-        let deadline = Instant::now() + wait;
         while !report.settled() {
             tokio::select! {
                 event = events.next() => match event {
@@ -409,6 +415,18 @@ async fn exchange(
         }
         if report.disconnected && !report.accepted {
             eprintln!("warning: the connection closed before the broker accepted the message");
+        }
+    }
+    // With --wait, every notice that arrives within it is printed, also after acceptance.
+    if wait.is_some() {
+        while !report.disconnected {
+            tokio::select! {
+                event = events.next() => match event {
+                    Some(event) => report.handle(&event)?,
+                    None => report.disconnected = true,
+                },
+                () = tokio::time::sleep_until(deadline) => break,
+            }
         }
     }
     Ok(report)
@@ -497,7 +515,7 @@ mod tests {
     fn defaults_and_options() {
         let args = parse(&["--to", "bob", "hi"]).unwrap();
         assert!(args.persistent);
-        assert_eq!(args.wait, Duration::from_secs(2));
+        assert_eq!(args.wait, None);
         assert_eq!(args.ttl, None);
         assert_eq!(args.name, None);
 
@@ -523,7 +541,7 @@ mod tests {
         assert_eq!(args.ttl, Some(Duration::from_secs(30)));
         assert_eq!(args.id.as_deref(), Some("m-1"));
         assert_eq!(args.event.as_deref(), Some("greet"));
-        assert_eq!(args.wait, Duration::from_millis(500));
+        assert_eq!(args.wait, Some(Duration::from_millis(500)));
         assert_eq!(args.name.as_deref(), Some("alice"));
 
         assert!(parse(&["--to", "bob", "--persistent", "maybe", "hi"]).is_err());

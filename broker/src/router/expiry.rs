@@ -30,11 +30,16 @@ impl Router {
                 settle.entry(queue.clone()).or_default().push(seq);
                 match entry {
                     StoredEntry::Message(m) => {
-                        let recipient = match &queue {
-                            QueueId::Client(c) => Recipient::Client(c.clone()),
-                            QueueId::Backlog(c) => Recipient::Channel(c.clone()),
+                        let (recipient, detail) = match &queue {
+                            QueueId::Client(c) => (
+                                Recipient::Client(c.clone()),
+                                format!("its time to live ran out before {c} took it"),
+                            ),
+                            QueueId::Backlog(c) => (
+                                Recipient::Channel(c.clone()),
+                                format!("its time to live ran out before anyone subscribed to {c}"),
+                            ),
                         };
-                        let detail = format!("its time to live ran out before {queue} took it");
                         let notice = DeliveryFailed {
                             id: m.id,
                             recipient,
