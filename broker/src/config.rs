@@ -55,6 +55,11 @@ pub struct Config {
     pub session_expiry: Duration,
     /// How often expired messages and sessions are looked for. Default 1 s.
     pub expiry_interval: Duration,
+    /// How long a sender waits for room in a recipient's full outbound queue before a
+    /// non-persistent message to it fails as `SlowConsumer`: flow control for a recipient
+    /// that is slower than its sender. A recipient that made its sender wait in vain is not
+    /// waited for again until it takes frames. Default 1 s.
+    pub slow_consumer_wait: Duration,
 }
 
 impl Default for Config {
@@ -80,6 +85,7 @@ impl Default for Config {
             store_max_bytes: 8 << 30,
             session_expiry: Duration::from_secs(24 * 3600),
             expiry_interval: Duration::from_secs(1),
+            slow_consumer_wait: Duration::from_secs(1),
         }
     }
 }

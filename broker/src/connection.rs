@@ -3,12 +3,12 @@
 use crate::config::Config;
 use crate::confirm::Confirm;
 use crate::encode;
-use crate::outbound::{OutFrame, Outbound};
+use crate::outbound::{OutFrame, Outbound, PushError};
 use crate::router::Router;
 use crate::writer::Writer;
 use broadcast_protocol::{
-    ClientFrame, CodecError, ErrorCode, FrameCodec, Hello, MIN_FRAME, PROTOCOL_VERSION,
-    ServerFrame, Welcome, validate_client_name,
+    ClientFrame, CodecError, ErrorCode, FailureReason, FrameCodec, Hello, MIN_FRAME,
+    PROTOCOL_VERSION, ServerFrame, Welcome, validate_client_name,
 };
 use bytes::Bytes;
 use futures::StreamExt;
@@ -281,7 +281,9 @@ async fn handle(frame: ClientFrame, out: &Outbound, name: &Arc<str>, ctx: &Conte
                 };
                 let confirm = Confirm::new(Arc::from(msg.id.as_str()), permit, out.shared.clone());
                 let slot = router.persist.reserve().await;
-                for notice in router.route(name, &msg, Some(confirm.clone()), slot) {
+                let routed = router.route(name, &msg, Some(confirm.clone()), slot);
+                debug_assert!(routed.blocked.is_empty(), "persistent messages never wait");
+                for notice in routed.failed {
                     if out
                         .push(OutFrame::control(encode::failed(notice)))
                         .await
@@ -292,7 +294,19 @@ async fn handle(frame: ClientFrame, out: &Outbound, name: &Arc<str>, ctx: &Conte
                 }
                 confirm.settle();
             } else {
-                for notice in router.route(name, &msg, None, None) {
+                let routed = router.route(name, &msg, None, None);
+                replies.extend(routed.failed.into_iter().map(encode::failed));
+                for blocked in routed.blocked {
+                    let wait = ctx.config.slow_consumer_wait;
+                    let mut notice = blocked.notice;
+                    match blocked.out.push_within(blocked.frame, wait).await {
+                        Ok(()) => continue,
+                        Err(PushError::Full) => {}
+                        Err(PushError::Closed) => {
+                            notice.reason = FailureReason::NotConnected;
+                            notice.detail = "the recipient disconnected".into();
+                        }
+                    }
                     replies.push(encode::failed(notice));
                 }
             }

@@ -64,9 +64,13 @@ impl BrokerHandle {
         self.router
             .validate(msg)
             .map_err(|r| BrokerError::InvalidMessage(r.message))?;
-        Ok(self
+        let routed = self
             .router
-            .route(&Arc::from(BROKER_SENDER), msg, None, None))
+            .route(&Arc::from(BROKER_SENDER), msg, None, None);
+        // The broker does not wait for slow recipients: they are reported at once.
+        let mut failed = routed.failed;
+        failed.extend(routed.blocked.into_iter().map(|b| b.notice));
+        Ok(failed)
     }
 
     /// A receiver of every message clients send from now on. It never slows routing: a

@@ -57,6 +57,9 @@ pub(crate) struct Shared {
     pub(crate) wake: Arc<Notify>,
     /// Set when the drainer waits for room in the queue; the writer then wakes it.
     pub(crate) wants_room: AtomicBool,
+    /// Set when a sender waited for room in vain; cleared when the writer makes progress.
+    /// While set, deliveries that find the queue full fail at once instead of waiting.
+    pub(crate) stalled: AtomicBool,
 }
 
 /// The sending side of a connection's queue. Cheap to clone.
@@ -86,6 +89,7 @@ impl Outbound {
             farewell: Mutex::new(None),
             wake: Arc::new(Notify::new()),
             wants_room: AtomicBool::new(false),
+            stalled: AtomicBool::new(false),
         });
         (
             Self {
@@ -130,6 +134,27 @@ impl Outbound {
             self.shared.queued.fetch_sub(len, Ordering::AcqRel);
             PushError::Closed
         })
+    }
+
+    /// True while the connection is known not to take frames.
+    pub(crate) fn is_stalled(&self) -> bool {
+        self.shared.stalled.load(Ordering::Acquire)
+    }
+
+    /// Queues a frame, waiting at most `wait` for room. After a vain wait the connection is
+    /// marked stalled, so that later deliveries to it do not wait as well.
+    pub(crate) async fn push_within(
+        &self,
+        frame: OutFrame,
+        wait: std::time::Duration,
+    ) -> Result<(), PushError> {
+        match tokio::time::timeout(wait, self.push(frame)).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.shared.stalled.store(true, Ordering::Release);
+                Err(PushError::Full)
+            }
+        }
     }
 
     /// Asks the writer to wake the drainer once it has written what is queued.

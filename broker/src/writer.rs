@@ -80,6 +80,7 @@ impl Writer {
         let n = buf.len();
         let r = self.io.write_all(buf).await;
         self.out.shared.queued.fetch_sub(n, Ordering::AcqRel);
+        self.out.shared.stalled.store(false, Ordering::Release);
         if self.out.shared.wants_room.swap(false, Ordering::AcqRel) {
             self.out.shared.wake.notify_one();
         }

@@ -3,7 +3,7 @@
 use super::{Client, Inflight, InflightKind, LIVE_TAG, QueueMeta, Router, State, lock, now_ms};
 use crate::confirm::Confirm;
 use crate::encode::{self, DeliveryRef};
-use crate::outbound::{Origin, OutFrame, PushError};
+use crate::outbound::{Origin, OutFrame, Outbound, PushError};
 use crate::persist::{AppendItem, Command, Done, Slot};
 use crate::store::{QueueId, StoredEntry, StoredMessage};
 use broadcast_protocol::{DeliveryFailed, FailureReason, HEADER_LEN, Publish, Recipient, Target};
@@ -60,6 +60,25 @@ fn deliver_frame(
     encode::deliver(&d).unwrap_or_default()
 }
 
+/// A non-persistent delivery that found its recipient's queue full. The sender's connection
+/// waits a little for room (flow control for a recipient that is slower than its sender)
+/// before it gives up and reports the recipient as too slow.
+#[derive(Debug)]
+pub(crate) struct Blocked {
+    pub(crate) out: Outbound,
+    pub(crate) frame: OutFrame,
+    pub(crate) notice: DeliveryFailed,
+}
+
+/// What routing one message produced.
+#[derive(Debug, Default)]
+pub(crate) struct Routed {
+    /// Notices for recipients that will not get the message.
+    pub(crate) failed: Vec<DeliveryFailed>,
+    /// Deliveries waiting for room; each carries the notice to send if none comes.
+    pub(crate) blocked: Vec<Blocked>,
+}
+
 /// One message being routed: its encodings, what it puts in the store, and the notices it has
 /// produced so far.
 struct Routing<'a> {
@@ -69,6 +88,7 @@ struct Routing<'a> {
     enc: Encodings<'a>,
     origin: Arc<Origin>,
     failed: Vec<DeliveryFailed>,
+    blocked: Vec<Blocked>,
     confirm: Option<Arc<Confirm>>,
     appends: Vec<AppendItem>,
     expires_at_ms: u64,
@@ -84,7 +104,7 @@ impl Router {
         msg: &Publish,
         confirm: Option<Arc<Confirm>>,
         slot: Option<Slot>,
-    ) -> Vec<DeliveryFailed> {
+    ) -> Routed {
         if self.observers.receiver_count() > 0 && &**sender != crate::BROKER_SENDER {
             // A lagging observer loses old entries; it never slows routing.
             let _ = self.observers.send(Arc::new(crate::handle::Observed {
@@ -109,6 +129,7 @@ impl Router {
                 id: Arc::from(msg.id.as_str()),
             }),
             failed: Vec::new(),
+            blocked: Vec::new(),
             confirm: if msg.persistent { confirm } else { None },
             appends: Vec::new(),
             expires_at_ms: now_ms().saturating_add(ttl),
@@ -180,7 +201,10 @@ impl Router {
                 "persistent routing without a store slot"
             ),
         }
-        r.failed
+        Routed {
+            failed: r.failed,
+            blocked: r.blocked,
+        }
     }
 }
 
@@ -280,16 +304,33 @@ impl Routing<'_> {
             return self.fail(recipient(), FailureReason::TooLarge, detail);
         }
         let frame = OutFrame {
-            bytes,
+            bytes: bytes.clone(),
             origin: Some(self.origin.clone()),
         };
         match client.out.try_push(frame) {
             Ok(()) => {}
-            Err(PushError::Full) => self.fail(
-                recipient(),
-                FailureReason::SlowConsumer,
-                format!("{name} is not reading fast enough: its outbound queue is full"),
-            ),
+            Err(PushError::Full) => {
+                let detail =
+                    format!("{name} is not reading fast enough: its outbound queue is full");
+                if client.out.is_stalled() {
+                    return self.fail(recipient(), FailureReason::SlowConsumer, detail);
+                }
+                let notice = self.router.undeliverable(
+                    &self.origin,
+                    recipient(),
+                    FailureReason::SlowConsumer,
+                    detail,
+                );
+                let frame = OutFrame {
+                    bytes,
+                    origin: Some(self.origin.clone()),
+                };
+                self.blocked.push(Blocked {
+                    out: client.out.clone(),
+                    frame,
+                    notice,
+                });
+            }
             Err(PushError::Closed) => self.fail(
                 recipient(),
                 FailureReason::NotConnected,
