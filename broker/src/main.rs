@@ -24,11 +24,48 @@ struct Args {
     #[arg(long, default_value_t = 20_000)]
     max_connections: usize,
     /// Seconds between pings to an idle connection.
-    #[arg(long, default_value_t = 5.0)]
-    heartbeat_secs: f64,
+    #[arg(long, default_value = "5", value_parser = secs)]
+    heartbeat_secs: Duration,
+    /// Seconds a persistent delivery may stay unacknowledged before it is sent again.
+    #[arg(long, default_value = "30", value_parser = secs)]
+    ack_timeout_secs: Duration,
+    /// Deliveries of a persistent message to one recipient before its sender is told the
+    /// attempts are exhausted.
+    #[arg(long, default_value_t = 10)]
+    max_attempts: u32,
+    /// Seconds a persistent message without a time to live of its own is kept.
+    #[arg(long, default_value = "86400", value_parser = secs)]
+    default_ttl_secs: Duration,
+    /// Seconds a disconnected client's subscriptions are remembered.
+    #[arg(long, default_value = "86400", value_parser = secs)]
+    session_expiry_secs: Duration,
+    /// Most messages queued for one recipient.
+    #[arg(long, default_value_t = 1_000_000)]
+    queue_max_messages: u64,
+    /// Most bytes queued for one recipient.
+    #[arg(long, default_value_t = 1 << 30)]
+    queue_max_bytes: u64,
+    /// Most messages kept for a channel with no subscriber.
+    #[arg(long, default_value_t = 10_000)]
+    backlog_max_messages: u64,
+    /// Most bytes in the whole store.
+    #[arg(long, default_value_t = 8 << 30)]
+    store_max_bytes: u64,
+    /// Seconds a sender waits for room at a slower recipient before a non-persistent message
+    /// to it fails as too slow.
+    #[arg(long, default_value = "1", value_parser = secs)]
+    slow_consumer_wait_secs: Duration,
     /// Log filter (tracing-subscriber syntax); `RUST_LOG` overrides it.
     #[arg(long, default_value = "info")]
     log: String,
+}
+
+/// Parses a number of seconds, fractions allowed.
+fn secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    Duration::try_from_secs_f64(v).map_err(|_| format!("{s:?} is not a positive number of seconds"))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,13 +76,20 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let heartbeat = Duration::try_from_secs_f64(args.heartbeat_secs)
-        .context("--heartbeat-secs must be a positive number")?;
     let config = Config {
         data_dir: args.data_dir,
         max_payload: args.max_payload,
         max_connections: args.max_connections,
-        heartbeat,
+        heartbeat: args.heartbeat_secs,
+        ack_timeout: args.ack_timeout_secs,
+        max_attempts: args.max_attempts,
+        default_ttl: args.default_ttl_secs,
+        session_expiry: args.session_expiry_secs,
+        queue_max_messages: args.queue_max_messages,
+        queue_max_bytes: args.queue_max_bytes,
+        backlog_max_messages: args.backlog_max_messages,
+        store_max_bytes: args.store_max_bytes,
+        slow_consumer_wait: args.slow_consumer_wait_secs,
         ..Config::default()
     };
     config.validate()?;
