@@ -148,6 +148,7 @@ impl Router {
         for (seq, entry) in entries {
             if client.inflight.contains_key(&seq) {
                 client.cursor = seq + 1;
+                progress = true;
                 continue;
             }
             let attempts = attempts_of.get(&seq).copied().unwrap_or(0);
