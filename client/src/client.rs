@@ -1,7 +1,6 @@
 //! [`Client`]: the cheap, cloneable handle to a connection.
 
 use crate::driver::{Command, Control, Driver, connect_first};
-use crate::events::EVENT_CAPACITY;
 use crate::subscription::Inbound;
 use crate::unconfirmed::Confirm;
 use crate::{
@@ -116,7 +115,7 @@ impl Client {
         let (commands, commands_rx) = mpsc::channel(options.send_buffer);
         let (control, control_rx) = mpsc::unbounded_channel();
         let (direct_tx, direct_rx) = mpsc::channel(options.receive_buffer);
-        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let (events, _) = broadcast::channel(options.event_buffer);
         let shared = Arc::new(Shared {
             name: Mutex::new(String::new()),
             max_payload: AtomicU32::new(0),

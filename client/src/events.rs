@@ -9,9 +9,6 @@ use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
-/// How many events each [`Events`] receiver may fall behind before it misses some.
-pub(crate) const EVENT_CAPACITY: usize = 1024;
-
 /// Something that happened to the connection, or a notice from the broker.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -86,7 +83,8 @@ pub enum Event {
 /// A stream of every [`Event`] raised after it was made, from
 /// [`Client::events`](crate::Client::events).
 ///
-/// Each receiver holds up to 1024 events; one that falls further behind yields
+/// Each receiver holds up to [`ConnectOptions::event_buffer`](crate::ConnectOptions::event_buffer)
+/// events (4096 by default); one that falls further behind yields
 /// [`Event::Lagged`] in place of the events it missed. The stream ends once the connection task
 /// has stopped and every event has been read.
 pub struct Events {

@@ -16,6 +16,7 @@ use std::time::Duration;
 /// | [`max_reconnect_attempts`](Self::max_reconnect_attempts) | `None`: forever |
 /// | [`send_buffer`](Self::send_buffer) | 1024 frames |
 /// | [`receive_buffer`](Self::receive_buffer) | 1024 messages per stream |
+/// | [`event_buffer`](Self::event_buffer) | 4096 events per [`Events`](crate::Events) stream |
 /// | [`heartbeat`](Self::heartbeat) | 5 s |
 /// | [`connect_timeout`](Self::connect_timeout) | 10 s per attempt |
 /// | [`max_frame`](Self::max_frame) | [`DEFAULT_MAX_FRAME`] |
@@ -51,6 +52,7 @@ pub struct ConnectOptions {
     pub(crate) send_buffer: usize,
     /// Capacity of each subscription's and of the direct stream's channel.
     pub(crate) receive_buffer: usize,
+    pub(crate) event_buffer: usize,
     /// Ping after this long without sending; the broker is dead after three of these
     /// without receiving. Zero turns heartbeats off.
     pub(crate) heartbeat: Duration,
@@ -77,6 +79,7 @@ impl Default for ConnectOptions {
             max_reconnect_attempts: None,
             send_buffer: 1024,
             receive_buffer: 1024,
+            event_buffer: 4096,
             heartbeat: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
             max_frame: DEFAULT_MAX_FRAME,
@@ -131,6 +134,15 @@ impl ConnectOptions {
     /// connection stops reading until there is room, which slows the broker down through TCP.
     pub fn receive_buffer(mut self, messages: usize) -> Self {
         self.receive_buffer = messages.max(1);
+        self
+    }
+
+    /// How many events each [`Events`](crate::Events) stream holds (at least 16). A stream that
+    /// falls further behind yields [`Event::Lagged`](crate::Event::Lagged) for what it missed;
+    /// a sender that counts `Accepted` events for many persistent messages needs room for
+    /// as many as it keeps unconfirmed.
+    pub fn event_buffer(mut self, events: usize) -> Self {
+        self.event_buffer = events.max(16);
         self
     }
 
