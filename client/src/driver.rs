@@ -44,6 +44,9 @@ use tracing::Instrument;
 /// Above this many queued bytes the task stops pulling commands until the socket drains.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
 
+/// Most frames handled per wake-up of the connection task before it looks at its other work.
+const READ_BATCH: usize = 256;
+
 /// A request from a [`Client`](crate::Client) handle, in send order.
 #[derive(Debug)]
 pub(crate) enum Command {
@@ -529,14 +532,29 @@ impl Driver {
                 }
                 frame = conn.reader.next(), if self.pending.is_none() => {
                     last_recv = Instant::now();
-                    match frame {
-                        None => return End::Lost("the broker closed the connection".into()),
-                        Some(Err(e)) => return End::Lost(format!("read failed: {e}")),
-                        Some(Ok(Err(e))) => tracing::warn!(error = %e, "skipping a malformed frame"),
-                        Some(Ok(Ok(frame))) => {
-                            if let Some(end) = self.on_frame(frame) {
-                                return end;
+                    let mut frame = frame;
+                    // Handle every frame already read before going back to the other
+                    // branches: one wake-up, one clock read for a whole batch.
+                    for handled in 1..=READ_BATCH {
+                        match frame {
+                            None => return End::Lost("the broker closed the connection".into()),
+                            Some(Err(e)) => return End::Lost(format!("read failed: {e}")),
+                            Some(Ok(Err(e))) => {
+                                tracing::warn!(error = %e, "skipping a malformed frame");
                             }
+                            Some(Ok(Ok(f))) => {
+                                if let Some(end) = self.on_frame(f) {
+                                    return end;
+                                }
+                            }
+                        }
+                        // Read the next frame only when it will be handled in this batch.
+                        if self.pending.is_some() || handled == READ_BATCH {
+                            break;
+                        }
+                        match conn.reader.next().now_or_never() {
+                            Some(next) => frame = next,
+                            None => break,
                         }
                     }
                 }
@@ -971,6 +989,18 @@ impl Driver {
         let targets = self.registry.targets(msg.channel.as_deref());
         let taken = self.shared.direct_taken.load(Ordering::Acquire);
         let inbound = Inbound { msg, ack };
+        // The usual case, one stream with room, is handled without boxing a future.
+        let inbound = match targets.as_slice() {
+            [tx] => match tx.try_send(inbound) {
+                Ok(()) => return self.on_delivered(Ok(()), key),
+                Err(e) => e.into_inner(),
+            },
+            [] if taken => match self.direct.try_send(inbound) {
+                Ok(()) => return self.on_delivered(Ok(()), key),
+                Err(e) => e.into_inner(),
+            },
+            _ => inbound,
+        };
         let mut fut: PendingDelivery =
             Box::pin(deliver(targets, self.direct.clone(), taken, inbound));
         match (&mut fut).now_or_never() {

@@ -53,7 +53,14 @@ fn check(kind: &'static str, name: &str) -> Result<(), NameError> {
             len: name.len(),
         });
     }
-    if name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+    // Names are checked for every message: take the quick way for ASCII, where control
+    // characters and white space are exactly the bytes up to space and DEL.
+    let bad = if name.is_ascii() {
+        name.bytes().any(|b| b <= b' ' || b == 0x7f)
+    } else {
+        name.chars().any(|c| c.is_control() || c.is_whitespace())
+    };
+    if bad {
         return Err(NameError::BadCharacter {
             kind,
             name: name.to_owned(),
@@ -94,9 +101,17 @@ pub fn validate_id(id: &str) -> Result<(), NameError> {
     check("message id", id)
 }
 
-/// Makes a new message id: a 21-character nanoid.
+/// Makes a new message id: a 21-character nanoid (126 random bits).
+///
+/// The random bits come from a per-thread generator seeded from the system, not from a
+/// system call per id: ids are made for every message.
 pub fn new_message_id() -> String {
-    nanoid::nanoid!()
+    fn random(size: usize) -> Vec<u8> {
+        let mut bytes = vec![0u8; size];
+        fastrand::fill(&mut bytes);
+        bytes
+    }
+    nanoid::format(random, &nanoid::alphabet::SAFE, MESSAGE_ID_LEN)
 }
 
 #[cfg(test)]
@@ -112,7 +127,27 @@ mod tests {
     }
 
     #[test]
+    fn ids_differ() {
+        let ids: std::collections::HashSet<String> =
+            (0..10_000).map(|_| new_message_id()).collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(
+            ids.iter()
+                .all(|id| validate_id(id).is_ok() && id.len() == MESSAGE_ID_LEN)
+        );
+    }
+
+    #[test]
     fn refuses_bad_names() {
+        assert!(matches!(
+            validate_client_name("a\u{7f}"),
+            Err(NameError::BadCharacter { .. })
+        ));
+        assert!(matches!(
+            validate_client_name("a\u{2003}b"),
+            Err(NameError::BadCharacter { .. })
+        ));
+        assert_eq!(validate_client_name("zoë"), Ok(()));
         assert!(matches!(
             validate_client_name(""),
             Err(NameError::Empty { .. })
