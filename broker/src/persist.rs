@@ -283,7 +283,8 @@ impl Worker {
         index.clear();
         for (queue, items) in appends.drain(..) {
             let first = self.next_seq.get(&queue).copied().unwrap_or(1).max(1);
-            let entries: Vec<StoredEntry> = items.iter().map(|i| i.entry.clone()).collect();
+            let (entries, dones): (Vec<StoredEntry>, Vec<Option<Done>>) =
+                items.into_iter().map(|i| (i.entry, i.done)).unzip();
             let r = self.store.append(&queue, first, &entries);
             match &r {
                 Ok(()) => {
@@ -296,13 +297,8 @@ impl Worker {
                     self.failed.store(true, Ordering::Release);
                 }
             }
-            for item in items {
-                if let Some(done) = item.done {
-                    pending.push(Pending::Done(
-                        done,
-                        r.as_ref().map(|_| ()).map_err(clone_err),
-                    ));
-                }
+            for done in dones.into_iter().flatten() {
+                pending.push(Pending::Done(done, r.as_ref().map(|_| ()).map_err(clone_err)));
             }
         }
         true
@@ -401,10 +397,14 @@ fn gather(
     index: &mut HashMap<QueueId, usize>,
 ) {
     for item in items {
-        let i = *index.entry(item.queue.clone()).or_insert_with(|| {
-            appends.push((item.queue.clone(), Vec::new()));
-            appends.len() - 1
-        });
+        let i = match index.get(&item.queue) {
+            Some(&i) => i,
+            None => {
+                index.insert(item.queue.clone(), appends.len());
+                appends.push((item.queue.clone(), Vec::new()));
+                appends.len() - 1
+            }
+        };
         appends[i].1.push(item);
     }
 }
