@@ -11,26 +11,30 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-/// The message a queued frame delivers, so its sender can be told if it is never written.
-#[derive(Debug)]
-pub(crate) struct Origin {
-    pub(crate) sender: Arc<str>,
-    pub(crate) id: Arc<str>,
-}
-
 /// One frame waiting to be written.
 #[derive(Debug)]
 pub(crate) struct OutFrame {
     pub(crate) bytes: Bytes,
-    pub(crate) origin: Option<Arc<Origin>>,
+    /// True for the delivery of a non-persistent message: if it is never written, its sender
+    /// is told (the frame itself names the sender and the message id).
+    pub(crate) at_most_once: bool,
 }
 
 impl OutFrame {
-    /// A frame that delivers no message (a notice, an answer, a ping).
+    /// A frame that delivers no non-persistent message (a notice, an answer, a ping, or a
+    /// persistent delivery, which is tracked until acknowledged).
     pub(crate) fn control(bytes: Bytes) -> Self {
         Self {
             bytes,
-            origin: None,
+            at_most_once: false,
+        }
+    }
+
+    /// The delivery of a non-persistent message.
+    pub(crate) fn at_most_once(bytes: Bytes) -> Self {
+        Self {
+            bytes,
+            at_most_once: true,
         }
     }
 }

@@ -298,7 +298,10 @@ impl Worker {
                 }
             }
             for done in dones.into_iter().flatten() {
-                pending.push(Pending::Done(done, r.as_ref().map(|_| ()).map_err(clone_err)));
+                pending.push(Pending::Done(
+                    done,
+                    r.as_ref().map(|_| ()).map_err(clone_err),
+                ));
             }
         }
         true

@@ -4,7 +4,7 @@
 use crate::encode;
 use crate::outbound::{OutFrame, Outbound};
 use crate::router::Router;
-use broadcast_protocol::{FailureReason, Recipient, ServerFrame};
+use broadcast_protocol::{FailureReason, HEADER_LEN, Recipient, ServerFrame, decode_body};
 use bytes::BytesMut;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -122,9 +122,17 @@ impl Writer {
     fn fail_unwritten(&mut self) {
         self.rx.close();
         while let Ok(f) = self.rx.try_recv() {
-            let Some(origin) = f.origin else { continue };
+            if !f.at_most_once {
+                continue;
+            }
+            // The frame is the broker's own encoding of a delivery: it decodes.
+            let Ok(ServerFrame::Deliver(d)) = decode_body::<ServerFrame>(&f.bytes[HEADER_LEN..])
+            else {
+                continue;
+            };
             let notice = self.router.undeliverable(
-                &origin,
+                &d.sender,
+                &d.id,
                 Recipient::Client(self.name.to_string()),
                 FailureReason::NotConnected,
                 format!(
@@ -132,7 +140,7 @@ impl Writer {
                     self.name
                 ),
             );
-            self.router.notify(&origin.sender, notice);
+            self.router.notify(&d.sender, notice);
         }
     }
 }

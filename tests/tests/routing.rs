@@ -413,3 +413,34 @@ async fn shutdown_says_bye_to_every_connection() -> R {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn messages_still_queued_for_a_recipient_that_goes_away_are_reported_to_their_sender() -> R {
+    let b = TestBroker::start_with(|c| {
+        c.outbound_frames = 64;
+        c.outbound_bytes = c.max_frame() as usize;
+        c.slow_consumer_wait = std::time::Duration::from_millis(50);
+    })
+    .await?;
+    let mut alice = RawClient::connect(b.addr(), Some("alice")).await?;
+    let slow = RawClient::connect(b.addr(), Some("slow")).await?;
+    let payload = vec![2u8; 32 * 1024];
+    // More than the socket buffers hold: the rest waits in the broker's queue for `slow`.
+    for _ in 0..400 {
+        let m = broadcast_tests::publish(client("slow"), &payload, false);
+        alice.feed(ClientFrame::Publish(m)).await?;
+    }
+    alice.flush().await?;
+    let _ = alice.sync().await?;
+    drop(slow);
+    // Notices for messages that waited in vain (SlowConsumer) may come first; then the
+    // messages that were still queued when `slow` went away are reported.
+    loop {
+        let f = alice.failure().await?;
+        if f.reason == FailureReason::NotConnected {
+            assert!(f.detail.contains("before the message was written"), "{f:?}");
+            return Ok(());
+        }
+        assert_eq!(f.reason, FailureReason::SlowConsumer, "{f:?}");
+    }
+}

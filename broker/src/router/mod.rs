@@ -18,7 +18,7 @@ mod route;
 use crate::config::Config;
 use crate::encode;
 use crate::handle::Observed;
-use crate::outbound::{Origin, OutFrame, Outbound};
+use crate::outbound::{OutFrame, Outbound};
 use crate::persist::{AppendItem, Command, Persist, Slot};
 use crate::store::{QueueId, QueueStore, Seq, Session, StoreError, StoredEntry, StoredMessage};
 use broadcast_protocol::{
@@ -511,14 +511,15 @@ impl Router {
     /// a notice for its sender.
     pub(crate) fn undeliverable(
         &self,
-        origin: &Origin,
+        sender: &str,
+        id: &str,
         recipient: Recipient,
         reason: FailureReason,
         detail: String,
     ) -> DeliveryFailed {
-        tracing::debug!(id = %origin.id, sender = %origin.sender, ?recipient, ?reason, "not delivered");
+        tracing::debug!(%id, %sender, ?recipient, ?reason, "not delivered");
         DeliveryFailed {
-            id: origin.id.to_string(),
+            id: id.to_owned(),
             recipient,
             reason,
             detail,

@@ -3,7 +3,7 @@
 use super::{Client, Inflight, InflightKind, LIVE_TAG, QueueMeta, Router, State, lock, now_ms};
 use crate::confirm::Confirm;
 use crate::encode::{self, DeliveryRef};
-use crate::outbound::{Origin, OutFrame, Outbound, PushError};
+use crate::outbound::{OutFrame, Outbound, PushError};
 use crate::persist::{AppendItem, Command, Done, Slot};
 use crate::store::{QueueId, StoredEntry, StoredMessage};
 use broadcast_protocol::{DeliveryFailed, FailureReason, HEADER_LEN, Publish, Recipient, Target};
@@ -86,7 +86,6 @@ struct Routing<'a> {
     sender: &'a Arc<str>,
     msg: &'a Publish,
     enc: Encodings<'a>,
-    origin: Arc<Origin>,
     failed: Vec<DeliveryFailed>,
     blocked: Vec<Blocked>,
     confirm: Option<Arc<Confirm>>,
@@ -124,10 +123,6 @@ impl Router {
                 msg,
                 cache: Vec::new(),
             },
-            origin: Arc::new(Origin {
-                sender: sender.clone(),
-                id: Arc::from(msg.id.as_str()),
-            }),
             failed: Vec::new(),
             blocked: Vec::new(),
             confirm: if msg.persistent { confirm } else { None },
@@ -303,10 +298,7 @@ impl Routing<'_> {
             );
             return self.fail(recipient(), FailureReason::TooLarge, detail);
         }
-        let frame = OutFrame {
-            bytes: bytes.clone(),
-            origin: Some(self.origin.clone()),
-        };
+        let frame = OutFrame::at_most_once(bytes.clone());
         match client.out.try_push(frame) {
             Ok(()) => {}
             Err(PushError::Full) => {
@@ -316,15 +308,13 @@ impl Routing<'_> {
                     return self.fail(recipient(), FailureReason::SlowConsumer, detail);
                 }
                 let notice = self.router.undeliverable(
-                    &self.origin,
+                    self.sender,
+                    &self.msg.id,
                     recipient(),
                     FailureReason::SlowConsumer,
                     detail,
                 );
-                let frame = OutFrame {
-                    bytes,
-                    origin: Some(self.origin.clone()),
-                };
+                let frame = OutFrame::at_most_once(bytes);
                 self.blocked.push(Blocked {
                     out: client.out.clone(),
                     frame,
@@ -482,9 +472,9 @@ impl Routing<'_> {
     }
 
     fn fail(&mut self, recipient: Recipient, reason: FailureReason, detail: String) {
-        let notice = self
-            .router
-            .undeliverable(&self.origin, recipient, reason, detail);
+        let notice =
+            self.router
+                .undeliverable(self.sender, &self.msg.id, recipient, reason, detail);
         self.failed.push(notice);
     }
 }
