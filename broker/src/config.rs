@@ -41,6 +41,9 @@ pub struct Config {
     pub max_attempts: u32,
     /// Most unacknowledged persistent deliveries per recipient. Default 4,096.
     pub max_unacked: usize,
+    /// Most persistent messages of one connection waiting for their `Accepted`; beyond that
+    /// the broker stops reading from the connection until some are confirmed. Default 65,536.
+    pub max_unconfirmed: usize,
     /// Time to live of a persistent message that does not set one. Default 24 h.
     pub default_ttl: Duration,
     /// Most messages queued for one recipient. Default 1,000,000.
@@ -78,6 +81,7 @@ impl Default for Config {
             ack_timeout: Duration::from_secs(30),
             max_attempts: 10,
             max_unacked: 4096,
+            max_unconfirmed: 65_536,
             default_ttl: Duration::from_secs(24 * 3600),
             queue_max_messages: 1_000_000,
             queue_max_bytes: 1 << 30,
@@ -152,6 +156,9 @@ impl Config {
         }
         if self.max_attempts == 0 {
             return err("max_attempts", "must be at least 1");
+        }
+        if self.max_unconfirmed == 0 {
+            return err("max_unconfirmed", "must be at least 1");
         }
         if self.max_unacked == 0 {
             return err("max_unacked", "must be at least 1");

@@ -3,15 +3,20 @@
 //! A [`Confirm`] counts the outcomes a persistent message still waits for: an acknowledgement
 //! from each recipient it was handed to, a flush for each queue it was written to. Failures
 //! count as outcomes once their notice is on its way. When the count reaches zero the
-//! `Accepted` frame goes out through a slot reserved in the sender's outbound queue when the
-//! message arrived, so the confirmation can never be refused for lack of room.
+//! `Accepted` frame goes to the sender's connection: into its outbound queue when there is
+//! room, otherwise into a list of confirmations that the connection's writer sends as soon
+//! as it has written what is queued, so a confirmation is never refused and never waits
+//! behind a slow recipient. That list is bounded: each connection has at most
+//! `max_unconfirmed` persistent messages waiting for their confirmation (a permit of its
+//! semaphore travels with each `Confirm`); beyond that the broker stops reading from it.
 
 use crate::encode;
-use crate::outbound::OutFrame;
+use crate::outbound::{OutFrame, Outbound};
 use broadcast_protocol::ServerFrame;
+use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use tokio::sync::mpsc::OwnedPermit;
+use tokio::sync::OwnedSemaphorePermit;
 
 /// Outcomes still awaited for one persistent message.
 #[derive(Debug)]
@@ -19,20 +24,17 @@ pub(crate) struct Confirm {
     id: Arc<str>,
     /// Starts at one: the router's own hold, released once routing is complete.
     remaining: AtomicUsize,
-    slot: Mutex<Option<(OwnedPermit<OutFrame>, Arc<crate::outbound::Shared>)>>,
+    to: Mutex<Option<(Outbound, OwnedSemaphorePermit)>>,
 }
 
 impl Confirm {
-    /// A confirmation that will be written through `slot`.
-    pub(crate) fn new(
-        id: Arc<str>,
-        slot: OwnedPermit<OutFrame>,
-        shared: Arc<crate::outbound::Shared>,
-    ) -> Arc<Self> {
+    /// A confirmation for message `id` of the connection `out`, holding one of the
+    /// connection's unconfirmed permits until it is sent.
+    pub(crate) fn new(id: Arc<str>, out: Outbound, permit: OwnedSemaphorePermit) -> Arc<Self> {
         Arc::new(Self {
             id,
             remaining: AtomicUsize::new(1),
-            slot: Mutex::new(Some((slot, shared))),
+            to: Mutex::new(Some((out, permit))),
         })
     }
 
@@ -46,14 +48,13 @@ impl Confirm {
         if self.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
             return;
         }
-        let taken = self.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some((slot, shared)) = taken {
+        let taken = self.to.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((out, _permit)) = taken {
             let bytes = encode::frame(&ServerFrame::Accepted {
                 id: self.id.to_string(),
             });
-            shared.queued.fetch_add(bytes.len(), Ordering::AcqRel);
-            // A sender that has gone resends the message when it is back; nothing to do here.
-            let _ = slot.send(OutFrame::control(bytes));
+            // A sender that has gone resends the message when it is back; nothing to do then.
+            out.push_confirmation(OutFrame::control(bytes));
         }
     }
 }

@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::Semaphore;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -221,6 +222,7 @@ async fn read_loop(
     idle: Duration,
 ) -> Option<Bytes> {
     let close = out.shared.close.clone();
+    let unconfirmed = Arc::new(Semaphore::new(ctx.config.max_unconfirmed));
     loop {
         let next = tokio::select! {
             biased;
@@ -255,7 +257,7 @@ async fn read_loop(
             }
             Ok(Some(Ok(Ok(frame)))) => frame,
         };
-        if let Handled::Close = handle(frame, out, name, ctx).await {
+        if let Handled::Close = handle(frame, out, name, ctx, &unconfirmed).await {
             return None;
         }
     }
@@ -266,7 +268,13 @@ enum Handled {
     Close,
 }
 
-async fn handle(frame: ClientFrame, out: &Outbound, name: &Arc<str>, ctx: &Context) -> Handled {
+async fn handle(
+    frame: ClientFrame,
+    out: &Outbound,
+    name: &Arc<str>,
+    ctx: &Context,
+    unconfirmed: &Arc<Semaphore>,
+) -> Handled {
     let router = &ctx.router;
     let mut replies: Vec<Bytes> = Vec::new();
     match frame {
@@ -274,12 +282,12 @@ async fn handle(frame: ClientFrame, out: &Outbound, name: &Arc<str>, ctx: &Conte
             if let Err(r) = router.validate(&msg) {
                 replies.push(encode::error(r.code, r.message, Some(&msg.id)));
             } else if msg.persistent {
-                // Room for the `Accepted` is reserved now, so it can never be refused later;
-                // a sender with many unconfirmed messages waits here.
-                let Some(permit) = out.reserve().await else {
+                // At most `max_unconfirmed` messages of one connection wait for their
+                // confirmation: beyond that, this connection is not read until some are.
+                let Ok(permit) = unconfirmed.clone().acquire_owned().await else {
                     return Handled::Close;
                 };
-                let confirm = Confirm::new(Arc::from(msg.id.as_str()), permit, out.shared.clone());
+                let confirm = Confirm::new(Arc::from(msg.id.as_str()), out.clone(), permit);
                 let slot = router.persist.reserve().await;
                 let routed = router.route(name, &msg, Some(confirm.clone()), slot);
                 debug_assert!(routed.blocked.is_empty(), "persistent messages never wait");

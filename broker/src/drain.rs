@@ -22,14 +22,14 @@ pub(crate) async fn run(
             match router.drain_step(&name, conn_id) {
                 DrainStep::Gone => return,
                 DrainStep::Idle => break,
-                DrainStep::Read { from, max } => {
+                DrainStep::Read { from, max, decided } => {
                     let entries = tokio::select! {
                         _ = close.cancelled() => return,
                         r = router.persist.read(queue.clone(), from, max) => r,
                     };
                     match entries {
                         Ok(entries) => {
-                            if !router.drained(&name, conn_id, from, entries) {
+                            if !router.drained(&name, conn_id, from, decided, entries) {
                                 break;
                             }
                         }

@@ -61,6 +61,9 @@ pub(crate) struct Shared {
     pub(crate) wake: Arc<Notify>,
     /// Set when the drainer waits for room in the queue; the writer then wakes it.
     pub(crate) wants_room: AtomicBool,
+    /// `Accepted` frames that found the queue full; the writer sends them after its next
+    /// batch. Bounded by the connection's limit of unconfirmed messages.
+    pub(crate) confirmations: Mutex<Vec<Bytes>>,
     /// Set when a sender waited for room in vain; cleared when the writer makes progress.
     /// While set, deliveries that find the queue full fail at once instead of waiting.
     pub(crate) stalled: AtomicBool,
@@ -94,6 +97,7 @@ impl Outbound {
             wake: Arc::new(Notify::new()),
             wants_room: AtomicBool::new(false),
             stalled: AtomicBool::new(false),
+            confirmations: Mutex::new(Vec::new()),
         });
         (
             Self {
@@ -166,9 +170,36 @@ impl Outbound {
         self.shared.wants_room.store(true, Ordering::Release);
     }
 
-    /// Reserves room for one frame, waiting while the queue is full.
-    pub(crate) async fn reserve(&self) -> Option<mpsc::OwnedPermit<OutFrame>> {
-        self.tx.clone().reserve_owned().await.ok()
+    /// Queues a confirmation: at once when there is room, otherwise for the writer to send
+    /// after its current batch.
+    pub(crate) fn push_confirmation(&self, frame: OutFrame) {
+        if let Err(PushError::Full) = self.try_push_unbudgeted(&frame) {
+            let mut stash = self
+                .shared
+                .confirmations
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            stash.push(frame.bytes);
+            drop(stash);
+            // The writer may be waiting on an empty queue meanwhile: wake it.
+            let _ = self.tx.try_send(OutFrame::control(Bytes::new()));
+        }
+    }
+
+    /// Like `try_push`, without the byte budget (confirmations are small).
+    fn try_push_unbudgeted(&self, frame: &OutFrame) -> Result<(), PushError> {
+        let len = frame.bytes.len();
+        self.shared.queued.fetch_add(len, Ordering::AcqRel);
+        match self.tx.try_send(OutFrame::control(frame.bytes.clone())) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.shared.queued.fetch_sub(len, Ordering::AcqRel);
+                Err(match e {
+                    mpsc::error::TrySendError::Full(_) => PushError::Full,
+                    mpsc::error::TrySendError::Closed(_) => PushError::Closed,
+                })
+            }
+        }
     }
 
     /// Closes the connection after writing what is queued and then `farewell`.

@@ -71,10 +71,27 @@ impl Writer {
     async fn write_batch(&mut self, first: OutFrame, buf: &mut BytesMut) -> std::io::Result<()> {
         buf.clear();
         buf.extend_from_slice(&first.bytes);
+        let mut drained = false;
         while buf.len() < BATCH_BYTES {
             match self.rx.try_recv() {
                 Ok(f) => buf.extend_from_slice(&f.bytes),
-                Err(_) => break,
+                Err(_) => {
+                    drained = true;
+                    break;
+                }
+            }
+        }
+        if drained {
+            // Confirmations that found the queue full go out once everything queued before
+            // them (notices about the same messages among it) has been taken.
+            let mut stash = self
+                .out
+                .shared
+                .confirmations
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for c in stash.drain(..) {
+                buf.extend_from_slice(&c);
             }
         }
         let n = buf.len();

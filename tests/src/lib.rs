@@ -5,10 +5,13 @@
 #![forbid(unsafe_code)]
 
 use anyhow::{Context as _, anyhow, bail};
+use broadcast_broker::store::{
+    MemoryStore, QueueId, QueueInfo, QueueStore, Seq, Session, StoreError, StoredEntry,
+};
 use broadcast_broker::{Broker, BrokerHandle, Config};
 use broadcast_protocol::{
-    ClientFrame, DEFAULT_MAX_FRAME, Delivery, DeliveryFailed, FrameCodec, Hello, PROTOCOL_VERSION,
-    Publish, ServerFrame, Target, Welcome, new_message_id,
+    ClientFrame, DEFAULT_MAX_FRAME, Delivery, DeliveryFailed, FrameCodec, Hello, MAX_ACK_TAGS,
+    PROTOCOL_VERSION, Publish, ServerFrame, Target, Welcome, new_message_id,
 };
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -34,6 +37,18 @@ pub struct TestBroker {
     shutdown: CancellationToken,
     broker: Option<Broker>,
     dir: Arc<tempfile::TempDir>,
+    /// The store the broker runs on, when it is not the sled store in the data directory.
+    store: Option<SharedStore>,
+}
+
+/// A store shared between the runs of a [`TestBroker`].
+#[derive(Clone)]
+struct SharedStore(Arc<dyn QueueStore>);
+
+impl std::fmt::Debug for SharedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedStore")
+    }
 }
 
 impl TestBroker {
@@ -60,6 +75,35 @@ impl TestBroker {
             shutdown,
             broker: Some(broker),
             dir,
+            store: None,
+        })
+    }
+
+    /// Starts a broker on a free port on `store` instead of the sled store, after `tune`
+    /// adjusted its configuration. [`restart`](Self::restart) keeps the same store.
+    pub async fn start_with_store(
+        store: Arc<dyn QueueStore>,
+        tune: impl FnOnce(&mut Config),
+    ) -> anyhow::Result<Self> {
+        let dir = Arc::new(tempfile::tempdir()?);
+        let mut config = Config {
+            data_dir: dir.path().join("data"),
+            ..Config::default()
+        };
+        tune(&mut config);
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let broker =
+            Broker::start_with_store(config.clone(), store.clone(), listener, shutdown.clone())
+                .await?;
+        Ok(Self {
+            addr,
+            config,
+            shutdown,
+            broker: Some(broker),
+            dir,
+            store: Some(SharedStore(store)),
         })
     }
 
@@ -108,7 +152,18 @@ impl TestBroker {
         }
         let listener = TcpListener::bind(self.addr).await?;
         self.shutdown = CancellationToken::new();
-        let broker = Broker::start(self.config.clone(), listener, self.shutdown.clone()).await?;
+        let broker = match &self.store {
+            Some(SharedStore(store)) => {
+                Broker::start_with_store(
+                    self.config.clone(),
+                    store.clone(),
+                    listener,
+                    self.shutdown.clone(),
+                )
+                .await?
+            }
+            None => Broker::start(self.config.clone(), listener, self.shutdown.clone()).await?,
+        };
         self.broker = Some(broker);
         let _ = &self.dir;
         Ok(())
@@ -139,6 +194,32 @@ impl RawClient {
     pub async fn connect_with(addr: SocketAddr, hello: Hello) -> anyhow::Result<Self> {
         let mut io = Self::open(addr).await?;
         io.send(&ClientFrame::Hello(hello)).await?;
+        match next_frame(&mut io).await? {
+            ServerFrame::Welcome(welcome) => Ok(Self { io, welcome }),
+            other => bail!("expected Welcome, got {other:?}"),
+        }
+    }
+
+    /// Connects under `name` with a socket receive buffer of about `bytes` (the kernel may
+    /// round it), so that a client that does not read stops taking data soon.
+    pub async fn connect_with_receive_buffer(
+        addr: SocketAddr,
+        name: &str,
+        bytes: u32,
+    ) -> anyhow::Result<Self> {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_recv_buffer_size(bytes)?;
+        let stream = socket.connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let mut io = Framed::new(
+            stream,
+            FrameCodec::new(DEFAULT_MAX_FRAME, DEFAULT_MAX_FRAME),
+        );
+        io.send(&ClientFrame::Hello(hello(Some(name)))).await?;
         match next_frame(&mut io).await? {
             ServerFrame::Welcome(welcome) => Ok(Self { io, welcome }),
             other => bail!("expected Welcome, got {other:?}"),
@@ -191,6 +272,26 @@ impl RawClient {
         let id = msg.id.clone();
         self.send(ClientFrame::Publish(msg)).await?;
         Ok(id)
+    }
+
+    /// Sends a message as given (a `ttl_ms`, a chosen id...).
+    pub async fn publish_message(&mut self, msg: Publish) -> anyhow::Result<String> {
+        let id = msg.id.clone();
+        self.send(ClientFrame::Publish(msg)).await?;
+        Ok(id)
+    }
+
+    /// Acknowledges deliveries (and stored notices) by their tags, in as many `Ack` frames
+    /// as the protocol's list limit requires.
+    pub async fn ack(&mut self, tags: impl IntoIterator<Item = u64>) -> anyhow::Result<()> {
+        let tags: Vec<u64> = tags.into_iter().collect();
+        for chunk in tags.chunks(MAX_ACK_TAGS) {
+            self.feed(ClientFrame::Ack {
+                tags: chunk.to_vec(),
+            })
+            .await?;
+        }
+        self.flush().await
     }
 
     /// Subscribes and waits for the confirmation.
@@ -417,4 +518,94 @@ pub fn bin_path(name: &str) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(path)
+}
+
+/// A [`MemoryStore`] with a switch: while it is on, every write and flush fails, as a full or
+/// broken disk would make them; reads keep working.
+#[derive(Debug, Default)]
+pub struct FailingStore {
+    inner: MemoryStore,
+    failing: AtomicBool,
+}
+
+impl FailingStore {
+    /// A store that works until [`fail`](Self::fail) is called.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// From now on, writes and flushes fail.
+    pub fn fail(&self) {
+        self.failing.store(true, Ordering::SeqCst);
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        if self.failing.load(Ordering::SeqCst) {
+            Err(StoreError::Io("injected failure: the disk is gone".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl QueueStore for FailingStore {
+    fn append(
+        &self,
+        queue: &QueueId,
+        first_seq: Seq,
+        entries: &[StoredEntry],
+    ) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.append(queue, first_seq, entries)
+    }
+
+    fn settle(&self, queue: &QueueId, seqs: &[Seq]) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.settle(queue, seqs)
+    }
+
+    fn read(
+        &self,
+        queue: &QueueId,
+        from: Seq,
+        max: usize,
+    ) -> Result<Vec<(Seq, StoredEntry)>, StoreError> {
+        self.inner.read(queue, from, max)
+    }
+
+    fn expired(
+        &self,
+        now_ms: u64,
+        max: usize,
+    ) -> Result<Vec<(QueueId, Seq, StoredEntry)>, StoreError> {
+        self.inner.expired(now_ms, max)
+    }
+
+    fn queues(&self) -> Result<Vec<QueueInfo>, StoreError> {
+        self.inner.queues()
+    }
+
+    fn drop_queue(&self, queue: &QueueId) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.drop_queue(queue)
+    }
+
+    fn put_session(&self, session: &Session) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.put_session(session)
+    }
+
+    fn remove_session(&self, name: &str) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.remove_session(name)
+    }
+
+    fn sessions(&self) -> Result<Vec<Session>, StoreError> {
+        self.inner.sessions()
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.flush()
+    }
 }

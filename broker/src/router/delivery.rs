@@ -14,7 +14,14 @@ use tokio::time::Instant;
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum DrainStep {
     /// Read up to `max` entries from `from` on.
-    Read { from: Seq, max: usize },
+    Read {
+        /// First sequence number to read.
+        from: Seq,
+        /// Most entries to read.
+        max: usize,
+        /// The queue's count of decided entries when the read was asked for.
+        decided: u64,
+    },
     /// Nothing to do until woken.
     Idle,
     /// The connection is gone.
@@ -94,9 +101,14 @@ impl Router {
         if !client.queue_mode || room == 0 {
             return DrainStep::Idle;
         }
+        let decided = st
+            .queues
+            .get(&QueueId::Client(name.to_owned()))
+            .map_or(0, |m| m.decided);
         DrainStep::Read {
             from: client.cursor,
             max: room.min(READ_BATCH),
+            decided,
         }
     }
 
@@ -109,14 +121,15 @@ impl Router {
         name: &str,
         conn_id: u64,
         from: Seq,
+        decided_then: u64,
         entries: Vec<(Seq, StoredEntry)>,
     ) -> bool {
         let mut st = lock(&self.state);
         let queue = QueueId::Client(name.to_owned());
-        let (hwm, unapplied) = st
+        let (hwm, unapplied, decided) = st
             .queues
             .get(&queue)
-            .map_or((0, 0), |m| (m.hwm, m.unapplied));
+            .map_or((0, 0, 0), |m| (m.hwm, m.unapplied, m.decided));
         let mut attempts_of = std::collections::HashMap::new();
         if let Some(meta) = st.queues.get(&queue) {
             for (seq, _) in &entries {
@@ -138,9 +151,16 @@ impl Router {
             return true;
         }
         if entries.is_empty() {
-            if unapplied == 0 {
-                client.queue_mode = false;
+            if unapplied > 0 {
+                // Entries are on their way to the store; `appended` wakes the drainer.
+                return false;
             }
+            if decided != decided_then {
+                // Entries were decided (and appended) after the read was asked for: read
+                // again rather than leave them behind.
+                return true;
+            }
+            client.queue_mode = false;
             return false;
         }
         let mut progress = false;

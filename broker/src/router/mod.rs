@@ -99,6 +99,9 @@ struct QueueMeta {
     bytes: u64,
     /// Entries decided but not yet appended by the store thread.
     unapplied: u64,
+    /// Counts every entry decided for this queue, so a drainer can tell whether anything
+    /// was decided after it asked the store for entries.
+    decided: u64,
     /// Highest sequence number handed to any connection in this broker's life (entries at or
     /// below it are marked redelivered); at start-up, everything stored before.
     hwm: Seq,
@@ -291,7 +294,10 @@ impl Router {
     fn requeue(&self, st: &mut State, name: &Arc<str>, client: &Client, cmds: &mut Vec<Command>) {
         let queue = QueueId::Client(name.to_string());
         let mut items = Vec::new();
-        for inflight in client.inflight.values() {
+        // Back in the order they were handed out: tags grow with each delivery.
+        let mut inflight: Vec<(&u64, &Inflight)> = client.inflight.iter().collect();
+        inflight.sort_unstable_by_key(|(tag, _)| **tag);
+        for (_, inflight) in inflight {
             match &inflight.what {
                 InflightKind::Live { entry, confirm } => {
                     let entry = StoredEntry::Message(StoredMessage {
@@ -394,6 +400,7 @@ impl Router {
             meta.pending += moved.pending;
             meta.bytes += moved.bytes;
             meta.unapplied += moved.pending;
+            meta.decided += moved.pending;
             if let Some(c) = clients.get_mut(&**name) {
                 c.queue_mode = true;
             }
@@ -595,6 +602,7 @@ impl Router {
         meta.pending += 1;
         meta.bytes += size;
         meta.unapplied += 1;
+        meta.decided += 1;
     }
 
     /// Counts entries settled in a queue.
