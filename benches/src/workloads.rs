@@ -17,13 +17,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use broadcast_client::{Client, ConnectOptions, Event, OutgoingMessage};
-use futures::{StreamExt, TryStreamExt};
+use broadcast_client::{Client, ConnectOptions, Event, Events, FailureReason, OutgoingMessage};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
-use crate::payload::{Received, message, now_ns, rate, receive, sent_at_ns, seq_of};
+use crate::payload::{Received, SeqSet, message, now_ns, rate, receive, sent_at_ns, seq_of};
 
 /// Settings shared by the workloads (the load generator's `--help` gives the defaults).
 #[derive(Clone, Debug)]
@@ -131,11 +131,25 @@ impl Run {
 
     /// Connects as `name` (from [`Run::name`]), with the client's default settings.
     async fn connect(&self, name: &str) -> Result<Client> {
-        let connecting = ConnectOptions::new().name(name).connect(self.addr.as_str());
+        self.connect_with(name, ConnectOptions::new()).await
+    }
+
+    /// Connects as `name` (from [`Run::name`]) with `options`.
+    async fn connect_with(&self, name: &str, options: ConnectOptions) -> Result<Client> {
+        let connecting = options.name(name).connect(self.addr.as_str());
         tokio::time::timeout(Duration::from_secs(30), connecting)
             .await
             .with_context(|| format!("{name}: no connection to {} within 30 s", self.addr))?
             .with_context(|| format!("{name}: cannot connect to {}", self.addr))
+    }
+}
+
+impl Run {
+    /// Connects a sender of persistent messages, with room in its event stream for the
+    /// confirmations of [`send_all_confirmed`].
+    async fn confirming_sender(&self, name: &str) -> Result<Client> {
+        let options = ConnectOptions::new().event_buffer(CONFIRM_EVENT_BUFFER);
+        self.connect_with(name, options).await
     }
 }
 
@@ -187,12 +201,39 @@ where
 /// default `max_unconfirmed`.
 pub const CONFIRM_WINDOW: usize = 4096;
 
+/// Events a confirming sender's [`Events`](broadcast_client::Events) stream holds: twice the
+/// window. The sender never has more than [`CONFIRM_WINDOW`] messages unconfirmed by its own
+/// count, so at most that many `Accepted` events wait unread; a `Lagged` fails the run.
+pub const CONFIRM_EVENT_BUFFER: usize = 2 * CONFIRM_WINDOW;
+
+/// The id of benchmark message `seq`: its sequence number, as long as a default (nanoid) id,
+/// so that each `Accepted` names the message it confirms.
+pub fn confirm_id(seq: u64) -> String {
+    let mut digits = [b'0'; 21];
+    let mut n = seq;
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    // `u64::MAX` has 20 digits: 21 always hold the number.
+    digits.iter().map(|&d| char::from(d)).collect()
+}
+
+/// The sequence number in an id made by [`confirm_id`].
+pub fn confirm_seq(id: &str) -> Option<u64> {
+    if id.len() == 21 {
+        id.parse().ok()
+    } else {
+        None
+    }
+}
+
 /// The outcome of [`send_all_confirmed`].
 #[derive(Debug, Clone, Default)]
 struct Confirmed {
     /// Messages handed to the client.
     sent: u64,
-    /// Messages the broker confirmed (`Accepted`).
+    /// Messages the broker confirmed (`Accepted`), each counted once.
     confirmed: u64,
     /// When the last confirmation arrived.
     last: Option<Instant>,
@@ -201,44 +242,134 @@ struct Confirmed {
     first_error: Option<String>,
 }
 
-/// Sends persistent messages `0..count` (made by `make`) with `send_confirmed`, keeping up to
-/// [`CONFIRM_WINDOW`] of them waiting for their `Accepted` at once (the client pipelines and
-/// batches them), and counts the confirmations. Stops taking new messages at `deadline`
-/// (checked every 1,024 messages); the caller's [`watchdog`] ends the waits at the deadline.
+/// Counts a confirming sender's events.
+#[derive(Debug)]
+struct ConfirmCount {
+    /// Sequence numbers confirmed.
+    confirmed: SeqSet,
+    last: Option<Instant>,
+    /// Messages the client reported it will never see confirmed (`Unconfirmed`, or too large
+    /// for the broker).
+    failed: u64,
+    first_error: Option<String>,
+    /// Events missed (`Lagged`): the counts cannot be trusted then.
+    lagged: u64,
+    /// The client stopped (`Closed`, or the end of the stream).
+    closed: bool,
+}
+
+impl ConfirmCount {
+    fn new(count: u64) -> Self {
+        Self {
+            confirmed: SeqSet::new(count),
+            last: None,
+            failed: 0,
+            first_error: None,
+            lagged: 0,
+            closed: false,
+        }
+    }
+
+    fn on_event(&mut self, event: Option<Event>) {
+        match event {
+            Some(Event::Accepted { id }) => {
+                if confirm_seq(&id).is_some_and(|seq| self.confirmed.insert(seq)) {
+                    self.last = Some(Instant::now());
+                }
+            }
+            Some(Event::Unconfirmed { id }) => {
+                self.failed += 1;
+                self.first_error
+                    .get_or_insert_with(|| format!("message {id} never confirmed"));
+            }
+            Some(Event::DeliveryFailed {
+                id,
+                reason: FailureReason::TooLarge,
+                detail,
+                ..
+            }) => {
+                self.failed += 1;
+                self.first_error
+                    .get_or_insert_with(|| format!("message {id}: {detail}"));
+            }
+            Some(Event::Lagged { missed }) => self.lagged += missed,
+            Some(Event::Closed) | None => self.closed = true,
+            Some(_) => {}
+        }
+    }
+}
+
+/// Sends persistent messages `0..count` (made by `make`), keeping up to [`CONFIRM_WINDOW`] of
+/// them waiting for their `Accepted` at once (the client pipelines and batches them), and
+/// counts the confirmations. Stops taking new messages at `deadline` (checked every 1,024
+/// messages); the caller's [`watchdog`] ends the waits at the deadline (the client then
+/// reports every message still unconfirmed, and stops).
 ///
-/// Confirmations are counted from `send_confirmed` rather than from `Event::Accepted`: the
-/// event stream holds 1,024 events, and a burst of confirmations overruns it (`Lagged`).
+/// Confirmations are counted from the client's events (`Accepted`, one per message, naming
+/// it), read from `events`, which the caller made before the first send with
+/// [`CONFIRM_EVENT_BUFFER`] events of room. The window keeps the unread events within that
+/// room; should the stream lag anyway, the run fails rather than report a count it missed.
 async fn send_all_confirmed(
     client: &Client,
+    mut events: Events,
     count: u64,
     deadline: Instant,
     mut make: impl FnMut(u64) -> OutgoingMessage,
-) -> Confirmed {
-    let mut out = Confirmed::default();
-    let mut sent = 0u64;
-    {
-        let mut confirmations = futures::stream::iter(0..count)
-            .take_while(|seq| std::future::ready(seq % 1024 != 0 || Instant::now() < deadline))
-            .map(|seq| {
-                sent += 1;
-                client.send_confirmed(make(seq))
-            })
-            .buffer_unordered(CONFIRM_WINDOW);
-        while let Some(result) = confirmations.next().await {
-            match result {
-                Ok(_) => {
-                    out.confirmed += 1;
-                    out.last = Some(Instant::now());
-                }
-                Err(e) => {
-                    out.failed += 1;
-                    out.first_error.get_or_insert_with(|| e.to_string());
-                }
+) -> Result<Confirmed> {
+    let mut c = ConfirmCount::new(count);
+    let (mut sent, mut send_failed, mut send_error) = (0u64, 0u64, None);
+    let mut sending = true;
+    loop {
+        // Read what has arrived, without waiting.
+        while let Some(event) = events.next().now_or_never() {
+            c.on_event(event);
+            if c.closed {
+                break;
             }
         }
+        let resolved = c.confirmed.len() + c.failed + send_failed;
+        let waiting = sent.saturating_sub(resolved);
+        if sending && !c.closed && sent < count && waiting < CONFIRM_WINDOW as u64 {
+            if sent % 1024 == 0 && Instant::now() >= deadline {
+                sending = false;
+                continue;
+            }
+            // Send a burst before looking at the events again.
+            let burst = (CONFIRM_WINDOW as u64 - waiting).min(count - sent).min(256);
+            for _ in 0..burst {
+                let seq = sent;
+                sent += 1;
+                if let Err(e) = client.send(make(seq).id(confirm_id(seq))).await {
+                    send_failed += 1;
+                    send_error.get_or_insert_with(|| e.to_string());
+                    sending = false;
+                    break;
+                }
+                if sent % 1024 == 0 {
+                    break;
+                }
+            }
+            continue;
+        }
+        if c.closed || waiting == 0 && (!sending || sent == count) {
+            break;
+        }
+        let event = events.next().await;
+        c.on_event(event);
     }
-    out.sent = sent;
-    out
+    if c.lagged > 0 {
+        bail!(
+            "the sender's event stream lagged ({} events missed): confirmations cannot be counted",
+            c.lagged
+        );
+    }
+    Ok(Confirmed {
+        sent,
+        confirmed: c.confirmed.len(),
+        last: c.last,
+        failed: c.failed + send_failed,
+        first_error: send_error.or(c.first_error),
+    })
 }
 
 /// What the events of a sender said.
@@ -502,14 +633,23 @@ async fn offline(run: &Run, p: &Params) -> Result<Value> {
     let rx_name = run.name("off-sub");
     run.connect(&rx_name).await?.close().await;
 
-    let sender = run.connect(&run.name("off-pub")).await?;
+    let sender = run.confirming_sender(&run.name("off-pub")).await?;
+    let events = sender.events();
     let guard = watchdog(&sender, deadline);
     let t0 = Instant::now();
     let size = p.size;
-    let c = send_all_confirmed(&sender, p.offline_count, deadline, |seq| {
+    let c = send_all_confirmed(&sender, events, p.offline_count, deadline, |seq| {
         OutgoingMessage::to_client(rx_name.as_str(), message(seq, size))
     })
     .await;
+    let c = match c {
+        Ok(c) => c,
+        Err(e) => {
+            guard.abort();
+            sender.close().await;
+            return Err(e);
+        }
+    };
     let sent = c.sent;
     let store_time = c.last.map_or(Duration::ZERO, |l| l - t0);
     guard.abort();
@@ -608,17 +748,28 @@ async fn persistent(run: &Run, p: &Params) -> Result<Value> {
     let rx_name = run.name("ps-sub");
     let receiver = run.connect(&rx_name).await?;
     let inbox = receiver.direct_messages().context("direct stream taken")?;
-    let sender = run.connect(&run.name("ps-pub")).await?;
+    let sender = run.confirming_sender(&run.name("ps-pub")).await?;
+    let events = sender.events();
     let count = p.persistent_count;
     let guard = watchdog(&sender, deadline);
     let rx = spawn_receive(inbox, count, p.idle(), deadline);
 
     let t0 = Instant::now();
     let size = p.size;
-    let c = send_all_confirmed(&sender, count, deadline, |seq| {
+    let c = send_all_confirmed(&sender, events, count, deadline, |seq| {
         OutgoingMessage::to_client(rx_name.as_str(), message(seq, size))
     })
     .await;
+    let c = match c {
+        Ok(c) => c,
+        Err(e) => {
+            guard.abort();
+            sender.close().await;
+            receiver.close().await;
+            rx.abort();
+            return Err(e);
+        }
+    };
     let sent = c.sent;
     let confirm_time = c.last.map_or(Duration::ZERO, |l| l - t0);
     if let Some(e) = &c.first_error {
@@ -636,4 +787,22 @@ async fn persistent(run: &Run, p: &Params) -> Result<Value> {
         "msgs_per_s": rate(c.confirmed, confirm_time),
         "secs": confirm_time.as_secs_f64(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confirmation_ids_carry_the_sequence_number() {
+        for seq in [0, 7, 1_000_000, u64::MAX] {
+            let id = confirm_id(seq);
+            assert_eq!(id.len(), 21);
+            assert_eq!(id, format!("{seq:021}"));
+            assert_eq!(confirm_seq(&id), Some(seq));
+            broadcast_protocol::validate_id(&id).unwrap();
+        }
+        assert_eq!(confirm_seq("V1StGXR8_Z5jdHi6B-myT"), None);
+        assert_eq!(confirm_seq("12"), None);
+    }
 }

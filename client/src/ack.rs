@@ -2,8 +2,9 @@
 //! waiting to be written ([`AckBatch`]), the tags handed out in manual mode ([`ManualTags`]),
 //! and the window of messages already handed to the application ([`DedupWindow`]).
 
+use crate::index::HashIndex;
 use broadcast_protocol::{ClientFrame, MAX_ACK_TAGS};
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -26,9 +27,15 @@ pub(crate) struct AckBatch {
 
 impl AckBatch {
     /// Adds a tag; true when the batch is full and should be written at once.
+    #[cfg(test)]
     pub(crate) fn add(&mut self, tag: u64, now: Instant) -> bool {
+        self.add_with(tag, || now)
+    }
+
+    /// As [`add`](Self::add), reading the clock only when the batch was empty.
+    pub(crate) fn add_with(&mut self, tag: u64, now: impl FnOnce() -> Instant) -> bool {
         if self.tags.is_empty() {
-            self.due = Some(now + ACK_DELAY);
+            self.due = Some(now() + ACK_DELAY);
         }
         self.tags.push(tag);
         self.tags.len() >= MAX_ACK_TAGS
@@ -93,13 +100,29 @@ impl ManualTags {
     }
 }
 
+/// Writes the key of the message `id` from `sender` into `buf`: the sender's length, the
+/// sender, then the id, so that no two pairs share a key.
+pub(crate) fn dedup_key(buf: &mut Vec<u8>, sender: &str, id: &str) {
+    buf.clear();
+    buf.extend_from_slice(&(sender.len() as u64).to_le_bytes());
+    buf.extend_from_slice(sender.as_bytes());
+    buf.extend_from_slice(id.as_bytes());
+}
+
 /// The `(sender, id)` pairs of the latest messages handed to the application, at most
 /// `capacity` of them, oldest forgotten first.
+///
+/// The keys (see [`dedup_key`]) sit in a ring of buffers numbered by a sequence number; the
+/// buffer of the pair forgotten is reused for the pair remembered, so that a full window
+/// allocates nothing. An index from the hash of each key to its number finds them.
 #[derive(Debug)]
 pub(crate) struct DedupWindow {
     capacity: usize,
-    order: VecDeque<(String, String)>,
-    seen: HashSet<(String, String)>,
+    /// Hash and key of pair number `n` at `ring[n % capacity]`.
+    ring: Vec<(u64, Vec<u8>)>,
+    /// Number of the next pair; pairs `next - ring.len()..next` are remembered.
+    next: u64,
+    index: HashIndex,
 }
 
 impl DedupWindow {
@@ -107,37 +130,77 @@ impl DedupWindow {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
             capacity,
-            order: VecDeque::new(),
-            seen: HashSet::new(),
+            ring: Vec::new(),
+            next: 0,
+            index: HashIndex::default(),
         }
     }
 
-    /// Whether the message `id` from `sender` was handed to the application recently.
-    pub(crate) fn contains(&self, sender: &str, id: &str) -> bool {
-        // Borrowed lookups of tuple keys need an owned tuple; only redeliveries are looked up.
-        self.capacity > 0 && self.seen.contains(&(sender.to_owned(), id.to_owned()))
+    /// Whether the window remembers anything at all.
+    pub(crate) fn is_enabled(&self) -> bool {
+        self.capacity > 0
     }
 
-    /// Records that the message `id` from `sender` was handed to the application.
-    pub(crate) fn insert(&mut self, sender: &str, id: &str) {
+    fn slot(&self, seq: u64) -> usize {
+        (seq % self.capacity as u64) as usize
+    }
+
+    fn find(&self, hash: u64, key: &[u8]) -> Option<u64> {
+        self.index
+            .find(hash, |seq| self.ring[self.slot(seq)].1.as_slice() == key)
+    }
+
+    /// Whether the pair with this key (from [`dedup_key`]) was handed to the application
+    /// recently.
+    pub(crate) fn contains_key(&self, key: &[u8]) -> bool {
+        self.capacity > 0 && self.find(self.index.hash(key), key).is_some()
+    }
+
+    /// Records that the pair with this key (from [`dedup_key`]) was handed to the
+    /// application.
+    pub(crate) fn insert_key(&mut self, key: &[u8]) {
         if self.capacity == 0 {
             return;
         }
-        let key = (sender.to_owned(), id.to_owned());
-        if !self.seen.insert(key.clone()) {
+        let hash = self.index.hash(key);
+        if self.find(hash, key).is_some() {
             return;
         }
-        self.order.push_back(key);
-        while self.order.len() > self.capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.seen.remove(&old);
-            }
+        let seq = self.next;
+        self.next += 1;
+        if self.ring.len() < self.capacity {
+            self.ring.push((hash, key.to_vec()));
+        } else {
+            let slot = self.slot(seq);
+            // This slot holds the oldest pair, number `seq - capacity`.
+            let (old, buf) = &mut self.ring[slot];
+            self.index.remove(*old, seq - self.capacity as u64);
+            *old = hash;
+            buf.clear();
+            buf.extend_from_slice(key);
         }
+        self.index.insert(hash, seq);
+    }
+
+    /// Whether the message `id` from `sender` was handed to the application recently.
+    #[cfg(test)]
+    fn contains(&self, sender: &str, id: &str) -> bool {
+        let mut key = Vec::new();
+        dedup_key(&mut key, sender, id);
+        self.contains_key(&key)
+    }
+
+    /// Records that the message `id` from `sender` was handed to the application.
+    #[cfg(test)]
+    fn insert(&mut self, sender: &str, id: &str) {
+        let mut key = Vec::new();
+        dedup_key(&mut key, sender, id);
+        self.insert_key(&key);
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.seen.len()
+        self.ring.len()
     }
 }
 
@@ -169,6 +232,24 @@ mod tests {
         assert!(window.contains("bob", "m1"));
         assert!(window.contains("alice", "m2"));
         assert_eq!(window.len(), 2);
+    }
+
+    #[test]
+    fn a_full_window_keeps_forgetting_the_oldest_pair() {
+        let mut window = DedupWindow::new(3);
+        for i in 0..100 {
+            window.insert("alice", &format!("m{i}"));
+            assert!(window.contains("alice", &format!("m{i}")));
+            if i >= 3 {
+                assert!(!window.contains("alice", &format!("m{}", i - 3)));
+                assert!(window.contains("alice", &format!("m{}", i - 2)));
+            }
+            assert!(window.len() <= 3);
+        }
+        assert!(
+            !window.contains("alic", "em99"),
+            "the sender and the id are kept apart"
+        );
     }
 
     #[test]

@@ -1,19 +1,21 @@
 //! [`Client`]: the cheap, cloneable handle to a connection.
 
 use crate::driver::{Command, Control, Driver, connect_first};
-use crate::subscription::Inbound;
+use crate::subscription::{AckQueue, Acker, Inbound};
 use crate::unconfirmed::Confirm;
 use crate::{
     ConnectError, ConnectOptions, DirectMessages, Event, Events, Message, OutgoingMessage,
     SendError, SubscribeError, Subscription,
 };
 use broadcast_protocol::{
-    ClientFrame, CodecError, MAX_FRAME_CAP, Welcome, encode_frame, validate_channel,
-    validate_client_name,
+    ClientFrame, CodecError, FrameCodec, HEADER_LEN, MAX_FRAME_CAP, ServerFrame, Target, Welcome,
+    validate_channel, validate_client_name,
 };
+use bytes::BytesMut;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::codec::Encoder;
 
 /// State shared by the handles and the connection task.
 #[derive(Debug)]
@@ -30,6 +32,8 @@ pub(crate) struct Shared {
     /// Whether someone took the direct stream (and so will read it).
     pub(crate) direct_taken: AtomicBool,
     next_subscription: AtomicU64,
+    /// Acknowledgements of deliveries taken from the streams, for the connection task.
+    pub(crate) acks: Arc<AckQueue>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -124,6 +128,7 @@ impl Client {
             direct: Mutex::new(Some(direct_rx)),
             direct_taken: AtomicBool::new(false),
             next_subscription: AtomicU64::new(0),
+            acks: Arc::default(),
         });
         let receive_buffer = options.receive_buffer;
         let manual_ack = options.manual_ack;
@@ -284,26 +289,26 @@ impl Client {
                 max: max_payload,
             });
         }
-        let publish = msg.into_publish();
-        let (id, target, persistent) = (
-            publish.id.clone(),
-            publish.target.clone(),
-            publish.persistent,
-        );
-        let max_frame = shared.max_frame.load(Ordering::Relaxed) as usize;
-        let frame =
-            encode_frame(&ClientFrame::Publish(publish), max_frame).map_err(|e| match e {
+        let max_frame = shared.max_frame.load(Ordering::Relaxed);
+        let frame = ClientFrame::Publish(msg.into_publish());
+        // Sized for the whole frame up front: one allocation, no copy on growing.
+        let mut buf = BytesMut::with_capacity(encoded_size_hint(&frame));
+        FrameCodec::<ServerFrame>::new(max_frame, max_frame)
+            .encode(&frame, &mut buf)
+            .map_err(|e| match e {
                 CodecError::FrameTooLarge { len, max } => SendError::TooLarge { size: len, max },
                 other => SendError::InvalidTarget(other.to_string()),
             })?;
+        // The frame holds everything the connection needs: the id is handed back, not copied.
+        let ClientFrame::Publish(publish) = frame else {
+            unreachable!("a Publish frame was built above")
+        };
         let cmd = Command::Publish {
-            id: id.clone(),
-            target,
-            frame,
-            persistent,
+            frame: buf.freeze(),
+            persistent: publish.persistent,
             confirm,
         };
-        Ok((id, cmd))
+        Ok((publish.id, cmd))
     }
 
     /// Subscribes to `channel`; resolves once the broker has confirmed the subscription.
@@ -341,7 +346,7 @@ impl Client {
         let (tx, rx) = mpsc::channel(self.inner.receive_buffer);
         let (reply, answer) = oneshot::channel();
         // Made before the request, so that dropping this future at any point unsubscribes.
-        let subscription = Subscription::new(channel.clone(), id, rx, self.inner.control.clone());
+        let subscription = Subscription::new(channel.clone(), id, rx, self.acker());
         let cmd = Command::Subscribe {
             channel,
             id,
@@ -373,7 +378,15 @@ impl Client {
         let shared = &self.inner.shared;
         let rx = lock(&shared.direct).take()?;
         shared.direct_taken.store(true, Ordering::Release);
-        Some(DirectMessages::new(rx, self.inner.control.clone()))
+        Some(DirectMessages::new(rx, self.acker()))
+    }
+
+    /// What a stream needs to acknowledge deliveries.
+    fn acker(&self) -> Acker {
+        Acker {
+            control: self.inner.control.clone(),
+            queue: self.inner.shared.acks.clone(),
+        }
     }
 
     /// A new stream of every [`Event`] raised from now on.
@@ -420,4 +433,23 @@ impl Client {
             let _ = done.await;
         }
     }
+}
+
+/// An upper bound, in practice, on the encoded size of a `Publish` frame: each length and
+/// integer takes at most 9 bytes with bincode's variable-length integers, and a few dozen
+/// bytes cover the fixed fields. Only a hint for the buffer's first allocation.
+fn encoded_size_hint(frame: &ClientFrame) -> usize {
+    let ClientFrame::Publish(p) = frame else {
+        return 64;
+    };
+    let names = match &p.target {
+        Target::Client(name) | Target::Channel(name) => name.len() + 9,
+        Target::Group(names) | Target::Channels(names) => {
+            names.iter().map(|n| n.len() + 9).sum::<usize>() + 9
+        }
+        Target::ClientInChannel { client, channel } => client.len() + channel.len() + 18,
+        Target::All => 0,
+    };
+    let name = p.name.as_ref().map_or(0, |n| n.len() + 9);
+    HEADER_LEN + 48 + p.id.len() + names + name + p.data.len()
 }

@@ -16,12 +16,12 @@
 //! are sent again, marked `resent`, before anything else. Acknowledgements of deliveries are
 //! collected in an [`AckBatch`] and written with the next write, or after [`ACK_DELAY`].
 
-use crate::ack::{ACK_DELAY, AckBatch, DedupWindow, ManualTags};
+use crate::ack::{ACK_DELAY, AckBatch, DedupWindow, ManualTags, dedup_key};
 use crate::backoff::Backoff;
 use crate::client::Shared;
 use crate::connection::{self, Connection, Writer, frame_kind};
-use crate::subscription::{AckRef, Inbound, Lost, Registry, deliver};
-use crate::unconfirmed::{Confirm, Unconfirmed, UnconfirmedSet};
+use crate::subscription::{AckRef, Inbound, Lost, Registry, Route, deliver};
+use crate::unconfirmed::{Confirm, Unconfirmed, UnconfirmedSet, publish_id, publish_parts};
 use crate::{ConnectError, ConnectOptions, Event, Message, SendError, SubscribeError};
 use broadcast_protocol::codec::Encoded;
 use broadcast_protocol::{
@@ -53,8 +53,6 @@ pub(crate) enum Command {
     /// An encoded `Publish` frame; `confirm` (persistent messages only) is answered when the
     /// broker's `Accepted` arrives.
     Publish {
-        id: String,
-        target: Target,
         frame: Bytes,
         persistent: bool,
         confirm: Option<Confirm>,
@@ -77,8 +75,10 @@ pub(crate) enum Control {
     Unsubscribe { channel: String, id: u64 },
     /// [`Client::close`](crate::Client::close).
     Close { reply: oneshot::Sender<()> },
-    /// The application took a delivery from a stream (automatic acknowledgement).
-    Ack(AckRef),
+    /// The application took deliveries from a stream (automatic acknowledgement): their
+    /// [`AckRef`]s wait in the shared [`AckQueue`](crate::subscription::AckQueue). Sent when the queue stops being empty, so
+    /// one wake-up of the task carries every acknowledgement queued until it looks.
+    Acks,
     /// [`Client::ack`](crate::Client::ack) (manual acknowledgement).
     ManualAck { tag: u64 },
 }
@@ -100,9 +100,8 @@ enum Kind {
     /// Pings, pongs, subscriptions: rebuilt or meaningless on a new connection.
     Control,
     /// A message not yet registered as unconfirmed: kept and sent on the next connection.
+    /// Its id and target are read from the frame when needed.
     Publish {
-        id: String,
-        target: Target,
         persistent: bool,
         confirm: Option<Confirm>,
     },
@@ -187,8 +186,8 @@ pub(crate) struct Driver {
     last_sent: Instant,
     /// A delivery waiting for room in a full stream; no frame is read meanwhile.
     pending: Option<PendingDelivery>,
-    /// The `(sender, id)` of the pending delivery, for the duplicate window once handed over.
-    pending_key: Option<(String, String)>,
+    /// The duplicate-window key of the pending delivery, to remember once handed over.
+    pending_key: Option<Vec<u8>>,
     backoff: Backoff,
     /// Persistent messages queued for writing and not yet confirmed by `Accepted`.
     unconfirmed: UnconfirmedSet,
@@ -200,6 +199,10 @@ pub(crate) struct Driver {
     manual_tags: ManualTags,
     /// The messages handed to the application lately, to drop redelivered duplicates.
     dedup: DedupWindow,
+    /// The duplicate-window key of the delivery being handled (a buffer kept for reuse).
+    dedup_key: Vec<u8>,
+    /// The acknowledgements taken from the shared queue (a buffer kept for reuse).
+    ack_refs: Vec<AckRef>,
     /// Number of the current connection: a tag is acknowledged only on its own connection.
     epoch: u64,
 }
@@ -241,6 +244,8 @@ impl Driver {
             acks: AckBatch::default(),
             manual_tags: ManualTags::default(),
             dedup,
+            dedup_key: Vec::new(),
+            ack_refs: Vec::new(),
             epoch: 0,
         }
     }
@@ -314,26 +319,24 @@ impl Driver {
         let mut ids: Vec<String> = self
             .unconfirmed
             .take_all()
-            .into_iter()
-            .map(|msg| msg.id)
+            .iter()
+            .map(|msg| msg.id().to_owned())
             .collect();
         for out in self.held.drain(..) {
             if let Kind::Publish {
-                id,
-                persistent: true,
-                ..
+                persistent: true, ..
             } = out.kind
             {
-                ids.push(id);
+                ids.push(frame_id(&out.bytes));
             }
         }
         while let Ok(cmd) = self.commands.try_recv() {
             match cmd {
                 Command::Publish {
-                    id,
+                    frame,
                     persistent: true,
                     ..
-                } => ids.push(id),
+                } => ids.push(frame_id(&frame)),
                 Command::Subscribe { reply, .. } => {
                     let _ = reply.send(Err(SubscribeError::Closed));
                 }
@@ -419,7 +422,12 @@ impl Driver {
             }
             Some(Control::Close { reply }) => Err(Some(reply)),
             // Tags of a lost connection mean nothing to the next one.
-            Some(Control::Ack(_) | Control::ManualAck { .. }) => Ok(()),
+            Some(Control::Acks) => {
+                self.shared.acks.take_into(&mut self.ack_refs);
+                self.ack_refs.clear();
+                Ok(())
+            }
+            Some(Control::ManualAck { .. }) => Ok(()),
             None => Err(None),
         }
     }
@@ -501,11 +509,7 @@ impl Driver {
                             self.push_frame(&ClientFrame::Unsubscribe { channel });
                         }
                     }
-                    Some(Control::Ack(ack)) => {
-                        if ack.epoch == self.epoch {
-                            self.queue_ack(ack.tag);
-                        }
-                    }
+                    Some(Control::Acks) => self.take_acks(),
                     Some(Control::ManualAck { tag }) => {
                         if self.manual_tags.acknowledge(tag) {
                             self.queue_ack(tag);
@@ -526,9 +530,13 @@ impl Driver {
                 }), if self.pending.is_some() => {
                     self.pending = None;
                     let key = self.pending_key.take();
+                    let keyed = key.is_some();
+                    if let Some(key) = key {
+                        self.dedup_key = key;
+                    }
                     // Reading was paused: silence meanwhile says nothing about the broker.
                     last_recv = Instant::now();
-                    self.on_delivered(res, key);
+                    self.on_delivered(res, keyed);
                 }
                 frame = conn.reader.next(), if self.pending.is_none() => {
                     last_recv = Instant::now();
@@ -678,7 +686,10 @@ impl Driver {
     }
 
     fn push(&mut self, out: Outgoing) {
-        self.last_sent = Instant::now();
+        // One clock read per write batch: the frames queued together go out together.
+        if !self.out.unflushed {
+            self.last_sent = Instant::now();
+        }
         self.out.push(out);
     }
 
@@ -701,9 +712,22 @@ impl Driver {
 
     /// Adds a tag to the acknowledgement batch; a full batch is queued at once.
     fn queue_ack(&mut self, tag: u64) {
-        if self.acks.add(tag, Instant::now()) {
+        if self.acks.add_with(tag, Instant::now) {
             self.push_acks();
         }
+    }
+
+    /// Queues the acknowledgements of the deliveries the application took from its streams,
+    /// those of the current connection only.
+    fn take_acks(&mut self) {
+        let mut refs = std::mem::take(&mut self.ack_refs);
+        self.shared.acks.take_into(&mut refs);
+        for ack in refs.drain(..) {
+            if ack.epoch == self.epoch {
+                self.queue_ack(ack.tag);
+            }
+        }
+        self.ack_refs = refs;
     }
 
     /// Queues a message frame, unless the broker connected now takes smaller frames than the
@@ -711,8 +735,6 @@ impl Driver {
     fn push_publish(&mut self, out: Outgoing) {
         let Outgoing { bytes, kind } = out;
         let Kind::Publish {
-            id,
-            target,
             persistent,
             confirm,
         } = kind
@@ -721,12 +743,10 @@ impl Driver {
         };
         let len = bytes.len().saturating_sub(HEADER_LEN);
         if len > self.max_encode {
-            return self.too_large(id, target, len, confirm);
+            return self.too_large(&bytes, len, confirm);
         }
         if persistent {
             self.unconfirmed.push(Unconfirmed {
-                id,
-                target,
                 frame: bytes.clone(),
                 resent: false,
                 confirm,
@@ -739,8 +759,6 @@ impl Driver {
         self.push(Outgoing {
             bytes,
             kind: Kind::Publish {
-                id,
-                target,
                 persistent,
                 confirm,
             },
@@ -748,7 +766,11 @@ impl Driver {
     }
 
     /// Reports a message that no longer fits the broker's frame limit.
-    fn too_large(&mut self, id: String, target: Target, len: usize, confirm: Option<Confirm>) {
+    fn too_large(&mut self, frame: &[u8], len: usize, confirm: Option<Confirm>) {
+        let (id, target) = publish_parts(frame).unwrap_or_else(|| {
+            // Never the case: the client encoded the frame itself.
+            (frame_id(frame), Target::All)
+        });
         let detail = format!(
             "frame of {len} bytes exceeds the broker's limit of {} bytes",
             self.max_encode
@@ -797,7 +819,7 @@ impl Driver {
         }
         for (seq, len) in too_large {
             if let Some(msg) = self.unconfirmed.remove(seq) {
-                self.too_large(msg.id, msg.target, len, msg.confirm);
+                self.too_large(&msg.frame, len, msg.confirm);
             }
         }
         tracing::debug!(count = frames.len(), "sending unconfirmed messages again");
@@ -812,16 +834,12 @@ impl Driver {
     fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::Publish {
-                id,
-                target,
                 frame,
                 persistent,
                 confirm,
             } => self.push_publish(Outgoing {
                 bytes: frame,
                 kind: Kind::Publish {
-                    id,
-                    target,
                     persistent,
                     confirm,
                 },
@@ -965,16 +983,20 @@ impl Driver {
     }
 
     fn on_delivery(&mut self, msg: Message) {
-        if msg.redelivered && self.dedup.contains(&msg.sender, &msg.id) {
+        // Only messages that may come again are worth remembering (or looking up).
+        let remember = msg.persistent || msg.ack_tag.is_some();
+        let keyed = self.dedup.is_enabled() && (remember || msg.redelivered);
+        if keyed {
+            dedup_key(&mut self.dedup_key, &msg.sender, &msg.id);
+        }
+        if keyed && msg.redelivered && self.dedup.contains_key(&self.dedup_key) {
             tracing::debug!(id = %msg.id, sender = %msg.sender, "dropping a redelivered duplicate");
             if let Some(tag) = msg.ack_tag {
                 self.queue_ack(tag);
             }
             return;
         }
-        // Only messages that may come again are worth remembering.
-        let key =
-            (msg.persistent || msg.ack_tag.is_some()).then(|| (msg.sender.clone(), msg.id.clone()));
+        let key = keyed && remember;
         let ack = match msg.ack_tag {
             Some(tag) if self.options.manual_ack => {
                 self.manual_tags.handed(tag);
@@ -986,38 +1008,40 @@ impl Driver {
             }),
             None => None,
         };
-        let targets = self.registry.targets(msg.channel.as_deref());
         let taken = self.shared.direct_taken.load(Ordering::Acquire);
         let inbound = Inbound { msg, ack };
         // The usual case, one stream with room, is handled without boxing a future.
-        let inbound = match targets.as_slice() {
-            [tx] => match tx.try_send(inbound) {
+        let route = self.registry.route(inbound.msg.channel.as_deref());
+        let inbound = match route {
+            Route::One(tx) => match tx.try_send(inbound) {
                 Ok(()) => return self.on_delivered(Ok(()), key),
                 Err(e) => e.into_inner(),
             },
-            [] if taken => match self.direct.try_send(inbound) {
+            Route::Direct if taken => match self.direct.try_send(inbound) {
                 Ok(()) => return self.on_delivered(Ok(()), key),
                 Err(e) => e.into_inner(),
             },
-            _ => inbound,
+            Route::Direct | Route::Many => inbound,
         };
+        let targets = self.registry.targets(inbound.msg.channel.as_deref());
         let mut fut: PendingDelivery =
             Box::pin(deliver(targets, self.direct.clone(), taken, inbound));
         match (&mut fut).now_or_never() {
             Some(res) => self.on_delivered(res, key),
             None => {
                 self.pending = Some(fut);
-                self.pending_key = key;
+                self.pending_key = key.then(|| std::mem::take(&mut self.dedup_key));
             }
         }
     }
 
-    /// Remembers a message handed to the application, or reports one no stream could take.
-    fn on_delivered(&mut self, res: Result<(), (Lost, Inbound)>, key: Option<(String, String)>) {
+    /// Remembers a message handed to the application (when `key`, the one in `dedup_key`), or
+    /// reports one no stream could take.
+    fn on_delivered(&mut self, res: Result<(), (Lost, Inbound)>, key: bool) {
         let (lost, msg) = match res {
             Ok(()) => {
-                if let Some((sender, id)) = key {
-                    self.dedup.insert(&sender, &id);
+                if key {
+                    self.dedup.insert_key(&self.dedup_key);
                 }
                 return;
             }
@@ -1054,6 +1078,11 @@ impl Driver {
             detail,
         });
     }
+}
+
+/// The id of the message in an encoded `Publish` frame, as an owned string.
+fn frame_id(frame: &[u8]) -> String {
+    publish_id(frame).unwrap_or_default().to_owned()
 }
 
 /// The recipients of a message, one per name for groups and channel lists.

@@ -18,7 +18,8 @@
 //! - [`error`]: [`ConnectError`], [`SendError`], [`SubscribeError`].
 //! - `driver` (private): the connection task; `connection` (private): connect and handshake;
 //!   `backoff` (private): reconnect delays; `unconfirmed` (private): the persistent messages
-//!   awaiting confirmation; `ack` (private): acknowledgement batches and the duplicate window.
+//!   awaiting confirmation; `ack` (private): acknowledgement batches and the duplicate window;
+//!   `index` (private): the hash index both find their entries with.
 //!
 //! # Persistent messages and acknowledgements
 //!
@@ -118,6 +119,7 @@ mod connection;
 mod driver;
 pub mod error;
 pub mod events;
+mod index;
 pub mod message;
 pub mod options;
 pub mod subscription;

@@ -6,6 +6,7 @@ use crate::driver::Control;
 use futures::Stream;
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, ready};
 use tokio::sync::mpsc;
 
@@ -26,15 +27,62 @@ pub(crate) struct Inbound {
     pub(crate) ack: Option<AckRef>,
 }
 
-/// Unwraps a delivery the application takes, acknowledging it if it asks to be.
-fn take(item: Option<Inbound>, control: &mpsc::UnboundedSender<Control>) -> Poll<Option<Message>> {
-    Poll::Ready(item.map(|inbound| {
-        if let Some(ack) = inbound.ack {
-            // An error means the task has stopped, and with it the connection the tag was for.
-            let _ = control.send(Control::Ack(ack));
+/// The acknowledgements of the deliveries the application took from its streams, waiting for
+/// the connection task.
+///
+/// Whoever queues into an empty queue sends [`Control::Acks`]; the task takes the whole queue
+/// when that arrives. So the task hears of every acknowledgement at once, as before, but is
+/// woken once per batch instead of once per message.
+#[derive(Debug, Default)]
+pub(crate) struct AckQueue {
+    refs: Mutex<Vec<AckRef>>,
+}
+
+impl AckQueue {
+    fn lock(&self) -> MutexGuard<'_, Vec<AckRef>> {
+        // A vector of plain values cannot be left half-written by a panic.
+        self.refs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues an acknowledgement; true when the queue was empty, and so the task must be told.
+    fn push(&self, ack: AckRef) -> bool {
+        let mut refs = self.lock();
+        refs.push(ack);
+        refs.len() == 1
+    }
+
+    /// Moves every queued acknowledgement to the end of `out`, in the order queued.
+    pub(crate) fn take_into(&self, out: &mut Vec<AckRef>) {
+        let mut refs = self.lock();
+        if out.is_empty() {
+            std::mem::swap(&mut *refs, out);
+        } else {
+            out.append(&mut refs);
         }
-        inbound.msg
-    }))
+    }
+}
+
+/// What a stream needs to acknowledge the deliveries taken from it.
+#[derive(Debug, Clone)]
+pub(crate) struct Acker {
+    pub(crate) control: mpsc::UnboundedSender<Control>,
+    pub(crate) queue: Arc<AckQueue>,
+}
+
+impl Acker {
+    /// Unwraps a delivery the application takes, acknowledging it if it asks to be.
+    fn take(&self, item: Option<Inbound>) -> Poll<Option<Message>> {
+        Poll::Ready(item.map(|inbound| {
+            if let Some(ack) = inbound.ack {
+                if self.queue.push(ack) {
+                    // An error means the task has stopped, and with it the connection the tag
+                    // was for.
+                    let _ = self.control.send(Control::Acks);
+                }
+            }
+            inbound.msg
+        }))
+    }
 }
 
 /// The messages of one channel, from [`Client::subscribe`](crate::Client::subscribe).
@@ -47,21 +95,16 @@ pub struct Subscription {
     channel: String,
     id: u64,
     rx: mpsc::Receiver<Inbound>,
-    control: mpsc::UnboundedSender<Control>,
+    acker: Acker,
 }
 
 impl Subscription {
-    pub(crate) fn new(
-        channel: String,
-        id: u64,
-        rx: mpsc::Receiver<Inbound>,
-        control: mpsc::UnboundedSender<Control>,
-    ) -> Self {
+    pub(crate) fn new(channel: String, id: u64, rx: mpsc::Receiver<Inbound>, acker: Acker) -> Self {
         Self {
             channel,
             id,
             rx,
-            control,
+            acker,
         }
     }
 
@@ -76,7 +119,7 @@ impl Stream for Subscription {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
         let item = ready!(self.rx.poll_recv(cx));
-        take(item, &self.control)
+        self.acker.take(item)
     }
 }
 
@@ -84,7 +127,7 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         // The connection task sends `Unsubscribe` if this was the channel's last subscription.
         // An error means the task has stopped, and with it the connection.
-        let _ = self.control.send(Control::Unsubscribe {
+        let _ = self.acker.control.send(Control::Unsubscribe {
             channel: std::mem::take(&mut self.channel),
             id: self.id,
         });
@@ -105,17 +148,14 @@ impl std::fmt::Debug for Subscription {
 /// The stream ends when the client stops.
 pub struct DirectMessages {
     rx: mpsc::Receiver<Inbound>,
-    /// Carries acknowledgements; also keeps the connection task running while this stream is
-    /// alive, even once every [`Client`](crate::Client) handle is gone.
-    control: mpsc::UnboundedSender<Control>,
+    /// Carries acknowledgements; its control sender also keeps the connection task running
+    /// while this stream is alive, even once every [`Client`](crate::Client) handle is gone.
+    acker: Acker,
 }
 
 impl DirectMessages {
-    pub(crate) fn new(
-        rx: mpsc::Receiver<Inbound>,
-        control: mpsc::UnboundedSender<Control>,
-    ) -> Self {
-        Self { rx, control }
+    pub(crate) fn new(rx: mpsc::Receiver<Inbound>, acker: Acker) -> Self {
+        Self { rx, acker }
     }
 }
 
@@ -124,7 +164,7 @@ impl Stream for DirectMessages {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
         let item = ready!(self.rx.poll_recv(cx));
-        take(item, &self.control)
+        self.acker.take(item)
     }
 }
 
@@ -179,6 +219,19 @@ impl Registry {
         self.channels.keys()
     }
 
+    /// Where a delivery through `channel` goes, without copying anything: see [`Route`].
+    pub(crate) fn route(&self, channel: Option<&str>) -> Route<'_> {
+        let Some(subs) = channel.and_then(|c| self.channels.get(c)) else {
+            return Route::Direct;
+        };
+        let mut live = subs.iter().filter(|(_, tx)| !tx.is_closed());
+        match (live.next(), live.next()) {
+            (None, _) => Route::Direct,
+            (Some((_, tx)), None) => Route::One(tx),
+            (Some(_), Some(_)) => Route::Many,
+        }
+    }
+
     /// Where a delivery through `channel` goes: every live subscription of the channel. Empty
     /// for direct messages and for channels without a live subscription: those go to the
     /// direct stream.
@@ -191,6 +244,17 @@ impl Registry {
             .map(|(_, tx)| tx.clone())
             .collect()
     }
+}
+
+/// Where a delivery goes, as [`Registry::route`] sees it.
+#[derive(Debug)]
+pub(crate) enum Route<'a> {
+    /// No live subscription: the direct stream.
+    Direct,
+    /// Exactly one live subscription.
+    One(&'a mpsc::Sender<Inbound>),
+    /// Several live subscriptions: see [`Registry::targets`].
+    Many,
 }
 
 /// Why a delivery reached no stream.

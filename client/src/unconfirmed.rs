@@ -2,19 +2,19 @@
 //! `Accepted`, kept in send order to be sent again after a reconnection.
 
 use crate::SendError;
-use broadcast_protocol::Target;
+use crate::index::HashIndex;
+use broadcast_protocol::{ClientFrame, HEADER_LEN, Target, decode_body};
 use bytes::{Bytes, BytesMut};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::VecDeque;
 use tokio::sync::oneshot;
 
 /// Where [`Client::send_confirmed`](crate::Client::send_confirmed) waits for the outcome.
 pub(crate) type Confirm = oneshot::Sender<Result<(), SendError>>;
 
-/// One unconfirmed message.
+/// One unconfirmed message. Its id and target are read from its frame when needed, rather
+/// than kept in copies of their own.
 #[derive(Debug)]
 pub(crate) struct Unconfirmed {
-    pub(crate) id: String,
-    pub(crate) target: Target,
     /// The encoded `Publish` frame; once sent again, with `resent` set.
     pub(crate) frame: Bytes,
     /// Whether `frame` has `resent` set.
@@ -23,6 +23,11 @@ pub(crate) struct Unconfirmed {
 }
 
 impl Unconfirmed {
+    /// The message id.
+    pub(crate) fn id(&self) -> &str {
+        publish_id(&self.frame).unwrap_or_default()
+    }
+
     /// The frame to send again, marking it as resent the first time.
     pub(crate) fn resend_frame(&mut self) -> Bytes {
         if !self.resent {
@@ -33,63 +38,146 @@ impl Unconfirmed {
     }
 }
 
+/// Reads a bincode variable-length integer: one byte below 251, else a marker and 2, 4 or 8
+/// little-endian bytes.
+fn read_varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let (&first, rest) = bytes.split_first()?;
+    let width = match first {
+        0..=250 => return Some((u64::from(first), rest)),
+        251 => 2,
+        252 => 4,
+        253 => 8,
+        _ => return None,
+    };
+    let (raw, rest) = rest.split_at_checked(width)?;
+    let mut le = [0u8; 8];
+    le[..width].copy_from_slice(raw);
+    Some((u64::from_le_bytes(le), rest))
+}
+
+/// The id of the message in an encoded `ClientFrame::Publish` frame (header included).
+///
+/// The body starts with the variant index of `ClientFrame`, then the `Publish` struct, whose
+/// first field is the id: a length and UTF-8 bytes.
+pub(crate) fn publish_id(frame: &[u8]) -> Option<&str> {
+    let body = frame.get(HEADER_LEN..)?;
+    let (_variant, rest) = read_varint(body)?;
+    let (len, rest) = read_varint(rest)?;
+    let id = rest.get(..usize::try_from(len).ok()?)?;
+    std::str::from_utf8(id).ok()
+}
+
+/// The id and target of the message in an encoded `ClientFrame::Publish` frame (header
+/// included), decoded in full: for the rare reports that need the target.
+pub(crate) fn publish_parts(frame: &[u8]) -> Option<(String, Target)> {
+    match decode_body::<ClientFrame>(frame.get(HEADER_LEN..)?) {
+        Ok(ClientFrame::Publish(p)) => Some((p.id, p.target)),
+        _ => None,
+    }
+}
+
 /// The unconfirmed messages in send order, findable by id. Ids need not be unique: an
 /// `Accepted` confirms the oldest unconfirmed message with its id.
+///
+/// Messages sit in a queue of slots numbered by a sequence number; a confirmed message leaves
+/// an empty slot, dropped once it reaches the front (confirmations mostly come in send order).
+/// An index from the hash of each id to sequence numbers finds them.
 #[derive(Debug, Default)]
 pub(crate) struct UnconfirmedSet {
-    by_seq: BTreeMap<u64, Unconfirmed>,
-    by_id: HashMap<String, VecDeque<u64>>,
-    next_seq: u64,
+    slots: VecDeque<Option<Unconfirmed>>,
+    /// The sequence number of `slots[0]`.
+    base: u64,
+    len: usize,
+    index: HashIndex,
 }
 
 impl UnconfirmedSet {
     pub(crate) fn len(&self) -> usize {
-        self.by_seq.len()
+        self.len
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.by_seq.is_empty()
+        self.len == 0
     }
 
-    /// Adds a message after every other one.
-    pub(crate) fn push(&mut self, msg: Unconfirmed) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.by_id.entry(msg.id.clone()).or_default().push_back(seq);
-        self.by_seq.insert(seq, msg);
+    fn slot(&self, seq: u64) -> Option<&Unconfirmed> {
+        let i = usize::try_from(seq.checked_sub(self.base)?).ok()?;
+        self.slots.get(i)?.as_ref()
     }
 
-    /// Removes and returns the oldest message with this id, if any.
-    pub(crate) fn confirm(&mut self, id: &str) -> Option<Unconfirmed> {
-        let seqs = self.by_id.get_mut(id)?;
-        let seq = seqs.pop_front();
-        if seqs.is_empty() {
-            self.by_id.remove(id);
-        }
-        self.by_seq.remove(&seq?)
-    }
-
-    /// The messages in send order, each with its sequence number for [`remove`](Self::remove).
-    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (u64, &mut Unconfirmed)> {
-        self.by_seq.iter_mut().map(|(seq, msg)| (*seq, msg))
-    }
-
-    /// Removes the message with sequence number `seq`.
-    pub(crate) fn remove(&mut self, seq: u64) -> Option<Unconfirmed> {
-        let msg = self.by_seq.remove(&seq)?;
-        if let Some(seqs) = self.by_id.get_mut(&msg.id) {
-            seqs.retain(|s| *s != seq);
-            if seqs.is_empty() {
-                self.by_id.remove(&msg.id);
-            }
+    fn take_slot(&mut self, seq: u64) -> Option<Unconfirmed> {
+        let i = usize::try_from(seq.checked_sub(self.base)?).ok()?;
+        let msg = self.slots.get_mut(i)?.take()?;
+        self.len -= 1;
+        while matches!(self.slots.front(), Some(None)) {
+            self.slots.pop_front();
+            self.base += 1;
         }
         Some(msg)
     }
 
+    /// Adds a message after every other one.
+    pub(crate) fn push(&mut self, msg: Unconfirmed) {
+        // Empty slots left behind an old unconfirmed message are squeezed out now and then,
+        // so that the queue stays within a small multiple of the messages it holds.
+        if self.slots.len() >= 1024 && self.slots.len() > 4 * self.len {
+            self.compact();
+        }
+        let seq = self.base + self.slots.len() as u64;
+        let hash = self.index.hash(msg.id().as_bytes());
+        self.index.insert(hash, seq);
+        self.slots.push_back(Some(msg));
+        self.len += 1;
+    }
+
+    /// Renumbers the messages without gaps, and the index with them.
+    fn compact(&mut self) {
+        let msgs: Vec<Unconfirmed> = self.slots.drain(..).flatten().collect();
+        self.index.clear();
+        for (i, msg) in msgs.into_iter().enumerate() {
+            let hash = self.index.hash(msg.id().as_bytes());
+            self.index.insert(hash, self.base + i as u64);
+            self.slots.push_back(Some(msg));
+        }
+    }
+
+    /// Removes and returns the oldest message with this id, if any.
+    pub(crate) fn confirm(&mut self, id: &str) -> Option<Unconfirmed> {
+        let hash = self.index.hash(id.as_bytes());
+        let slots = &self.slots;
+        let base = self.base;
+        let seq = self.index.take(hash, |seq| {
+            let i = (seq - base) as usize;
+            slots
+                .get(i)
+                .and_then(Option::as_ref)
+                .is_some_and(|m| m.id() == id)
+        })?;
+        self.take_slot(seq)
+    }
+
+    /// The messages in send order, each with its sequence number for [`remove`](Self::remove).
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (u64, &mut Unconfirmed)> {
+        let base = self.base;
+        self.slots
+            .iter_mut()
+            .enumerate()
+            .filter_map(move |(i, slot)| slot.as_mut().map(|msg| (base + i as u64, msg)))
+    }
+
+    /// Removes the message with sequence number `seq`.
+    pub(crate) fn remove(&mut self, seq: u64) -> Option<Unconfirmed> {
+        let hash = self.index.hash(self.slot(seq)?.id().as_bytes());
+        self.index.remove(hash, seq);
+        self.take_slot(seq)
+    }
+
     /// Removes every message, in send order.
     pub(crate) fn take_all(&mut self) -> Vec<Unconfirmed> {
-        self.by_id.clear();
-        std::mem::take(&mut self.by_seq).into_values().collect()
+        self.index.clear();
+        self.base += self.slots.len() as u64;
+        self.len = 0;
+        self.slots.drain(..).flatten().collect()
     }
 }
 
@@ -131,18 +219,59 @@ mod tests {
         }
     }
 
+    fn frame_with_id(id: &str) -> Bytes {
+        let mut frame = publish(false, None);
+        if let ClientFrame::Publish(p) = &mut frame {
+            p.id = id.into();
+        }
+        encode_frame(&frame, 1 << 20).unwrap()
+    }
+
     fn unconfirmed(id: &str) -> Unconfirmed {
         Unconfirmed {
-            id: id.into(),
-            target: Target::All,
-            frame: encode_frame(&publish(false, None), 1 << 20).unwrap(),
+            frame: frame_with_id(id),
             resent: false,
             confirm: None,
         }
     }
 
     fn ids(set: &mut UnconfirmedSet) -> Vec<String> {
-        set.iter_mut().map(|(_, m)| m.id.clone()).collect()
+        set.iter_mut().map(|(_, m)| m.id().to_owned()).collect()
+    }
+
+    #[test]
+    fn the_id_and_target_are_read_from_the_frame() {
+        for len in [0, 1, 21, 250, 251, 300, 70_000] {
+            let id = "x".repeat(len);
+            let frame = frame_with_id(&id);
+            assert_eq!(publish_id(&frame), Some(id.as_str()));
+            let (parsed, target) = publish_parts(&frame).unwrap();
+            assert_eq!(parsed, id);
+            assert_eq!(target, Target::Group(vec!["a".into(), "b".into()]));
+            assert_eq!(publish_id(&mark_resent(&frame)), Some(id.as_str()));
+        }
+        assert_eq!(publish_id(b"\0\0"), None);
+        assert_eq!(publish_id(b"\0\0\0\x09\x01\x30"), None, "cut short");
+    }
+
+    #[test]
+    fn empty_slots_are_squeezed_out_behind_an_old_message() {
+        let mut set = UnconfirmedSet::default();
+        set.push(unconfirmed("old"));
+        for round in 0..20 {
+            for i in 0..500 {
+                set.push(unconfirmed(&format!("m{round}-{i}")));
+            }
+            for i in 0..500 {
+                assert!(set.confirm(&format!("m{round}-{i}")).is_some());
+            }
+            assert!(set.slots.len() <= 4 * set.len() + 1024 + 500);
+        }
+        set.push(unconfirmed("new"));
+        assert_eq!(ids(&mut set), ["old", "new"]);
+        assert!(set.confirm("new").is_some());
+        assert!(set.confirm("old").is_some());
+        assert!(set.is_empty());
     }
 
     #[test]
@@ -155,8 +284,8 @@ mod tests {
         assert!(set.confirm("zzz").is_none());
         assert!(set.confirm("a").is_some());
         assert_eq!(ids(&mut set), ["b", "a", "c"]);
-        let seq_of_c = set.iter_mut().find(|(_, m)| m.id == "c").unwrap().0;
-        assert_eq!(set.remove(seq_of_c).unwrap().id, "c");
+        let seq_of_c = set.iter_mut().find(|(_, m)| m.id() == "c").unwrap().0;
+        assert_eq!(set.remove(seq_of_c).unwrap().id(), "c");
         assert!(set.confirm("a").is_some());
         assert!(set.confirm("a").is_none());
         assert_eq!(ids(&mut set), ["b"]);

@@ -57,8 +57,19 @@ impl TestBroker {
         Self::start_with(|_| {}).await
     }
 
-    /// Starts a broker on a free port after `tune` adjusted its configuration.
+    /// Starts a broker on a free port after `tune` adjusted its configuration, on a store in
+    /// memory that [`restart`](Self::restart) keeps. Many brokers run in one test process,
+    /// and sled 0.34 coordinates every database of a process through one global lock, under
+    /// which several databases busy at once can deadlock; the sled store is tested on its own
+    /// (`store_conformance`) and through the broker binary, one database per process
+    /// (`crash`, `binary`, `cli`), as the broker runs in production.
     pub async fn start_with(tune: impl FnOnce(&mut Config)) -> anyhow::Result<Self> {
+        Self::start_with_store(Arc::new(MemoryStore::new()), tune).await
+    }
+
+    /// Starts a broker like [`start_with`](Self::start_with), on the sled store in its data
+    /// directory; for tests of the broker's own use of sled, one at a time.
+    pub async fn start_with_sled(tune: impl FnOnce(&mut Config)) -> anyhow::Result<Self> {
         let dir = Arc::new(tempfile::tempdir()?);
         let mut config = Config {
             data_dir: dir.path().join("data"),

@@ -727,7 +727,7 @@ async fn a_broker_whose_data_directory_is_unusable_fails_to_start_naming_it() ->
     let file = dir.path().join("not-a-directory");
     std::fs::write(&file, b"x")?;
     let data_dir = file.clone();
-    let started = TestBroker::start_with(move |c| c.data_dir = data_dir).await;
+    let started = TestBroker::start_with_sled(move |c| c.data_dir = data_dir).await;
     let err = match started {
         Ok(_) => bail!("a broker started on a file as its data directory"),
         Err(e) => format!("{e:#}"),
@@ -745,7 +745,7 @@ async fn a_broker_whose_data_directory_is_unusable_fails_to_start_naming_it() ->
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000))?;
     if std::fs::read_dir(&locked).is_err() {
         let data_dir = locked.clone();
-        let started = TestBroker::start_with(move |c| c.data_dir = data_dir).await;
+        let started = TestBroker::start_with_sled(move |c| c.data_dir = data_dir).await;
         std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755))?;
         let err = match started {
             Ok(_) => bail!("a broker started on an unreadable data directory"),

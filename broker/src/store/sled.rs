@@ -167,7 +167,9 @@ const LOCK_RETRY: Duration = Duration::from_millis(10);
 fn open_db(dir: &Path) -> sled::Result<Db> {
     let deadline = Instant::now() + LOCK_WAIT;
     loop {
-        match sled::Config::new().path(dir).open() {
+        // No background flusher: the store thread flushes every group of writes itself, and
+        // a second flushing thread would only contend with it for sled's locks.
+        match sled::Config::new().path(dir).flush_every_ms(None).open() {
             // sled reports the lock as an `Other` I/O error; its message is the only sign.
             Err(sled::Error::Io(e))
                 if e.to_string().contains("could not acquire lock")
