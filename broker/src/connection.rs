@@ -324,10 +324,12 @@ async fn handle(
                 return Handled::Close;
             };
             match router.subscribe(name, out.conn_id, &channel, slot) {
-                Ok(remembered) => {
-                    // Answer once the subscription is on disk.
-                    let _ = remembered.await;
-                    replies.push(encode::frame(&ServerFrame::Subscribed { channel }));
+                Ok(sub) => {
+                    // The next frame is handled once the subscription is on disk.
+                    let _ = sub.remembered.await;
+                    if !sub.answered {
+                        replies.push(encode::frame(&ServerFrame::Subscribed { channel }));
+                    }
                 }
                 // The refused channel goes where a message id would, so the client can match it.
                 Err(r) => replies.push(encode::error(r.code, r.message, Some(&channel))),

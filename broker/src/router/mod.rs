@@ -22,8 +22,8 @@ use crate::outbound::{OutFrame, Outbound};
 use crate::persist::{AppendItem, Command, Persist, Slot};
 use crate::store::{QueueId, QueueStore, Seq, Session, StoreError, StoredEntry, StoredMessage};
 use broadcast_protocol::{
-    DeliveryFailed, ErrorCode, FailureReason, Publish, Recipient, Target, validate_channel,
-    validate_client_name, validate_id,
+    DeliveryFailed, ErrorCode, FailureReason, Publish, Recipient, ServerFrame, Target,
+    validate_channel, validate_client_name, validate_id,
 };
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,6 +48,15 @@ impl Refusal {
             message: message.into(),
         }
     }
+}
+
+/// A subscription made by [`Router::subscribe`].
+#[derive(Debug)]
+pub(crate) struct Subscribed {
+    /// Resolves once the subscription is on disk.
+    pub(crate) remembered: oneshot::Receiver<()>,
+    /// Whether the `Subscribed` answer is already queued.
+    pub(crate) answered: bool,
 }
 
 /// A persistent delivery handed to a connection and not yet acknowledged.
@@ -345,7 +354,7 @@ impl Router {
         conn_id: u64,
         channel: &str,
         slot: Slot,
-    ) -> Result<oneshot::Receiver<()>, Refusal> {
+    ) -> Result<Subscribed, Refusal> {
         validate_channel(channel)
             .map_err(|e| Refusal::new(ErrorCode::InvalidName, e.to_string()))?;
         let mut st = lock(&self.state);
@@ -364,10 +373,23 @@ impl Router {
             clients,
             ..
         } = &mut *st;
+        // The answer is queued now, under the lock, so that it precedes every delivery
+        // through the subscription; when the queue is full the connection sends it itself.
+        let answer = || {
+            let frame = encode::frame(&ServerFrame::Subscribed {
+                channel: channel.to_owned(),
+            });
+            clients
+                .get(&**name)
+                .is_some_and(|c| c.out.try_push(OutFrame::control(frame)).is_ok())
+        };
         let session = sessions.entry(name.clone()).or_default();
         if session.channels.contains(channel) {
             let _ = tx.send(());
-            return Ok(rx);
+            return Ok(Subscribed {
+                remembered: rx,
+                answered: answer(),
+            });
         }
         if session.channels.len() >= self.config.max_subscriptions {
             return Err(Refusal::new(
@@ -378,6 +400,7 @@ impl Router {
                 ),
             ));
         }
+        let answered = answer();
         let ch: Arc<str> = Arc::from(channel);
         session.channels.insert(ch.clone());
         let subs = channels.entry(ch.clone()).or_default();
@@ -418,7 +441,10 @@ impl Router {
         }
         drop(st);
         send_all(slot, cmds);
-        Ok(rx)
+        Ok(Subscribed {
+            remembered: rx,
+            answered,
+        })
     }
 
     /// Removes a subscription; removing one that does not exist is not an error.
