@@ -70,30 +70,21 @@ impl TestBroker {
     /// Starts a broker like [`start_with`](Self::start_with), on the sled store in its data
     /// directory; for tests of the broker's own use of sled, one at a time.
     pub async fn start_with_sled(tune: impl FnOnce(&mut Config)) -> anyhow::Result<Self> {
-        let dir = Arc::new(tempfile::tempdir()?);
-        let mut config = Config {
-            data_dir: dir.path().join("data"),
-            ..Config::default()
-        };
-        tune(&mut config);
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let shutdown = CancellationToken::new();
-        let broker = Broker::start(config.clone(), listener, shutdown.clone()).await?;
-        Ok(Self {
-            addr,
-            config,
-            shutdown,
-            broker: Some(broker),
-            dir,
-            store: None,
-        })
+        Self::launch(None, tune).await
     }
 
     /// Starts a broker on a free port on `store` instead of the sled store, after `tune`
     /// adjusted its configuration. [`restart`](Self::restart) keeps the same store.
     pub async fn start_with_store(
         store: Arc<dyn QueueStore>,
+        tune: impl FnOnce(&mut Config),
+    ) -> anyhow::Result<Self> {
+        Self::launch(Some(store), tune).await
+    }
+
+    /// Starts a broker on `store`, or on sled in a fresh data directory when there is none.
+    async fn launch(
+        store: Option<Arc<dyn QueueStore>>,
         tune: impl FnOnce(&mut Config),
     ) -> anyhow::Result<Self> {
         let dir = Arc::new(tempfile::tempdir()?);
@@ -105,16 +96,20 @@ impl TestBroker {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
-        let broker =
-            Broker::start_with_store(config.clone(), store.clone(), listener, shutdown.clone())
-                .await?;
+        let broker = match &store {
+            Some(store) => {
+                Broker::start_with_store(config.clone(), store.clone(), listener, shutdown.clone())
+                    .await?
+            }
+            None => Broker::start(config.clone(), listener, shutdown.clone()).await?,
+        };
         Ok(Self {
             addr,
             config,
             shutdown,
             broker: Some(broker),
             dir,
-            store: Some(SharedStore(store)),
+            store: store.map(SharedStore),
         })
     }
 
