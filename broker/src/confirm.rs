@@ -11,7 +11,7 @@
 //! semaphore travels with each `Confirm`); beyond that the broker stops reading from it.
 
 use crate::encode;
-use crate::outbound::{OutFrame, Outbound};
+use crate::outbound::Outbound;
 use broadcast_protocol::ServerFrame;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -54,7 +54,7 @@ impl Confirm {
                 id: self.id.to_string(),
             });
             // A sender that has gone resends the message when it is back; nothing to do then.
-            out.push_confirmation(OutFrame::control(bytes));
+            out.push_confirmation(bytes);
         }
     }
 }

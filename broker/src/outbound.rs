@@ -172,32 +172,26 @@ impl Outbound {
 
     /// Queues a confirmation: at once when there is room, otherwise for the writer to send
     /// after its current batch.
-    pub(crate) fn push_confirmation(&self, frame: OutFrame) {
-        if let Err(PushError::Full) = self.try_push_unbudgeted(&frame) {
-            let mut stash = self
-                .shared
-                .confirmations
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            stash.push(frame.bytes);
-            drop(stash);
-            // The writer may be waiting on an empty queue meanwhile: wake it.
-            let _ = self.tx.try_send(OutFrame::control(Bytes::new()));
-        }
-    }
-
-    /// Like `try_push`, without the byte budget (confirmations are small).
-    fn try_push_unbudgeted(&self, frame: &OutFrame) -> Result<(), PushError> {
-        let len = frame.bytes.len();
-        self.shared.queued.fetch_add(len, Ordering::AcqRel);
-        match self.tx.try_send(OutFrame::control(frame.bytes.clone())) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.shared.queued.fetch_sub(len, Ordering::AcqRel);
-                Err(match e {
-                    mpsc::error::TrySendError::Full(_) => PushError::Full,
-                    mpsc::error::TrySendError::Closed(_) => PushError::Closed,
-                })
+    pub(crate) fn push_confirmation(&self, bytes: Bytes) {
+        // Counted like every queued frame: the writer takes the bytes off once written.
+        self.shared.queued.fetch_add(bytes.len(), Ordering::AcqRel);
+        match self.tx.try_send(OutFrame::control(bytes)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(frame)) => {
+                let mut stash = self
+                    .shared
+                    .confirmations
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                stash.push(frame.bytes);
+                drop(stash);
+                // The writer may have emptied the queue meanwhile and be waiting: wake it.
+                let _ = self.tx.try_send(OutFrame::control(Bytes::new()));
+            }
+            Err(mpsc::error::TrySendError::Closed(frame)) => {
+                self.shared
+                    .queued
+                    .fetch_sub(frame.bytes.len(), Ordering::AcqRel);
             }
         }
     }
@@ -222,6 +216,24 @@ mod tests {
 
     fn frame(n: usize) -> OutFrame {
         OutFrame::control(Bytes::from(vec![0u8; n]))
+    }
+
+    #[test]
+    fn a_confirmation_that_finds_the_queue_full_is_kept_and_counted() {
+        let (out, mut rx) = Outbound::new(1, 2, 1 << 20, 1 << 20, CancellationToken::new());
+        assert_eq!(out.try_push(frame(10)), Ok(()));
+        assert_eq!(out.try_push(frame(20)), Ok(()));
+        out.push_confirmation(Bytes::from(vec![1u8; 7]));
+        // Kept aside for the writer, and counted with what is queued: the writer takes off
+        // every byte it writes, these included.
+        let stash = out.shared.confirmations.lock().unwrap().clone();
+        assert_eq!(stash, vec![Bytes::from(vec![1u8; 7])]);
+        assert_eq!(out.shared.queued.load(Ordering::Acquire), 37);
+        // With room, a confirmation is queued like any frame.
+        rx.try_recv().unwrap();
+        out.push_confirmation(Bytes::from(vec![2u8; 5]));
+        assert_eq!(out.shared.queued.load(Ordering::Acquire), 42);
+        assert_eq!(out.shared.confirmations.lock().unwrap().len(), 1);
     }
 
     #[test]

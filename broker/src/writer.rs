@@ -17,6 +17,9 @@ use tokio_util::sync::CancellationToken;
 /// Bytes gathered into one write.
 const BATCH_BYTES: usize = 256 * 1024;
 
+/// Largest write buffer a connection keeps once its queue is empty.
+const IDLE_BUFFER: usize = 16 * 1024;
+
 pub(crate) struct Writer {
     pub(crate) rx: mpsc::Receiver<OutFrame>,
     pub(crate) io: OwnedWriteHalf,
@@ -101,8 +104,9 @@ impl Writer {
         if self.out.shared.wants_room.swap(false, Ordering::AcqRel) {
             self.out.shared.wake.notify_one();
         }
-        if buf.capacity() > 4 * BATCH_BYTES {
-            // Do not keep a large buffer on an idle connection after one huge frame.
+        if buf.capacity() > 4 * BATCH_BYTES || (drained && buf.capacity() > IDLE_BUFFER) {
+            // A connection with nothing more to write keeps no large buffer: thousands of
+            // connections that were busy once must not each hold a batch's worth of memory.
             *buf = BytesMut::new();
         }
         r

@@ -111,9 +111,15 @@ impl Router {
                 message: msg.clone(),
             }));
         }
-        let ttl = msg
-            .ttl_ms
-            .unwrap_or(self.config.default_ttl.as_millis() as u64);
+        // Only a message that may be kept needs its expiry (and a clock read).
+        let expires_at_ms = if msg.persistent {
+            let ttl = msg
+                .ttl_ms
+                .unwrap_or(self.config.default_ttl.as_millis() as u64);
+            now_ms().saturating_add(ttl)
+        } else {
+            u64::MAX
+        };
         let mut r = Routing {
             router: self,
             sender,
@@ -127,7 +133,7 @@ impl Router {
             blocked: Vec::new(),
             confirm: if msg.persistent { confirm } else { None },
             appends: Vec::new(),
-            expires_at_ms: now_ms().saturating_add(ttl),
+            expires_at_ms,
         };
         let mut st = lock(&self.state);
         match &msg.target {
