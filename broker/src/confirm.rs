@@ -12,7 +12,6 @@
 
 use crate::encode;
 use crate::outbound::Outbound;
-use broadcast_protocol::ServerFrame;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -50,9 +49,7 @@ impl Confirm {
         }
         let taken = self.to.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some((out, _permit)) = taken {
-            let bytes = encode::frame(&ServerFrame::Accepted {
-                id: self.id.to_string(),
-            });
+            let bytes = encode::accepted(&self.id);
             // A sender that has gone resends the message when it is back; nothing to do then.
             out.push_confirmation(bytes);
         }

@@ -10,10 +10,12 @@ use broadcast_protocol::{
 };
 use bytes::Bytes;
 use serde::Serialize;
-use serde::ser::{SerializeStruct, Serializer};
+use serde::ser::{SerializeStruct, SerializeStructVariant, Serializer};
 
 /// Index of `ServerFrame::Deliver` on the wire.
 const DELIVER_VARIANT: u32 = 1;
+/// Index of `ServerFrame::Accepted` on the wire.
+const ACCEPTED_VARIANT: u32 = 3;
 
 /// A delivery borrowing its fields from the message being routed.
 pub(crate) struct DeliveryRef<'a> {
@@ -63,6 +65,26 @@ pub(crate) fn deliver(d: &DeliveryRef<'_>) -> Result<Bytes, CodecError> {
     encode_frame(&DeliverFrame(d), MAX_FRAME_CAP as usize)
 }
 
+/// `ServerFrame::Accepted` borrowing the message id.
+struct AcceptedFrame<'a>(&'a str);
+
+impl Serialize for AcceptedFrame<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut v = s.serialize_struct_variant("ServerFrame", ACCEPTED_VARIANT, "Accepted", 1)?;
+        v.serialize_field("id", self.0)?;
+        v.end()
+    }
+}
+
+/// An `Accepted` frame for message `id`, encoded without copying the id first.
+pub(crate) fn accepted(id: &str) -> Bytes {
+    match encode_frame(&AcceptedFrame(id), MAX_FRAME_CAP as usize) {
+        Ok(b) => b,
+        // A message id is at most 256 bytes, far below the cap.
+        Err(e) => unreachable!("accepted frame could not be encoded: {e}"),
+    }
+}
+
 /// Encodes any other server frame; these are small and cannot exceed any limit.
 pub(crate) fn frame(f: &ServerFrame) -> Bytes {
     match encode_frame(f, MAX_FRAME_CAP as usize) {
@@ -91,6 +113,13 @@ pub(crate) fn failed(notice: DeliveryFailed) -> Bytes {
 mod tests {
     use super::*;
     use broadcast_protocol::Delivery;
+
+    #[test]
+    fn borrowed_accepted_encodes_like_the_owned_frame() {
+        let id = "V1StGXR8_Z5jdHi6B-myT";
+        let owned = ServerFrame::Accepted { id: id.into() };
+        assert_eq!(accepted(id), encode_frame(&owned, 1 << 20).unwrap());
+    }
 
     #[test]
     fn borrowed_delivery_encodes_like_the_owned_frame() {

@@ -18,7 +18,8 @@
 //! - `confirm`: the `Accepted` confirmation of a persistent message to its sender.
 //! - `drain`: each connection's drainer of its queue; `sweeper`: expiry of messages and
 //!   sessions.
-//! - `persist`: the store's own thread, grouping writes under one flush.
+//! - `persist`: the store's own thread, applying writes in groups; `flusher`: the thread that
+//!   makes them durable before they are reported done.
 //! - [`store`]: the message store: [`store::QueueStore`], on disk or in memory.
 //! - [`error`]: the error type, [`BrokerError`].
 #![forbid(unsafe_code)]
@@ -29,6 +30,7 @@ mod connection;
 mod drain;
 mod encode;
 pub mod error;
+mod flusher;
 pub mod handle;
 mod listener;
 mod outbound;

@@ -1,10 +1,13 @@
-//! The store's own thread: every store operation runs there, writes are grouped, and one flush
-//! covers every write of a group before any of them is reported done.
+//! The store's own thread: every store operation runs there and writes are grouped; the flush
+//! thread ([`crate::flusher`]) makes each group durable before any of its writes is reported
+//! done, while the store thread applies the next group.
 //!
 //! Async code talks to it through [`Persist`], a bounded channel. Callers that must keep an
 //! order between their decision and the store (the router assigns work to queues under its
 //! lock) reserve a slot first and send under the lock without waiting.
 
+use crate::confirm::Confirm;
+use crate::flusher::{Flusher, Pending};
 use crate::store::{QueueId, QueueInfo, QueueStore, Seq, Session, StoreError, StoredEntry};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,14 +20,18 @@ const CHANNEL: usize = 16 * 1024;
 /// Commands applied together before one flush.
 const GROUP: usize = 8 * 1024;
 
-/// Called on the store thread once a write is durable (or failed).
+/// Called on the flush thread once a write is durable (or failed).
 pub(crate) type Done = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
+
+/// Called on the flush thread when a write of a persistent message that its sender waits for
+/// has failed, with the queue and the entry: the sender must be told.
+pub(crate) type OnFailed = Arc<dyn Fn(&QueueId, &StoredEntry, &StoreError) + Send + Sync>;
 
 /// Called on the store thread after entries were appended to a queue (before the flush), so a
 /// connected recipient's drainer can read them.
 pub(crate) type OnAppended = Arc<dyn Fn(&QueueId, u64) + Send + Sync>;
 
-/// Called on the store thread once a move between queues is durable, with the entries and
+/// Called on the flush thread once a move between queues is durable, with the entries and
 /// bytes moved.
 pub(crate) type Moved = Box<dyn FnOnce(Result<(u64, u64), &StoreError>) + Send>;
 
@@ -36,7 +43,9 @@ pub(crate) type ExpiredReply =
 pub(crate) struct AppendItem {
     pub(crate) queue: QueueId,
     pub(crate) entry: StoredEntry,
-    pub(crate) done: Option<Done>,
+    /// The confirmation of a persistent message waiting for this write, if any: settled
+    /// once the write is durable; on failure the message's sender is told first.
+    pub(crate) confirm: Option<Arc<Confirm>>,
 }
 
 pub(crate) enum Command {
@@ -90,6 +99,7 @@ impl Persist {
     pub(crate) fn start(
         store: Arc<dyn QueueStore>,
         on_appended: OnAppended,
+        on_failed: OnFailed,
     ) -> Result<Self, StoreError> {
         let next_seq = store
             .queues()?
@@ -102,8 +112,10 @@ impl Persist {
             .collect();
         let (tx, rx) = mpsc::channel(CHANNEL);
         let failed = Arc::new(AtomicBool::new(false));
+        let flusher = Flusher::start(store.clone(), failed.clone(), on_failed)?;
         let worker = Worker {
             store,
+            flusher,
             rx,
             next_seq,
             on_appended,
@@ -191,16 +203,11 @@ impl Persist {
 
 struct Worker {
     store: Arc<dyn QueueStore>,
+    flusher: Flusher,
     rx: mpsc::Receiver<Command>,
     next_seq: HashMap<QueueId, Seq>,
     on_appended: OnAppended,
     failed: Arc<AtomicBool>,
-}
-
-/// What to report once the group is flushed.
-enum Pending {
-    Done(Done, Result<(), StoreError>),
-    Moved(Moved, Result<(u64, u64), StoreError>),
 }
 
 impl Worker {
@@ -227,6 +234,8 @@ impl Worker {
                 break;
             }
         }
+        // Everything handed to the flush thread is flushed and reported before it stops.
+        self.flusher.stop();
         if let Err(e) = self.store.flush() {
             tracing::error!(error = %e, "final store flush failed");
         }
@@ -255,20 +264,7 @@ impl Worker {
             }
         }
         wrote |= self.flush_appends(&mut appends, &mut index, &mut pending);
-        let flushed = if wrote { self.store.flush() } else { Ok(()) };
-        if let Err(e) = &flushed {
-            tracing::error!(error = %e, "store flush failed; persistent messages are refused");
-            self.failed.store(true, Ordering::Release);
-        }
-        for p in pending {
-            match p {
-                Pending::Done(done, r) => done(r.as_ref().and(flushed.as_ref()).map(|_| ())),
-                Pending::Moved(done, r) => match (&r, &flushed) {
-                    (Ok(n), Ok(())) => done(Ok(*n)),
-                    (Err(e), _) | (_, Err(e)) => done(Err(e)),
-                },
-            }
-        }
+        self.flusher.submit(wrote, pending);
     }
 
     fn flush_appends(
@@ -283,8 +279,8 @@ impl Worker {
         index.clear();
         for (queue, items) in appends.drain(..) {
             let first = self.next_seq.get(&queue).copied().unwrap_or(1).max(1);
-            let (entries, dones): (Vec<StoredEntry>, Vec<Option<Done>>) =
-                items.into_iter().map(|i| (i.entry, i.done)).unzip();
+            let (entries, confirms): (Vec<StoredEntry>, Vec<Option<Arc<Confirm>>>) =
+                items.into_iter().map(|i| (i.entry, i.confirm)).unzip();
             let r = self.store.append(&queue, first, &entries);
             match &r {
                 Ok(()) => {
@@ -297,11 +293,17 @@ impl Worker {
                     self.failed.store(true, Ordering::Release);
                 }
             }
-            for done in dones.into_iter().flatten() {
-                pending.push(Pending::Done(
-                    done,
-                    r.as_ref().map(|_| ()).map_err(clone_err),
-                ));
+            let waiting: Vec<(StoredEntry, Arc<Confirm>)> = entries
+                .into_iter()
+                .zip(confirms)
+                .filter_map(|(entry, confirm)| Some((entry, confirm?)))
+                .collect();
+            if !waiting.is_empty() {
+                pending.push(Pending::Appended {
+                    queue,
+                    waiting,
+                    result: r.map_err(|e| clone_err(&e)),
+                });
             }
         }
         true

@@ -172,6 +172,7 @@ impl Router {
         let sessions = store.sessions()?;
         let me: Arc<OnceLock<Weak<Self>>> = Arc::new(OnceLock::new());
         let cell = me.clone();
+        let failed_cell = me.clone();
         let persist = Persist::start(
             store,
             Arc::new(move |queue: &QueueId, n: u64| {
@@ -179,6 +180,13 @@ impl Router {
                     router.appended(queue, n);
                 }
             }),
+            Arc::new(
+                move |queue: &QueueId, entry: &StoredEntry, e: &StoreError| {
+                    if let Some(router) = failed_cell.get().and_then(Weak::upgrade) {
+                        router.store_failed(queue, entry, e);
+                    }
+                },
+            ),
         )?;
         let mut state = State::default();
         for q in queues {
@@ -314,20 +322,10 @@ impl Router {
                         ..entry.clone()
                     });
                     self.count_enqueued(st, &queue, &entry);
-                    let confirm = confirm.clone();
-                    let weak = self.self_weak();
-                    let (sender, id, recipient) =
-                        (entry_sender(&entry), entry_id(&entry), name.to_string());
-                    let done: crate::persist::Done = Box::new(move |r| {
-                        if let (Err(e), Some(router)) = (r, weak.upgrade()) {
-                            router.store_failed(&sender, &id, &recipient, e);
-                        }
-                        confirm.settle();
-                    });
                     items.push(AppendItem {
                         queue: queue.clone(),
                         entry,
-                        done: Some(done),
+                        confirm: Some(confirm.clone()),
                     });
                 }
                 InflightKind::Queued { seq, .. } => {
@@ -594,17 +592,26 @@ impl Router {
         let cmd = Command::Append(vec![AppendItem {
             queue,
             entry,
-            done: None,
+            confirm: None,
         }]);
         self.persist.send_detached(cmd, &self.rt);
     }
 
     /// A store write for a message failed: its sender learns that this recipient will not
     /// get it.
-    fn store_failed(&self, sender: &str, id: &str, recipient: &str, e: &StoreError) {
+    /// Tells the sender of `entry` that it could not be kept in `queue`.
+    fn store_failed(&self, queue: &QueueId, entry: &StoredEntry, e: &StoreError) {
+        let StoredEntry::Message(m) = entry else {
+            return;
+        };
+        let (sender, id) = (m.sender.as_str(), m.id.as_str());
+        let recipient = match queue {
+            QueueId::Client(name) => Recipient::Client(name.clone()),
+            QueueId::Backlog(channel) => Recipient::Channel(channel.clone()),
+        };
         let notice = DeliveryFailed {
             id: id.to_owned(),
-            recipient: Recipient::Client(recipient.to_owned()),
+            recipient,
             reason: FailureReason::StoreUnavailable,
             detail: format!("the message store failed: {e}"),
             ack_tag: None,
@@ -685,20 +692,6 @@ fn session_record(name: &str, s: &SessionState) -> Session {
         name: name.to_owned(),
         channels: s.channels.iter().map(|c| c.to_string()).collect(),
         last_seen_ms: s.last_seen_ms,
-    }
-}
-
-fn entry_sender(e: &StoredEntry) -> String {
-    match e {
-        StoredEntry::Message(m) => m.sender.clone(),
-        StoredEntry::Notice { .. } => String::new(),
-    }
-}
-
-fn entry_id(e: &StoredEntry) -> String {
-    match e {
-        StoredEntry::Message(m) => m.id.clone(),
-        StoredEntry::Notice { notice, .. } => notice.id.clone(),
     }
 }
 

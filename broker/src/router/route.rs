@@ -4,7 +4,7 @@ use super::{Client, Inflight, InflightKind, LIVE_TAG, QueueMeta, Router, State, 
 use crate::confirm::Confirm;
 use crate::encode::{self, DeliveryRef};
 use crate::outbound::{OutFrame, Outbound, PushError};
-use crate::persist::{AppendItem, Command, Done, Slot};
+use crate::persist::{AppendItem, Command, Slot};
 use crate::store::{QueueId, StoredEntry, StoredMessage};
 use broadcast_protocol::{DeliveryFailed, FailureReason, HEADER_LEN, Publish, Recipient, Target};
 use bytes::Bytes;
@@ -429,22 +429,10 @@ impl Routing<'_> {
             return;
         };
         confirm.add();
-        let weak = self.router.self_weak();
-        let (sender, id) = (self.sender.to_string(), self.msg.id.clone());
-        let who = match &recipient {
-            Recipient::Client(c) | Recipient::Channel(c) => c.clone(),
-            Recipient::All => String::new(),
-        };
-        let done: Done = Box::new(move |r| {
-            if let (Err(e), Some(router)) = (r, weak.upgrade()) {
-                router.store_failed(&sender, &id, &who, e);
-            }
-            confirm.settle();
-        });
         self.appends.push(AppendItem {
             queue,
             entry,
-            done: Some(done),
+            confirm: Some(confirm),
         });
     }
 
