@@ -11,7 +11,7 @@ use broadcast_protocol::{
     PROTOCOL_VERSION, ServerFrame, Welcome, validate_client_name,
 };
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -224,10 +224,18 @@ async fn read_loop(
     let close = out.shared.close.clone();
     let unconfirmed = Arc::new(Semaphore::new(ctx.config.max_unconfirmed));
     loop {
-        let next = tokio::select! {
-            biased;
-            _ = close.cancelled() => return None,
-            r = tokio::time::timeout(idle, reader.next()) => r,
+        if close.is_cancelled() {
+            return None;
+        }
+        // A frame already read needs no timer and no wait for the close signal: those are
+        // set up only when the connection has nothing to hand.
+        let next = match reader.next().now_or_never() {
+            Some(r) => Ok(r),
+            None => tokio::select! {
+                biased;
+                _ = close.cancelled() => return None,
+                r = tokio::time::timeout(idle, reader.next()) => r,
+            },
         };
         let frame = match next {
             Err(_) => {
