@@ -6,7 +6,8 @@
 //! test checks the bytes are identical.
 
 use broadcast_protocol::{
-    CodecError, DeliveryFailed, ErrorCode, ErrorFrame, MAX_FRAME_CAP, ServerFrame, encode_frame,
+    CodecError, DeliveryFailed, ErrorCode, ErrorFrame, HEADER_LEN, MAX_FRAME_CAP, ServerFrame,
+    encode_frame, encode_frame_sized,
 };
 use bytes::Bytes;
 use serde::Serialize;
@@ -62,7 +63,19 @@ impl Serialize for DeliverFrame<'_> {
 
 /// Encodes a `Deliver` frame. Size limits are checked by the caller against each recipient.
 pub(crate) fn deliver(d: &DeliveryRef<'_>) -> Result<Bytes, CodecError> {
-    encode_frame(&DeliverFrame(d), MAX_FRAME_CAP as usize)
+    encode_frame_sized(
+        &DeliverFrame(d),
+        MAX_FRAME_CAP as usize,
+        deliver_capacity(d),
+    )
+}
+
+/// Room for a `Deliver` frame: its strings and payload, plus the header, the length prefixes,
+/// the flags and the tag, so the buffer never grows while the frame is written.
+fn deliver_capacity(d: &DeliveryRef<'_>) -> usize {
+    let text = d.id.len() + d.sender.len();
+    let extra = d.channel.map_or(0, str::len) + d.name.map_or(0, str::len);
+    HEADER_LEN + 64 + text + extra + d.data.len()
 }
 
 /// `ServerFrame::Accepted` borrowing the message id.
@@ -113,6 +126,25 @@ pub(crate) fn failed(notice: DeliveryFailed) -> Bytes {
 mod tests {
     use super::*;
     use broadcast_protocol::Delivery;
+
+    #[test]
+    fn a_delivery_fits_the_room_reserved_for_it() {
+        let long = "n".repeat(256);
+        let data = vec![7u8; 100_000];
+        for (size, tag) in [(0, None), (128, Some(u64::MAX)), (100_000, Some(u64::MAX))] {
+            let d = DeliveryRef {
+                id: &long,
+                sender: &long,
+                channel: Some(&long),
+                name: Some(&long),
+                data: &data[..size],
+                persistent: true,
+                redelivered: true,
+                ack_tag: tag,
+            };
+            assert!(deliver(&d).unwrap().len() <= deliver_capacity(&d));
+        }
+    }
 
     #[test]
     fn borrowed_accepted_encodes_like_the_owned_frame() {

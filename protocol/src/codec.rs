@@ -29,7 +29,21 @@ const CONFIG: Config = bincode::config::standard().with_limit::<{ MAX_FRAME_CAP 
 /// [`CodecError::FrameTooLarge`] when the body exceeds `max_frame`; [`CodecError::Encode`] when
 /// the value cannot be encoded.
 pub fn encode_frame<T: Serialize>(frame: &T, max_frame: usize) -> Result<Bytes, CodecError> {
-    let mut buf = BytesMut::with_capacity(128);
+    encode_frame_sized(frame, max_frame, 128)
+}
+
+/// Like [`encode_frame`], with room for `capacity` bytes reserved first: a caller that knows
+/// about how large the frame will be (its payload plus its names) saves the buffer from
+/// growing while the frame is written.
+///
+/// # Errors
+/// As [`encode_frame`].
+pub fn encode_frame_sized<T: Serialize>(
+    frame: &T,
+    max_frame: usize,
+    capacity: usize,
+) -> Result<Bytes, CodecError> {
+    let mut buf = BytesMut::with_capacity(capacity.min(HEADER_LEN + max_frame));
     encode_into(frame, max_frame, &mut buf)?;
     Ok(buf.freeze())
 }

@@ -20,7 +20,7 @@ pub mod frame;
 pub mod names;
 mod wire;
 
-pub use codec::{FrameCodec, decode_body, encode_frame};
+pub use codec::{FrameCodec, decode_body, encode_frame, encode_frame_sized};
 pub use error::CodecError;
 pub use frame::*;
 pub use names::{NameError, new_message_id, validate_channel, validate_client_name, validate_id};
