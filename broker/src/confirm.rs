@@ -12,6 +12,7 @@
 
 use crate::encode;
 use crate::outbound::Outbound;
+use bytes::Bytes;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,20 +21,20 @@ use tokio::sync::OwnedSemaphorePermit;
 /// Outcomes still awaited for one persistent message.
 #[derive(Debug)]
 pub(crate) struct Confirm {
-    id: Arc<str>,
     /// Starts at one: the router's own hold, released once routing is complete.
     remaining: AtomicUsize,
-    to: Mutex<Option<(Outbound, OwnedSemaphorePermit)>>,
+    /// Where the confirmation goes, the permit it holds, and the `Accepted` frame (encoded
+    /// when the message arrived).
+    to: Mutex<Option<(Outbound, OwnedSemaphorePermit, Bytes)>>,
 }
 
 impl Confirm {
     /// A confirmation for message `id` of the connection `out`, holding one of the
     /// connection's unconfirmed permits until it is sent.
-    pub(crate) fn new(id: Arc<str>, out: Outbound, permit: OwnedSemaphorePermit) -> Arc<Self> {
+    pub(crate) fn new(id: &str, out: Outbound, permit: OwnedSemaphorePermit) -> Arc<Self> {
         Arc::new(Self {
-            id,
             remaining: AtomicUsize::new(1),
-            to: Mutex::new(Some((out, permit))),
+            to: Mutex::new(Some((out, permit, encode::accepted(id)))),
         })
     }
 
@@ -48,10 +49,9 @@ impl Confirm {
             return;
         }
         let taken = self.to.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some((out, _permit)) = taken {
-            let bytes = encode::accepted(&self.id);
+        if let Some((out, _permit, accepted)) = taken {
             // A sender that has gone resends the message when it is back; nothing to do then.
-            out.push_confirmation(bytes);
+            out.push_confirmation(accepted);
         }
     }
 }

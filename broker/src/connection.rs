@@ -295,7 +295,7 @@ async fn handle(
                 let Ok(permit) = unconfirmed.clone().acquire_owned().await else {
                     return Handled::Close;
                 };
-                let confirm = Confirm::new(Arc::from(msg.id.as_str()), out.clone(), permit);
+                let confirm = Confirm::new(&msg.id, out.clone(), permit);
                 let slot = router.persist.reserve().await;
                 let routed = router.route(name, &msg, Some(confirm.clone()), slot);
                 debug_assert!(routed.blocked.is_empty(), "persistent messages never wait");
