@@ -14,7 +14,8 @@
 //! Persistent messages stay in an [`UnconfirmedSet`] from the moment they are queued for
 //! writing until their `Accepted` arrives; after a reconnection (and the resubscriptions) they
 //! are sent again, marked `resent`, before anything else. Acknowledgements of deliveries are
-//! collected in an [`AckBatch`] and written with the next write, or after [`ACK_DELAY`].
+//! collected in an [`AckBatch`] and written with the next write, once a quarter of the broker's
+//! default window waits, or after [`ACK_DELAY`].
 
 use crate::ack::{ACK_DELAY, AckBatch, DedupWindow, ManualTags, dedup_key};
 use crate::backoff::Backoff;

@@ -47,7 +47,7 @@
 //! from its [`Subscription`] or [`DirectMessages`] stream; with
 //! [`ConnectOptions::manual_ack`] the application calls [`Client::ack`] once it has dealt with
 //! the message. Acknowledgements are batched: they travel with the next frame the client writes,
-//! or a few milliseconds later at the latest. A delivery failure the broker kept for this client
+//! as soon as 1,024 of them wait, or a few milliseconds later at the latest. A delivery failure the broker kept for this client
 //! while it was away is acknowledged when its [`Event::DeliveryFailed`] is raised.
 //!
 //! **Duplicates.** The client remembers the sender and id of the latest messages it handed to
