@@ -8,7 +8,7 @@ use crate::router::Router;
 use crate::writer::Writer;
 use broadcast_protocol::{
     ClientFrame, CodecError, ErrorCode, FailureReason, FrameCodec, Hello, MIN_FRAME,
-    PROTOCOL_VERSION, ServerFrame, Welcome, validate_client_name,
+    PROTOCOL_VERSION, Publish, ServerFrame, Welcome, validate_client_name,
 };
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
@@ -223,13 +223,16 @@ async fn read_loop(
 ) -> Option<Bytes> {
     let close = out.shared.close.clone();
     let unconfirmed = Arc::new(Semaphore::new(ctx.config.max_unconfirmed));
+    // A frame read ahead while gathering persistent messages, to be handled next.
+    let mut carried = None;
     loop {
         if close.is_cancelled() {
             return None;
         }
         // A frame already read needs no timer and no wait for the close signal: those are
         // set up only when the connection has nothing to hand.
-        let next = match reader.next().now_or_never() {
+        let ready = carried.take().or_else(|| reader.next().now_or_never());
+        let next = match ready {
             Some(r) => Ok(r),
             None => tokio::select! {
                 biased;
@@ -265,10 +268,104 @@ async fn read_loop(
             }
             Ok(Some(Ok(Ok(frame)))) => frame,
         };
-        if let Handled::Close = handle(frame, out, name, ctx, &unconfirmed).await {
+        let handled = match frame {
+            ClientFrame::Publish(msg) if msg.persistent => {
+                // Persistent messages already read are routed together: one hold of the
+                // router's lock and one store command for the run.
+                let mut run = vec![msg];
+                while run.len() < PERSISTENT_RUN {
+                    match reader.next().now_or_never() {
+                        Some(Some(Ok(Ok(ClientFrame::Publish(m))))) if m.persistent => run.push(m),
+                        other => {
+                            carried = other;
+                            break;
+                        }
+                    }
+                }
+                publish_persistent(run, out, name, ctx, &unconfirmed).await
+            }
+            frame => handle(frame, out, name, ctx, &unconfirmed).await,
+        };
+        if let Handled::Close = handled {
             return None;
         }
     }
+}
+
+/// Most persistent messages routed together.
+const PERSISTENT_RUN: usize = 64;
+
+/// Routes persistent messages that arrived one after the other, in order: runs of valid
+/// ones together, an invalid one answered with its error where it stands.
+async fn publish_persistent(
+    msgs: Vec<Publish>,
+    out: &Outbound,
+    name: &Arc<str>,
+    ctx: &Context,
+    unconfirmed: &Arc<Semaphore>,
+) -> Handled {
+    let router = &ctx.router;
+    let mut run: Vec<(Publish, Arc<Confirm>)> = Vec::with_capacity(msgs.len());
+    for msg in msgs {
+        if let Err(r) = router.validate(&msg) {
+            if let Handled::Close = route_run(&mut run, out, name, ctx).await {
+                return Handled::Close;
+            }
+            let f = encode::error(r.code, r.message, Some(&msg.id));
+            if out.push(OutFrame::control(f)).await.is_err() {
+                return Handled::Close;
+            }
+            continue;
+        }
+        // At most `max_unconfirmed` messages of one connection wait for their confirmation:
+        // beyond that, this connection is not read until some are.
+        let permit = match unconfirmed.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                // Route what is gathered first: its confirmations are what frees permits.
+                if let Handled::Close = route_run(&mut run, out, name, ctx).await {
+                    return Handled::Close;
+                }
+                let Ok(permit) = unconfirmed.clone().acquire_owned().await else {
+                    return Handled::Close;
+                };
+                permit
+            }
+        };
+        let confirm = Confirm::new(&msg.id, out.clone(), permit);
+        run.push((msg, confirm));
+    }
+    route_run(&mut run, out, name, ctx).await
+}
+
+/// Routes a run of persistent messages, sends their notices and releases the router's hold
+/// on their confirmations; empties `run`.
+async fn route_run(
+    run: &mut Vec<(Publish, Arc<Confirm>)>,
+    out: &Outbound,
+    name: &Arc<str>,
+    ctx: &Context,
+) -> Handled {
+    if run.is_empty() {
+        return Handled::Continue;
+    }
+    let router = &ctx.router;
+    let slot = router.persist.reserve().await;
+    let routed = router.route_persistent(name, run, slot);
+    for ((_, confirm), routed) in run.drain(..).zip(routed) {
+        debug_assert!(routed.blocked.is_empty(), "persistent messages never wait");
+        for notice in routed.failed {
+            if out
+                .push(OutFrame::control(encode::failed(notice)))
+                .await
+                .is_err()
+            {
+                return Handled::Close;
+            }
+        }
+        confirm.settle();
+    }
+    Handled::Continue
 }
 
 enum Handled {

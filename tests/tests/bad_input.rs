@@ -166,3 +166,45 @@ async fn a_silent_connection_is_closed_after_three_heartbeats() -> R {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_burst_of_persistent_messages_gets_one_answer_each_even_with_a_bad_one_inside() -> R {
+    // Written in one go, the broker reads these together and routes the persistent ones as a
+    // run: the refused one in the middle must not take the others down, nor reorder them.
+    let b = TestBroker::start().await?;
+    let mut alice = RawClient::connect(b.addr(), Some("alice")).await?;
+    let to_bob = || Target::Client("bob".into());
+    let first = broadcast_tests::publish(to_bob(), b"one", true);
+    let bad = broadcast_tests::publish(Target::Client("not a name".into()), b"bad", true);
+    let fleeting = broadcast_tests::publish(to_bob(), b"fleeting", false);
+    let second = broadcast_tests::publish(to_bob(), b"two", true);
+    for msg in [&first, &bad, &fleeting, &second] {
+        alice.feed(ClientFrame::Publish(msg.clone())).await?;
+    }
+    alice.flush().await?;
+
+    let (mut accepted, mut refused, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+    while accepted.len() < 2 || refused.is_empty() || failed.is_empty() {
+        match alice.next().await? {
+            ServerFrame::Accepted { id } => accepted.push(id),
+            ServerFrame::Error(e) => refused.push((e.code, e.id)),
+            ServerFrame::DeliveryFailed(f) => failed.push((f.id, f.reason)),
+            other => anyhow::bail!("unexpected {other:?}"),
+        }
+    }
+    accepted.sort();
+    let mut want = vec![first.id.clone(), second.id.clone()];
+    want.sort();
+    assert_eq!(accepted, want, "each valid persistent message is confirmed");
+    assert_eq!(refused, [(ErrorCode::InvalidName, Some(bad.id.clone()))]);
+    assert_eq!(failed, [(fleeting.id.clone(), FailureReason::NotConnected)]);
+    let late = alice.sync().await?;
+    assert!(late.is_empty(), "nothing more for alice: {late:?}");
+
+    let mut bob = RawClient::connect(b.addr(), Some("bob")).await?;
+    let one = bob.delivery().await?;
+    let two = bob.delivery().await?;
+    assert_eq!((one.id, &one.data[..]), (first.id, &b"one"[..]));
+    assert_eq!((two.id, &two.data[..]), (second.id, &b"two"[..]));
+    Ok(())
+}

@@ -104,6 +104,45 @@ impl Router {
         confirm: Option<Arc<Confirm>>,
         slot: Option<Slot>,
     ) -> Routed {
+        self.notify_observers(sender, msg);
+        let mut appends = Vec::new();
+        let routed = {
+            let mut st = lock(&self.state);
+            self.route_locked(&mut st, sender, msg, confirm, &mut appends)
+        };
+        send_appends(slot, appends);
+        routed
+    }
+
+    /// Routes a run of validated persistent messages from `sender`, each with its `confirm`,
+    /// under one hold of the router's lock and through one reserved store `slot`: what each
+    /// one puts in the store goes in a single command, in order. Returns what routing each
+    /// message produced, in order; the caller sends the notices, then settles the router's
+    /// hold on each `confirm`.
+    pub(crate) fn route_persistent(
+        &self,
+        sender: &Arc<str>,
+        msgs: &[(Publish, Arc<Confirm>)],
+        slot: Option<Slot>,
+    ) -> Vec<Routed> {
+        for (msg, _) in msgs {
+            self.notify_observers(sender, msg);
+        }
+        let mut appends = Vec::new();
+        let routed = {
+            let mut st = lock(&self.state);
+            msgs.iter()
+                .map(|(msg, confirm)| {
+                    self.route_locked(&mut st, sender, msg, Some(confirm.clone()), &mut appends)
+                })
+                .collect()
+        };
+        send_appends(slot, appends);
+        routed
+    }
+
+    /// Hands a copy of a client's message to the observers, if any.
+    fn notify_observers(&self, sender: &Arc<str>, msg: &Publish) {
         if self.observers.receiver_count() > 0 && &**sender != crate::BROKER_SENDER {
             // A lagging observer loses old entries; it never slows routing.
             let _ = self.observers.send(Arc::new(crate::handle::Observed {
@@ -111,6 +150,18 @@ impl Router {
                 message: msg.clone(),
             }));
         }
+    }
+
+    /// Routes one message with the router's state locked, adding what it puts in the store to
+    /// `appends`.
+    fn route_locked(
+        &self,
+        st: &mut State,
+        sender: &Arc<str>,
+        msg: &Publish,
+        confirm: Option<Arc<Confirm>>,
+        appends: &mut Vec<AppendItem>,
+    ) -> Routed {
         // Only a message that may be kept needs its expiry (and a clock read).
         let expires_at_ms = if msg.persistent {
             let ttl = msg
@@ -132,20 +183,19 @@ impl Router {
             failed: Vec::new(),
             blocked: Vec::new(),
             confirm: if msg.persistent { confirm } else { None },
-            appends: Vec::new(),
+            appends: std::mem::take(appends),
             expires_at_ms,
         };
-        let mut st = lock(&self.state);
         match &msg.target {
-            Target::Client(name) => r.for_client(&mut st, name, None),
+            Target::Client(name) => r.for_client(st, name, None),
             Target::Group(names) => {
                 let mut seen = HashSet::with_capacity(names.len());
                 for name in names.iter().filter(|n| seen.insert(n.as_str())) {
-                    r.for_client(&mut st, name, None);
+                    r.for_client(st, name, None);
                 }
             }
-            Target::Channel(channel) => r.for_channels(&mut st, std::slice::from_ref(channel)),
-            Target::Channels(channels) => r.for_channels(&mut st, channels),
+            Target::Channel(channel) => r.for_channels(st, std::slice::from_ref(channel)),
+            Target::Channels(channels) => r.for_channels(st, channels),
             Target::ClientInChannel { client, channel } => {
                 let subscribed = st
                     .sessions
@@ -153,7 +203,7 @@ impl Router {
                     .and_then(|s| s.channels.get(channel.as_str()))
                     .cloned();
                 match subscribed {
-                    Some(ch) => r.for_client(&mut st, client, Some(&ch)),
+                    Some(ch) => r.for_client(st, client, Some(&ch)),
                     None if st.clients.contains_key(client.as_str()) || !msg.persistent => {
                         let reason = if st.clients.contains_key(client.as_str()) {
                             FailureReason::NotSubscribed
@@ -172,7 +222,7 @@ impl Router {
                     // with the channel, as for any client named directly.
                     None => {
                         let ch: Arc<str> = Arc::from(channel.as_str());
-                        r.for_client(&mut st, client, Some(&ch));
+                        r.for_client(st, client, Some(&ch));
                     }
                 }
             }
@@ -187,25 +237,29 @@ impl Router {
                     r.no_subscribers(Recipient::All);
                 }
                 for name in names {
-                    r.for_client(&mut st, &name, None);
+                    r.for_client(st, &name, None);
                 }
             }
         }
-        let appends = std::mem::take(&mut r.appends);
-        drop(st);
-        match slot {
-            Some(slot) if !appends.is_empty() => {
-                slot.send(Command::Append(appends));
-            }
-            _ => debug_assert!(
-                appends.is_empty(),
-                "persistent routing without a store slot"
-            ),
-        }
+        *appends = std::mem::take(&mut r.appends);
         Routed {
             failed: r.failed,
             blocked: r.blocked,
         }
+    }
+}
+
+/// Sends what routing put in the store through the reserved slot (releasing the slot when
+/// there is nothing).
+fn send_appends(slot: Option<Slot>, appends: Vec<AppendItem>) {
+    match slot {
+        Some(slot) if !appends.is_empty() => {
+            slot.send(Command::Append(appends));
+        }
+        _ => debug_assert!(
+            appends.is_empty(),
+            "persistent routing without a store slot"
+        ),
     }
 }
 
