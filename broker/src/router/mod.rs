@@ -631,7 +631,11 @@ impl Router {
     fn count_enqueued(&self, st: &mut State, queue: &QueueId, entry: &StoredEntry) {
         let size = entry.size();
         st.stored_bytes += size;
-        let meta = st.queues.entry(queue.clone()).or_default();
+        // The queue's name is copied only the first time it is used.
+        let meta = match st.queues.get_mut(queue) {
+            Some(meta) => meta,
+            None => st.queues.entry(queue.clone()).or_default(),
+        };
         meta.pending += 1;
         meta.bytes += size;
         meta.unapplied += 1;

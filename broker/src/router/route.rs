@@ -299,13 +299,7 @@ impl Routing<'_> {
         let entry = self.stored(Some(channel));
         let queue = QueueId::Backlog(channel.to_owned());
         let limit = self.router.config.backlog_max_messages;
-        self.enqueue(
-            st,
-            queue,
-            entry,
-            Recipient::Channel(channel.to_owned()),
-            limit,
-        );
+        self.enqueue(st, queue, entry, limit);
     }
 
     fn for_client(&mut self, st: &mut State, name: &str, channel: Option<&Arc<str>>) {
@@ -315,14 +309,7 @@ impl Routing<'_> {
             if persistent {
                 let entry = self.stored(channel.map(|c| &**c));
                 let limit = self.router.config.queue_max_messages;
-                let recipient = Recipient::Client(name.to_owned());
-                return self.enqueue(
-                    st,
-                    QueueId::Client(name.to_owned()),
-                    entry,
-                    recipient,
-                    limit,
-                );
+                return self.enqueue(st, QueueId::Client(name.to_owned()), entry, limit);
             }
             return self.not_connected(name);
         };
@@ -336,14 +323,7 @@ impl Routing<'_> {
             }
             let entry = self.stored(channel.map(|c| &**c));
             let limit = self.router.config.queue_max_messages;
-            let recipient = Recipient::Client(key.to_string());
-            self.enqueue(
-                st,
-                QueueId::Client(key.to_string()),
-                entry,
-                recipient,
-                limit,
-            );
+            self.enqueue(st, QueueId::Client(key.to_string()), entry, limit);
         }
     }
 
@@ -438,18 +418,16 @@ impl Routing<'_> {
     }
 
     /// Decides that a persistent message waits in `queue`, within its limits.
-    fn enqueue(
-        &mut self,
-        st: &mut State,
-        queue: QueueId,
-        entry: StoredEntry,
-        recipient: Recipient,
-        max_messages: u64,
-    ) {
+    fn enqueue(&mut self, st: &mut State, queue: QueueId, entry: StoredEntry, max_messages: u64) {
+        // Named only when it will not get the message.
+        let recipient = || match &queue {
+            QueueId::Client(name) => Recipient::Client(name.clone()),
+            QueueId::Backlog(channel) => Recipient::Channel(channel.clone()),
+        };
         if self.router.persist.is_failed() {
             let detail = "the message store is unavailable; persistent messages are refused";
             return self.fail(
-                recipient,
+                recipient(),
                 FailureReason::StoreUnavailable,
                 detail.to_owned(),
             );
@@ -476,7 +454,7 @@ impl Routing<'_> {
             None
         };
         if let Some(detail) = full {
-            return self.fail(recipient, FailureReason::QueueFull, detail);
+            return self.fail(recipient(), FailureReason::QueueFull, detail);
         }
         self.router.count_enqueued(st, &queue, &entry);
         let Some(confirm) = self.confirm.clone() else {
