@@ -175,7 +175,10 @@ pub(super) fn encode_segments(
     first_seq: Seq,
     entries: &[StoredEntry],
 ) -> Result<Vec<EncodedSegment>, StoreError> {
-    let mut body = Vec::new();
+    // Room for every entry up front (its size plus its fields' length prefixes), so the
+    // buffer is not grown and copied while the batch is written.
+    let room: u64 = entries.iter().map(|e| e.size() + 64).sum();
+    let mut body = Vec::with_capacity(usize::try_from(room).unwrap_or(0));
     let mut ends = Vec::with_capacity(entries.len());
     for entry in entries {
         bincode::serde::encode_into_std_write(entry, &mut body, config())
@@ -200,8 +203,11 @@ pub(super) fn encode_segments(
                 expires_at_ms: e.expires_at_ms(),
             })
             .collect();
-        let mut value = encode(&metas)?;
-        value.extend_from_slice(&body[byte_start..ends[end - 1]]);
+        let entries_bytes = &body[byte_start..ends[end - 1]];
+        let mut value = Vec::with_capacity(8 + 20 * metas.len() + entries_bytes.len());
+        bincode::serde::encode_into_std_write(&metas, &mut value, config())
+            .map_err(|e| StoreError::Encode(e.to_string()))?;
+        value.extend_from_slice(entries_bytes);
         segments.push(EncodedSegment {
             first: first_seq + start as u64,
             metas,

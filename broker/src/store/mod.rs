@@ -58,11 +58,31 @@ pub struct StoredMessage {
     /// The sender's event name.
     pub name: Option<String>,
     /// The payload.
+    #[serde(deserialize_with = "payload")]
     pub data: Bytes,
     /// When the message stops waiting, in milliseconds since the Unix epoch.
     pub expires_at_ms: u64,
     /// True when the recipient may have been handed the message before.
     pub redelivered: bool,
+}
+
+/// Reads a payload by borrowing it from the stored value and copying it once, instead of
+/// decoding it into a zeroed vector first (the encoding is the same).
+fn payload<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+    struct Payload;
+    impl<'de> serde::de::Visitor<'de> for Payload {
+        type Value = Bytes;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a byte string")
+        }
+        fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+            Ok(Bytes::copy_from_slice(v))
+        }
+        fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+            Ok(Bytes::from(v))
+        }
+    }
+    d.deserialize_bytes(Payload)
 }
 
 /// One entry of a queue.
