@@ -15,6 +15,7 @@
 //! - `outbound`: each connection's bounded outbound queue.
 //! - `router`: who is connected and subscribed, and where each message goes.
 //! - `encode`: frames encoded once and shared across a fan-out.
+//! - `maps`: the hash maps of the hot paths, with a fast seeded hasher.
 //! - `confirm`: the `Accepted` confirmation of a persistent message to its sender.
 //! - `drain`: each connection's drainer of its queue; `sweeper`: expiry of messages and
 //!   sessions.
@@ -33,6 +34,7 @@ pub mod error;
 mod flusher;
 pub mod handle;
 mod listener;
+mod maps;
 mod outbound;
 mod persist;
 mod router;

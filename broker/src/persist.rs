@@ -8,8 +8,8 @@
 
 use crate::confirm::Confirm;
 use crate::flusher::{Flusher, Pending};
+use crate::maps::HashMap;
 use crate::store::{QueueId, QueueInfo, QueueStore, Seq, Session, StoreError, StoredEntry};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{mpsc, oneshot};
@@ -252,7 +252,7 @@ impl Worker {
         // Appends of the whole group are gathered per queue, so that each queue gets one
         // append (a few segments) per group whatever the number of messages.
         let mut appends: Vec<(QueueId, Vec<AppendItem>)> = Vec::new();
-        let mut index: HashMap<QueueId, usize> = HashMap::new();
+        let mut index: HashMap<QueueId, usize> = HashMap::default();
         for cmd in group.drain(..) {
             match cmd {
                 Command::Append(items) => gather(items, &mut appends, &mut index),
@@ -353,7 +353,7 @@ impl Worker {
             Command::Batch(cmds) => {
                 let mut wrote = false;
                 let mut appends = Vec::new();
-                let mut index = HashMap::new();
+                let mut index = HashMap::default();
                 for cmd in cmds {
                     match cmd {
                         Command::Append(items) => {

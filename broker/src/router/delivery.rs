@@ -130,7 +130,7 @@ impl Router {
             .queues
             .get(&queue)
             .map_or((0, 0, 0), |m| (m.hwm, m.unapplied, m.decided));
-        let mut attempts_of = std::collections::HashMap::new();
+        let mut attempts_of = crate::maps::HashMap::default();
         if let Some(meta) = st.queues.get(&queue) {
             for (seq, _) in &entries {
                 if let Some(a) = meta.attempts.get(seq) {

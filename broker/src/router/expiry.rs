@@ -1,16 +1,16 @@
 //! Messages whose time to live ran out, and sessions that expired.
 
 use super::{InflightKind, Router, lock, now_ms, remove_subscriber};
+use crate::maps::HashMap;
 use crate::persist::Command;
 use crate::store::{QueueId, Seq, StoredEntry};
 use broadcast_protocol::{DeliveryFailed, FailureReason, Recipient};
-use std::collections::HashMap;
 
 impl Router {
     /// Settles expired entries the store found, except those handed to a connection and
     /// waiting for its acknowledgement, and tells each sender. Returns the store commands.
     pub(crate) fn expire(&self, found: Vec<(QueueId, Seq, StoredEntry)>) -> Vec<Command> {
-        let mut settle: HashMap<QueueId, Vec<Seq>> = HashMap::new();
+        let mut settle: HashMap<QueueId, Vec<Seq>> = HashMap::default();
         let mut notices = Vec::new();
         {
             let mut st = lock(&self.state);

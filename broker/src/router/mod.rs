@@ -18,6 +18,7 @@ mod route;
 use crate::config::Config;
 use crate::encode;
 use crate::handle::Observed;
+use crate::maps::{HashMap, HashSet};
 use crate::outbound::{OutFrame, Outbound};
 use crate::persist::{AppendItem, Command, Persist, Slot};
 use crate::store::{QueueId, QueueStore, Seq, Session, StoreError, StoredEntry, StoredMessage};
@@ -25,7 +26,6 @@ use broadcast_protocol::{
     DeliveryFailed, ErrorCode, FailureReason, Publish, Recipient, ServerFrame, Target,
     validate_channel, validate_client_name, validate_id,
 };
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -260,7 +260,7 @@ impl Router {
         let client = Client {
             out,
             wake: wake.clone(),
-            inflight: HashMap::new(),
+            inflight: HashMap::default(),
             next_live_tag: 0,
             cursor: 0,
             queue_mode,
@@ -437,8 +437,9 @@ impl Router {
                 }),
             });
         }
-        drop(st);
+        // Under the lock, as every write that a drainer's reads must see.
         send_all(slot, cmds);
+        drop(st);
         Ok(Subscribed {
             remembered: rx,
             answered,
@@ -470,8 +471,8 @@ impl Router {
         } else {
             Command::PutSession(session_record(name, session), None)
         };
-        drop(st);
         send_all(slot, vec![cmd]);
+        drop(st);
     }
 
     /// Checks a message before routing it.
@@ -588,18 +589,19 @@ impl Router {
         if let Some(c) = st.clients.get_mut(sender) {
             c.queue_mode = true;
         }
-        drop(st);
         let cmd = Command::Append(vec![AppendItem {
             queue,
             entry,
             confirm: None,
         }]);
+        // Under the lock, so that a read of the sender's queue that follows comes after it
+        // (unless the store's channel is full, which delays the notice, never loses it).
         self.persist.send_detached(cmd, &self.rt);
+        drop(st);
     }
 
-    /// A store write for a message failed: its sender learns that this recipient will not
-    /// get it.
-    /// Tells the sender of `entry` that it could not be kept in `queue`.
+    /// A store write for a message failed: its sender learns that the recipient of `queue`
+    /// will not get it.
     fn store_failed(&self, queue: &QueueId, entry: &StoredEntry, e: &StoreError) {
         let StoredEntry::Message(m) = entry else {
             return;

@@ -3,12 +3,12 @@
 use super::{Client, Inflight, InflightKind, LIVE_TAG, QueueMeta, Router, State, lock, now_ms};
 use crate::confirm::Confirm;
 use crate::encode::{self, DeliveryRef};
+use crate::maps::HashSet;
 use crate::outbound::{OutFrame, Outbound, PushError};
 use crate::persist::{AppendItem, Command, Slot};
 use crate::store::{QueueId, StoredEntry, StoredMessage};
 use broadcast_protocol::{DeliveryFailed, FailureReason, HEADER_LEN, Publish, Recipient, Target};
 use bytes::Bytes;
-use std::collections::HashSet;
 use std::sync::Arc;
 use tokio::time::Instant;
 
@@ -106,11 +106,12 @@ impl Router {
     ) -> Routed {
         self.notify_observers(sender, msg);
         let mut appends = Vec::new();
-        let routed = {
-            let mut st = lock(&self.state);
-            self.route_locked(&mut st, sender, msg, confirm, &mut appends)
-        };
+        let mut st = lock(&self.state);
+        let routed = self.route_locked(&mut st, sender, msg, confirm, &mut appends);
+        // Sent before the lock is released: a drainer that saw this decision reads the queue
+        // only after the store has it.
         send_appends(slot, appends);
+        drop(st);
         routed
     }
 
@@ -129,15 +130,16 @@ impl Router {
             self.notify_observers(sender, msg);
         }
         let mut appends = Vec::new();
-        let routed = {
-            let mut st = lock(&self.state);
-            msgs.iter()
-                .map(|(msg, confirm)| {
-                    self.route_locked(&mut st, sender, msg, Some(confirm.clone()), &mut appends)
-                })
-                .collect()
-        };
+        let mut st = lock(&self.state);
+        let routed = msgs
+            .iter()
+            .map(|(msg, confirm)| {
+                self.route_locked(&mut st, sender, msg, Some(confirm.clone()), &mut appends)
+            })
+            .collect();
+        // As in `route`: in the store's queue before any read that follows these decisions.
         send_appends(slot, appends);
+        drop(st);
         routed
     }
 
@@ -189,7 +191,7 @@ impl Router {
         match &msg.target {
             Target::Client(name) => r.for_client(st, name, None),
             Target::Group(names) => {
-                let mut seen = HashSet::with_capacity(names.len());
+                let mut seen = HashSet::with_capacity_and_hasher(names.len(), Default::default());
                 for name in names.iter().filter(|n| seen.insert(n.as_str())) {
                     r.for_client(st, name, None);
                 }
@@ -250,7 +252,9 @@ impl Router {
 }
 
 /// Sends what routing put in the store through the reserved slot (releasing the slot when
-/// there is nothing).
+/// there is nothing). Called with the router's state locked, so that the store applies the
+/// writes of every decision a drainer has seen before that drainer's next read; sending
+/// through a reserved slot never waits.
 fn send_appends(slot: Option<Slot>, appends: Vec<AppendItem>) {
     match slot {
         Some(slot) if !appends.is_empty() => {
@@ -265,8 +269,8 @@ fn send_appends(slot: Option<Slot>, appends: Vec<AppendItem>) {
 
 impl Routing<'_> {
     fn for_channels(&mut self, st: &mut State, channels: &[String]) {
-        let mut served: HashSet<Arc<str>> = HashSet::new();
-        let mut seen = HashSet::with_capacity(channels.len());
+        let mut served: HashSet<Arc<str>> = HashSet::default();
+        let mut seen = HashSet::with_capacity_and_hasher(channels.len(), Default::default());
         for channel in channels.iter().filter(|c| seen.insert(c.as_str())) {
             let Some((ch, subs)) = st.channels.get_key_value(channel.as_str()) else {
                 self.no_subscriber_at_all(st, channel);
