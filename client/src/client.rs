@@ -8,14 +8,11 @@ use crate::{
     SendError, SubscribeError, Subscription,
 };
 use broadcast_protocol::{
-    ClientFrame, CodecError, FrameCodec, HEADER_LEN, MAX_FRAME_CAP, ServerFrame, Target, Welcome,
-    validate_channel, validate_client_name,
+    CodecError, MAX_FRAME_CAP, Welcome, encode_publish, validate_channel, validate_client_name,
 };
-use bytes::BytesMut;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::{broadcast, mpsc, oneshot};
-use tokio_util::codec::Encoder;
 
 /// State shared by the handles and the connection task.
 #[derive(Debug)]
@@ -290,21 +287,15 @@ impl Client {
             });
         }
         let max_frame = shared.max_frame.load(Ordering::Relaxed);
-        let frame = ClientFrame::Publish(msg.into_publish());
+        let publish = msg.into_publish();
         // Sized for the whole frame up front: one allocation, no copy on growing.
-        let mut buf = BytesMut::with_capacity(encoded_size_hint(&frame));
-        FrameCodec::<ServerFrame>::new(max_frame, max_frame)
-            .encode(&frame, &mut buf)
-            .map_err(|e| match e {
-                CodecError::FrameTooLarge { len, max } => SendError::TooLarge { size: len, max },
-                other => SendError::InvalidTarget(other.to_string()),
-            })?;
+        let frame = encode_publish(&publish, max_frame as usize).map_err(|e| match e {
+            CodecError::FrameTooLarge { len, max } => SendError::TooLarge { size: len, max },
+            other => SendError::InvalidTarget(other.to_string()),
+        })?;
         // The frame holds everything the connection needs: the id is handed back, not copied.
-        let ClientFrame::Publish(publish) = frame else {
-            unreachable!("a Publish frame was built above")
-        };
         let cmd = Command::Publish {
-            frame: buf.freeze(),
+            frame,
             persistent: publish.persistent,
             confirm,
         };
@@ -433,23 +424,4 @@ impl Client {
             let _ = done.await;
         }
     }
-}
-
-/// An upper bound, in practice, on the encoded size of a `Publish` frame: each length and
-/// integer takes at most 9 bytes with bincode's variable-length integers, and a few dozen
-/// bytes cover the fixed fields. Only a hint for the buffer's first allocation.
-fn encoded_size_hint(frame: &ClientFrame) -> usize {
-    let ClientFrame::Publish(p) = frame else {
-        return 64;
-    };
-    let names = match &p.target {
-        Target::Client(name) | Target::Channel(name) => name.len() + 9,
-        Target::Group(names) | Target::Channels(names) => {
-            names.iter().map(|n| n.len() + 9).sum::<usize>() + 9
-        }
-        Target::ClientInChannel { client, channel } => client.len() + channel.len() + 18,
-        Target::All => 0,
-    };
-    let name = p.name.as_ref().map_or(0, |n| n.len() + 9);
-    HEADER_LEN + 48 + p.id.len() + names + name + p.data.len()
 }

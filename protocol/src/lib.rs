@@ -10,18 +10,22 @@
 //!   they carry ([`Publish`], [`Delivery`], [`Target`], ...).
 //! - [`codec`]: [`FrameCodec`], a tokio-util codec that enforces the frame size limit before any
 //!   allocation, and [`encode_frame`] for frames that are encoded once and sent many times.
+//! - [`fast`]: hand-written encoders of the per-message frames (`Publish`, `Deliver`,
+//!   `Accepted`), byte for byte what [`encode_frame`] writes, several times cheaper.
 //! - [`names`]: validation of client, channel and message-id strings.
 //! - [`error`]: the codec error type, [`CodecError`].
 #![forbid(unsafe_code)]
 
 pub mod codec;
 pub mod error;
+pub mod fast;
 pub mod frame;
 pub mod names;
 mod wire;
 
 pub use codec::{FrameCodec, decode_body, encode_frame, encode_frame_sized};
 pub use error::CodecError;
+pub use fast::{DeliveryRef, encode_accepted, encode_publish};
 pub use frame::*;
 pub use names::{NameError, new_message_id, validate_channel, validate_client_name, validate_id};
 
