@@ -6,7 +6,8 @@
 //! hash, oldest first. One entry per hash is the usual case and allocates nothing; several
 //! (equal keys, or the rare collision) are kept in a side list.
 
-use std::collections::hash_map::{Entry, RandomState};
+use foldhash::fast::RandomState;
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
@@ -45,7 +46,8 @@ pub(crate) struct HashIndex {
 }
 
 impl HashIndex {
-    /// The hash of `key` (keyed per index, so that keys cannot be chosen to collide).
+    /// The hash of `key` (foldhash, seeded at random per index, so that keys cannot be chosen
+    /// to collide).
     pub(crate) fn hash(&self, key: &[u8]) -> u64 {
         self.hasher.hash_one(key)
     }
