@@ -110,13 +110,14 @@ pub fn validate_id(id: &str) -> Result<(), NameError> {
 pub fn new_message_id() -> String {
     let alphabet = &nanoid::alphabet::SAFE;
     let mut bits = fastrand::u128(..);
-    let mut id = String::with_capacity(MESSAGE_ID_LEN);
-    for _ in 0..MESSAGE_ID_LEN {
-        // SAFE has 64 characters, so six bits pick one uniformly.
-        id.push(alphabet[(bits & 63) as usize]);
+    let mut id = [0u8; MESSAGE_ID_LEN];
+    for b in &mut id {
+        // SAFE has 64 characters, all ASCII, so six bits pick one uniformly and it fits a byte.
+        *b = alphabet[(bits & 63) as usize] as u8;
         bits >>= 6;
     }
-    id
+    // ASCII is UTF-8: the conversion cannot fail (the test below checks every character).
+    String::from_utf8(id.to_vec()).unwrap_or_default()
 }
 
 #[cfg(test)]
