@@ -215,8 +215,9 @@ pub fn confirm_id(seq: u64) -> String {
         *d = b'0' + (n % 10) as u8;
         n /= 10;
     }
-    // `u64::MAX` has 20 digits: 21 always hold the number.
-    digits.iter().map(|&d| char::from(d)).collect()
+    // `u64::MAX` has 20 digits: 21 always hold the number. The digits are ASCII, so the
+    // conversion cannot fail.
+    String::from_utf8(digits.to_vec()).unwrap_or_default()
 }
 
 /// The sequence number in an id made by [`confirm_id`].
