@@ -42,7 +42,7 @@ fn deliver() -> ServerFrame {
 /// Encodes `frame` into a buffer and decodes it back, as the two ends of a connection do.
 fn round_trip<T>(frame: &T, buf: &mut BytesMut) -> T
 where
-    T: serde::Serialize + serde::de::DeserializeOwned,
+    T: serde::Serialize + broadcast_protocol::FrameBody,
 {
     let mut codec = FrameCodec::<T>::new(DEFAULT_MAX_FRAME, DEFAULT_MAX_FRAME);
     codec.encode(frame, buf).expect("encode");

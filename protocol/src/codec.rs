@@ -5,7 +5,7 @@
 //! the body with a bincode size limit and with strings borrowed before they are copied, so that
 //! a frame can never make it allocate more than the frame's own size (plus a small constant).
 
-use crate::{CodecError, HEADER_LEN, MAX_FRAME_CAP, PROTOCOL_VERSION};
+use crate::{ClientFrame, CodecError, HEADER_LEN, MAX_FRAME_CAP, PROTOCOL_VERSION, ServerFrame};
 use bincode::config::{Configuration, Limit};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Serialize, de::DeserializeOwned};
@@ -75,12 +75,42 @@ fn encode_into<T: Serialize>(
     Ok(())
 }
 
+/// A frame type the codec decodes: [`ClientFrame`] or [`ServerFrame`].
+///
+/// Every shape is decoded by serde; the shapes sent once per message are first tried by the
+/// hand-written decoders of [`crate::fast`], which read the same bytes to the same values.
+pub trait FrameBody: DeserializeOwned {
+    /// The frame, when `body` is one of the shapes decoded by hand and holds nothing unusual;
+    /// `None` leaves the body to serde.
+    fn decode_fast(body: &[u8]) -> Option<Self>;
+}
+
+impl FrameBody for ClientFrame {
+    fn decode_fast(body: &[u8]) -> Option<Self> {
+        crate::fast::decode_client(body)
+    }
+}
+
+impl FrameBody for ServerFrame {
+    fn decode_fast(body: &[u8]) -> Option<Self> {
+        crate::fast::decode_server(body)
+    }
+}
+
 /// Decodes one frame body (without its header).
 ///
 /// # Errors
 /// [`CodecError::UnsupportedVersion`] when the body is a handshake of another protocol version;
 /// [`CodecError::Decode`] when it is not a valid frame or has bytes left over.
-pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
+pub fn decode_body<T: FrameBody>(body: &[u8]) -> Result<T, CodecError> {
+    if let Some(frame) = T::decode_fast(body) {
+        return Ok(frame);
+    }
+    decode_serde(body)
+}
+
+/// Decodes one frame body with serde only.
+pub(crate) fn decode_serde<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
     match bincode::serde::borrow_decode_from_slice::<T, _>(body, CONFIG) {
         Ok((value, used)) if used == body.len() => {
             check_version(body)?;
@@ -156,7 +186,7 @@ impl<In> FrameCodec<In> {
     }
 }
 
-impl<In: DeserializeOwned> Decoder for FrameCodec<In> {
+impl<In: FrameBody> Decoder for FrameCodec<In> {
     type Item = Result<In, CodecError>;
     type Error = CodecError;
 

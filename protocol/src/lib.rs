@@ -23,7 +23,7 @@ pub mod frame;
 pub mod names;
 mod wire;
 
-pub use codec::{FrameCodec, decode_body, encode_frame, encode_frame_sized};
+pub use codec::{FrameBody, FrameCodec, decode_body, encode_frame, encode_frame_sized};
 pub use error::CodecError;
 pub use fast::{DeliveryRef, encode_accepted, encode_publish};
 pub use frame::*;

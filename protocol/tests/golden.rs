@@ -286,7 +286,7 @@ fn encode(frame: &Frame) -> Vec<u8> {
 }
 
 /// Decodes one complete frame with the codec and checks that nothing is left over.
-fn decode_whole<F: serde::de::DeserializeOwned + Debug>(bytes: &[u8]) -> F {
+fn decode_whole<F: broadcast_protocol::FrameBody + Debug>(bytes: &[u8]) -> F {
     let mut codec = FrameCodec::<F>::new(DEFAULT_MAX_FRAME, DEFAULT_MAX_FRAME);
     let mut buf = BytesMut::from(bytes);
     let frame = codec
