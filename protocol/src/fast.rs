@@ -17,7 +17,7 @@ use crate::{
     ClientFrame, CodecError, Delivery, HEADER_LEN, MAX_FRAME_CAP, MAX_LIST, Publish, ServerFrame,
     Target,
 };
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
 /// Index of `ClientFrame::Publish`.
 const PUBLISH: u64 = 1;
@@ -25,9 +25,6 @@ const PUBLISH: u64 = 1;
 const DELIVER: u64 = 1;
 /// Index of `ServerFrame::Accepted`.
 const ACCEPTED: u64 = 3;
-
-/// Most bytes a variable-length integer takes.
-const VARINT_MAX: usize = 9;
 
 /// A `Deliver` frame's fields, borrowed from the message being delivered, so that a fan-out
 /// encodes from the message itself instead of copying its strings into a [`crate::Delivery`].
@@ -52,11 +49,17 @@ pub struct DeliveryRef<'a> {
 }
 
 impl DeliveryRef<'_> {
-    /// The most bytes the whole frame (header included) can take.
-    pub fn max_len(&self) -> usize {
-        let text = self.id.len() + self.sender.len();
-        let extra = self.channel.map_or(0, str::len) + self.name.map_or(0, str::len);
-        HEADER_LEN + 8 * VARINT_MAX + text + extra + self.data.len()
+    /// The length of the whole frame, header included.
+    pub fn frame_len(&self) -> usize {
+        HEADER_LEN
+            + varint_len(DELIVER)
+            + str_len(self.id.as_bytes())
+            + str_len(self.sender.as_bytes())
+            + opt_str_len(self.channel)
+            + opt_str_len(self.name)
+            + str_len(self.data)
+            + 2
+            + opt_u64_len(self.ack_tag)
     }
 
     /// Encodes `ServerFrame::Deliver` with these fields as a complete frame.
@@ -64,17 +67,17 @@ impl DeliveryRef<'_> {
     /// # Errors
     /// [`CodecError::FrameTooLarge`] when the body exceeds `max_frame`.
     pub fn encode(&self, max_frame: usize) -> Result<Bytes, CodecError> {
-        let mut b = Frame::new(self.max_len());
-        varint(&mut b.buf, DELIVER);
-        string(&mut b.buf, self.id.as_bytes());
-        string(&mut b.buf, self.sender.as_bytes());
-        opt_string(&mut b.buf, self.channel);
-        opt_string(&mut b.buf, self.name);
-        string(&mut b.buf, self.data);
-        b.buf.put_u8(u8::from(self.persistent));
-        b.buf.put_u8(u8::from(self.redelivered));
-        opt_u64(&mut b.buf, self.ack_tag);
-        b.finish(max_frame)
+        let mut b = Frame::new(self.frame_len(), max_frame)?;
+        varint(&mut b.0, DELIVER);
+        string(&mut b.0, self.id.as_bytes());
+        string(&mut b.0, self.sender.as_bytes());
+        opt_string(&mut b.0, self.channel);
+        opt_string(&mut b.0, self.name);
+        string(&mut b.0, self.data);
+        b.0.push(u8::from(self.persistent));
+        b.0.push(u8::from(self.redelivered));
+        opt_u64(&mut b.0, self.ack_tag);
+        Ok(b.finish())
     }
 }
 
@@ -83,24 +86,30 @@ impl DeliveryRef<'_> {
 /// # Errors
 /// [`CodecError::FrameTooLarge`] when the body exceeds `max_frame`.
 pub fn encode_publish(p: &Publish, max_frame: usize) -> Result<Bytes, CodecError> {
-    let names = match &p.target {
-        Target::Client(n) | Target::Channel(n) => n.len() + VARINT_MAX,
-        Target::Group(ns) | Target::Channels(ns) => {
-            ns.iter().map(|n| n.len() + VARINT_MAX).sum::<usize>() + VARINT_MAX
-        }
-        Target::ClientInChannel { client, channel } => {
-            client.len() + channel.len() + 2 * VARINT_MAX
-        }
-        Target::All => 0,
+    let strings_len = |ns: &[String]| {
+        varint_len(ns.len() as u64) + ns.iter().map(|n| str_len(n.as_bytes())).sum::<usize>()
     };
-    let room = HEADER_LEN
-        + 8 * VARINT_MAX
-        + p.id.len()
-        + names
-        + p.name.as_ref().map_or(0, String::len)
-        + p.data.len();
-    let mut b = Frame::new(room);
-    let buf = &mut b.buf;
+    let target = match &p.target {
+        Target::Client(n) => varint_len(0) + str_len(n.as_bytes()),
+        Target::Group(ns) => varint_len(1) + strings_len(ns),
+        Target::Channel(n) => varint_len(2) + str_len(n.as_bytes()),
+        Target::Channels(ns) => varint_len(3) + strings_len(ns),
+        Target::ClientInChannel { client, channel } => {
+            varint_len(4) + str_len(client.as_bytes()) + str_len(channel.as_bytes())
+        }
+        Target::All => varint_len(5),
+    };
+    let len = HEADER_LEN
+        + varint_len(PUBLISH)
+        + str_len(p.id.as_bytes())
+        + target
+        + opt_str_len(p.name.as_deref())
+        + str_len(&p.data)
+        + 1
+        + opt_u64_len(p.ttl_ms)
+        + 1;
+    let mut b = Frame::new(len, max_frame)?;
+    let buf = &mut b.0;
     varint(buf, PUBLISH);
     string(buf, p.id.as_bytes());
     match &p.target {
@@ -129,10 +138,10 @@ pub fn encode_publish(p: &Publish, max_frame: usize) -> Result<Bytes, CodecError
     }
     opt_string(buf, p.name.as_deref());
     string(buf, &p.data);
-    buf.put_u8(u8::from(p.persistent));
+    buf.push(u8::from(p.persistent));
     opt_u64(buf, p.ttl_ms);
-    buf.put_u8(u8::from(p.resent));
-    b.finish(max_frame)
+    buf.push(u8::from(p.resent));
+    Ok(b.finish())
 }
 
 /// Encodes `ServerFrame::Accepted { id }` as a complete frame.
@@ -141,87 +150,103 @@ pub fn encode_publish(p: &Publish, max_frame: usize) -> Result<Bytes, CodecError
 /// [`CodecError::FrameTooLarge`] when the body exceeds `max_frame` (an id is at most 256
 /// bytes, far below any frame limit a peer may set).
 pub fn encode_accepted(id: &str, max_frame: usize) -> Result<Bytes, CodecError> {
-    let mut b = Frame::new(HEADER_LEN + 2 * VARINT_MAX + id.len());
-    varint(&mut b.buf, ACCEPTED);
-    string(&mut b.buf, id.as_bytes());
-    b.finish(max_frame)
+    let len = HEADER_LEN + varint_len(ACCEPTED) + str_len(id.as_bytes());
+    let mut b = Frame::new(len, max_frame)?;
+    varint(&mut b.0, ACCEPTED);
+    string(&mut b.0, id.as_bytes());
+    Ok(b.finish())
 }
 
-/// A frame being written: the length header first, filled in at the end.
-struct Frame {
-    buf: BytesMut,
-}
+/// A frame being written into a buffer of exactly its length (so that it becomes [`Bytes`]
+/// without another allocation), its header first.
+struct Frame(Vec<u8>);
 
 impl Frame {
-    fn new(room: usize) -> Self {
-        let mut buf = BytesMut::with_capacity(room.min(HEADER_LEN + MAX_FRAME_CAP as usize));
-        buf.put_u32(0);
-        Frame { buf }
-    }
-
-    fn finish(mut self, max_frame: usize) -> Result<Bytes, CodecError> {
-        let len = self.buf.len() - HEADER_LEN;
-        if len > max_frame {
+    /// A frame of `len` bytes, header included, once its body is checked against the limit.
+    fn new(len: usize, max_frame: usize) -> Result<Self, CodecError> {
+        let body = len - HEADER_LEN;
+        if body > max_frame {
             return Err(CodecError::FrameTooLarge {
-                len,
+                len: body,
                 max: max_frame,
             });
         }
-        // `len <= max_frame`, and every caller's limit is at most `MAX_FRAME_CAP`, a u32; a
-        // larger limit still cannot wrap, as frames that large are refused by every peer.
-        let header = u32::try_from(len).map_err(|_| CodecError::FrameTooLarge {
-            len,
+        let header = u32::try_from(body).map_err(|_| CodecError::FrameTooLarge {
+            len: body,
             max: MAX_FRAME_CAP as usize,
         })?;
-        self.buf[..HEADER_LEN].copy_from_slice(&header.to_be_bytes());
-        Ok(self.buf.freeze())
+        let mut buf = Vec::with_capacity(len);
+        buf.extend_from_slice(&header.to_be_bytes());
+        Ok(Frame(buf))
     }
+
+    fn finish(self) -> Bytes {
+        debug_assert_eq!(
+            self.0.len(),
+            self.0.capacity(),
+            "frame length computed exactly"
+        );
+        Bytes::from(self.0)
+    }
+}
+
+/// Bytes a string or byte string takes: its length, then itself.
+fn str_len(s: &[u8]) -> usize {
+    varint_len(s.len() as u64) + s.len()
+}
+
+fn opt_str_len(s: Option<&str>) -> usize {
+    1 + s.map_or(0, |s| str_len(s.as_bytes()))
+}
+
+fn opt_u64_len(v: Option<u64>) -> usize {
+    1 + v.map_or(0, varint_len)
 }
 
 /// bincode's variable-length integer: one byte up to 250, else a marker byte (251, 252, 253)
 /// then the value as a little-endian `u16`, `u32` or `u64`.
-fn varint(buf: &mut BytesMut, v: u64) {
+fn varint(buf: &mut Vec<u8>, v: u64) {
     if v <= 250 {
-        buf.put_u8(v as u8);
+        buf.push(v as u8);
     } else if let Ok(v) = u16::try_from(v) {
-        buf.put_u8(251);
-        buf.put_u16_le(v);
+        buf.push(251);
+        buf.extend_from_slice(&v.to_le_bytes());
     } else if let Ok(v) = u32::try_from(v) {
-        buf.put_u8(252);
-        buf.put_u32_le(v);
+        buf.push(252);
+        buf.extend_from_slice(&v.to_le_bytes());
     } else {
-        buf.put_u8(253);
-        buf.put_u64_le(v);
+        buf.push(253);
+        buf.extend_from_slice(&v.to_le_bytes());
     }
 }
 
-fn string(buf: &mut BytesMut, s: &[u8]) {
+fn string(buf: &mut Vec<u8>, s: &[u8]) {
     varint(buf, s.len() as u64);
-    buf.put_slice(s);
+    buf.extend_from_slice(s);
 }
 
-fn opt_string(buf: &mut BytesMut, s: Option<&str>) {
+fn opt_string(buf: &mut Vec<u8>, s: Option<&str>) {
     match s {
-        None => buf.put_u8(0),
+        None => buf.push(0),
         Some(s) => {
-            buf.put_u8(1);
+            buf.push(1);
             string(buf, s.as_bytes());
         }
     }
 }
 
-fn strings(buf: &mut BytesMut, ss: &[String]) {
+fn strings(buf: &mut Vec<u8>, ss: &[String]) {
     varint(buf, ss.len() as u64);
     for s in ss {
         string(buf, s.as_bytes());
     }
 }
 
-fn opt_u64(buf: &mut BytesMut, v: Option<u64>) {
+fn opt_u64(buf: &mut Vec<u8>, v: Option<u64>) {
     match v {
-        None => buf.put_u8(0),
+        None => buf.push(0),
         Some(v) => {
-            buf.put_u8(1);
+            buf.push(1);
             varint(buf, v);
         }
     }
@@ -444,7 +469,7 @@ mod tests {
             });
             let max = 1 << 20;
             let fast = d.encode(max).unwrap();
-            prop_assert!(fast.len() <= d.max_len());
+            prop_assert_eq!(fast.len(), d.frame_len());
             prop_assert_eq!(fast, encode_frame(&owned, max).unwrap());
             prop_assert_eq!(
                 encode_accepted(&id, max).unwrap(),
