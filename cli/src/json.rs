@@ -171,8 +171,8 @@ mod tests {
     fn message(data: &'static [u8], channel: Option<&str>, name: Option<&str>) -> Message {
         Message {
             id: "m1".to_owned(),
-            sender: "alice".to_owned(),
-            channel: channel.map(str::to_owned),
+            sender: "alice".into(),
+            channel: channel.map(Into::into),
             name: name.map(str::to_owned),
             data: Bytes::from_static(data),
             persistent: true,

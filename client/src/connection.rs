@@ -1,5 +1,6 @@
 //! One TCP connection to the broker: connect, handshake, and the framed halves.
 
+use crate::inbound::{InboundCodec, Incoming};
 use crate::{ConnectError, ConnectOptions};
 use broadcast_protocol::{
     ClientFrame, CodecError, FrameCodec, Hello, MAX_FRAME_CAP, PROTOCOL_VERSION, ServerFrame,
@@ -12,7 +13,7 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use tracing::{Instrument, Span, field};
 
 /// The read half: frames from the broker.
-pub(crate) type Reader = FramedRead<OwnedReadHalf, FrameCodec<ServerFrame>>;
+pub(crate) type Reader = FramedRead<OwnedReadHalf, InboundCodec>;
 /// The write half: frames to the broker.
 pub(crate) type Writer = FramedWrite<OwnedWriteHalf, FrameCodec<ServerFrame>>;
 
@@ -55,7 +56,7 @@ async fn handshake(
     // Small frames (acks, pings, short messages) must not wait for Nagle's algorithm.
     stream.set_nodelay(true)?;
     let (read, write) = stream.into_split();
-    let mut reader = FramedRead::new(read, FrameCodec::new(options.max_frame, options.max_frame));
+    let mut reader = FramedRead::new(read, InboundCodec::new(options.max_frame));
     let mut writer = FramedWrite::new(write, FrameCodec::new(options.max_frame, options.max_frame));
     let hello = ClientFrame::Hello(Hello {
         version: PROTOCOL_VERSION,
@@ -73,18 +74,23 @@ async fn handshake(
             ));
         }
         Some(Err(e)) | Some(Ok(Err(e))) => return Err(codec_error(e)),
-        Some(Ok(Ok(ServerFrame::Welcome(welcome)))) => welcome,
-        Some(Ok(Ok(ServerFrame::Error(e)))) => {
+        Some(Ok(Ok(Incoming::Frame(ServerFrame::Welcome(welcome))))) => welcome,
+        Some(Ok(Ok(Incoming::Frame(ServerFrame::Error(e))))) => {
             return Err(ConnectError::Refused {
                 code: e.code,
                 message: e.message,
             });
         }
-        Some(Ok(Ok(other))) => {
+        Some(Ok(Ok(Incoming::Frame(other)))) => {
             return Err(ConnectError::Protocol(format!(
                 "expected Welcome, got {}",
                 frame_kind(&other)
             )));
+        }
+        Some(Ok(Ok(Incoming::Message(_)))) => {
+            return Err(ConnectError::Protocol(
+                "expected Welcome, got Deliver".into(),
+            ));
         }
     };
     if welcome.version != PROTOCOL_VERSION {

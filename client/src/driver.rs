@@ -21,6 +21,7 @@ use crate::ack::{ACK_DELAY, AckBatch, DedupWindow, ManualTags, dedup_key};
 use crate::backoff::Backoff;
 use crate::client::Shared;
 use crate::connection::{self, Connection, Writer, frame_kind};
+use crate::inbound::Incoming;
 use crate::subscription::{AckRef, Inbound, Lost, Registry, Route, deliver};
 use crate::unconfirmed::{Confirm, Unconfirmed, UnconfirmedSet, publish_id, publish_parts};
 use crate::{ConnectError, ConnectOptions, Event, Message, SendError, SubscribeError};
@@ -551,7 +552,11 @@ impl Driver {
                             Some(Ok(Err(e))) => {
                                 tracing::warn!(error = %e, "skipping a malformed frame");
                             }
-                            Some(Ok(Ok(f))) => {
+                            Some(Ok(Ok(Incoming::Message(msg)))) => {
+                                tracing::trace!(frame = "Deliver", "received");
+                                self.on_delivery(msg);
+                            }
+                            Some(Ok(Ok(Incoming::Frame(f)))) => {
                                 if let Some(end) = self.on_frame(f) {
                                     return end;
                                 }
@@ -649,10 +654,10 @@ impl Driver {
                         return false;
                     }
                     Some(Ok(Err(e))) => tracing::warn!(error = %e, "skipping a malformed frame"),
-                    Some(Ok(Ok(ServerFrame::Deliver(d)))) => {
-                        tracing::debug!(id = %d.id, "closing: leaving a delivery unacknowledged");
+                    Some(Ok(Ok(Incoming::Message(m)))) => {
+                        tracing::debug!(id = %m.id, "closing: leaving a delivery unacknowledged");
                     }
-                    Some(Ok(Ok(frame))) => {
+                    Some(Ok(Ok(Incoming::Frame(frame)))) => {
                         if self.on_frame(frame).is_some() {
                             return false;
                         }

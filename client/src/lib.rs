@@ -119,6 +119,7 @@ mod connection;
 mod driver;
 pub mod error;
 pub mod events;
+mod inbound;
 mod index;
 pub mod message;
 pub mod options;

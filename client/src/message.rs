@@ -6,6 +6,7 @@ use broadcast_protocol::{
 };
 use bytes::Bytes;
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A message to send, built from one of the `to_*` constructors and the optional setters.
@@ -197,10 +198,12 @@ fn check_list(
 pub struct Message {
     /// The sender's id for the message.
     pub id: String,
-    /// Name of the sending client; `$broker` for messages the broker itself sends.
-    pub sender: String,
-    /// The channel the message came through: `None` for direct messages.
-    pub channel: Option<String>,
+    /// Name of the sending client; `$broker` for messages the broker itself sends. Shared
+    /// between the messages of the same sender.
+    pub sender: Arc<str>,
+    /// The channel the message came through: `None` for direct messages. Shared between the
+    /// messages of the same channel.
+    pub channel: Option<Arc<str>>,
     /// The sender's event name.
     pub name: Option<String>,
     /// The payload.
@@ -224,8 +227,8 @@ impl From<Delivery> for Message {
     fn from(d: Delivery) -> Self {
         Self {
             id: d.id,
-            sender: d.sender,
-            channel: d.channel,
+            sender: Arc::from(d.sender),
+            channel: d.channel.map(Arc::from),
             name: d.name,
             data: d.data,
             persistent: d.persistent,

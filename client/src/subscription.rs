@@ -3,6 +3,7 @@
 
 use crate::Message;
 use crate::driver::Control;
+use foldhash::fast::RandomState;
 use futures::Stream;
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -177,7 +178,7 @@ impl std::fmt::Debug for DirectMessages {
 /// The live subscriptions, by channel, as the connection task sees them.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
-    channels: HashMap<String, Vec<(u64, mpsc::Sender<Inbound>)>>,
+    channels: HashMap<String, Vec<(u64, mpsc::Sender<Inbound>)>, RandomState>,
 }
 
 impl Registry {

@@ -186,11 +186,14 @@ impl<In> FrameCodec<In> {
     }
 }
 
-impl<In: FrameBody> Decoder for FrameCodec<In> {
-    type Item = Result<In, CodecError>;
-    type Error = CodecError;
-
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>, CodecError> {
+impl<In> FrameCodec<In> {
+    /// Takes the next whole frame body (without its header) off `src`, for a reader that
+    /// decodes bodies itself; `None` until a whole frame has arrived.
+    ///
+    /// # Errors
+    /// [`CodecError::FrameTooLarge`] when a frame announces more than the decode limit, before
+    /// any room is reserved for it.
+    pub fn decode_raw(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, CodecError> {
         let len = match self.pending {
             Some(len) => len,
             None => {
@@ -216,8 +219,16 @@ impl<In: FrameBody> Decoder for FrameCodec<In> {
             return Ok(None);
         }
         self.pending = None;
-        let body = src.split_to(len);
-        Ok(Some(decode_body(&body)))
+        Ok(Some(src.split_to(len)))
+    }
+}
+
+impl<In: FrameBody> Decoder for FrameCodec<In> {
+    type Item = Result<In, CodecError>;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>, CodecError> {
+        Ok(self.decode_raw(src)?.map(|body| decode_body(&body)))
     }
 }
 

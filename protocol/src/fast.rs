@@ -283,25 +283,50 @@ pub(crate) fn decode_client(body: &[u8]) -> Option<ClientFrame> {
     r.0.is_empty().then_some(ClientFrame::Publish(p))
 }
 
+/// Reads a `ServerFrame::Deliver` body as borrowed fields, for a reader that makes its own
+/// values from them; `None` for anything else or anything unusual (leave that body to
+/// [`crate::decode_body`]).
+pub fn decode_deliver(body: &[u8]) -> Option<DeliveryRef<'_>> {
+    let mut r = Reader(body);
+    if r.varint()? != DELIVER {
+        return None;
+    }
+    let d = DeliveryRef {
+        id: r.str()?,
+        sender: r.str()?,
+        channel: r.opt_str()?,
+        name: r.opt_str()?,
+        data: r.bytes()?,
+        persistent: r.bool()?,
+        redelivered: r.bool()?,
+        ack_tag: r.opt_u64()?,
+    };
+    r.0.is_empty().then_some(d)
+}
+
 /// Decodes a `ServerFrame::Deliver` or `ServerFrame::Accepted` body; `None` for anything else
 /// or anything unusual.
 pub(crate) fn decode_server(body: &[u8]) -> Option<ServerFrame> {
     let mut r = Reader(body);
-    let frame = match r.varint()? {
-        DELIVER => ServerFrame::Deliver(Delivery {
-            id: r.string()?,
-            sender: r.string()?,
-            channel: r.opt_string()?,
-            name: r.opt_string()?,
-            data: Bytes::copy_from_slice(r.bytes()?),
-            persistent: r.bool()?,
-            redelivered: r.bool()?,
-            ack_tag: r.opt_u64()?,
+    match r.varint()? {
+        DELIVER => decode_deliver(body).map(|d| {
+            ServerFrame::Deliver(Delivery {
+                id: d.id.to_owned(),
+                sender: d.sender.to_owned(),
+                channel: d.channel.map(str::to_owned),
+                name: d.name.map(str::to_owned),
+                data: Bytes::copy_from_slice(d.data),
+                persistent: d.persistent,
+                redelivered: d.redelivered,
+                ack_tag: d.ack_tag,
+            })
         }),
-        ACCEPTED => ServerFrame::Accepted { id: r.string()? },
-        _ => return None,
-    };
-    r.0.is_empty().then_some(frame)
+        ACCEPTED => {
+            let id = r.string()?;
+            r.0.is_empty().then_some(ServerFrame::Accepted { id })
+        }
+        _ => None,
+    }
 }
 
 /// What is left of a body being read.
@@ -341,8 +366,20 @@ impl<'a> Reader<'a> {
         self.take(len)
     }
 
+    fn str(&mut self) -> Option<&'a str> {
+        std::str::from_utf8(self.bytes()?).ok()
+    }
+
     fn string(&mut self) -> Option<String> {
-        std::str::from_utf8(self.bytes()?).ok().map(str::to_owned)
+        self.str().map(str::to_owned)
+    }
+
+    fn opt_str(&mut self) -> Option<Option<&'a str>> {
+        match self.u8()? {
+            0 => Some(None),
+            1 => self.str().map(Some),
+            _ => None,
+        }
     }
 
     fn bool(&mut self) -> Option<bool> {
@@ -494,6 +531,12 @@ mod tests {
                 persistent, redelivered: resent, ack_tag,
             };
             let frame = encode_frame(&ServerFrame::Deliver(d.clone()), 1 << 20).unwrap();
+            let view = decode_deliver(&frame[HEADER_LEN..]).unwrap();
+            prop_assert_eq!(
+                (view.id, view.sender, view.channel, view.name, view.data, view.ack_tag),
+                (&*d.id, &*d.sender, d.channel.as_deref(), d.name.as_deref(), &d.data[..], d.ack_tag)
+            );
+            prop_assert_eq!((view.persistent, view.redelivered), (d.persistent, d.redelivered));
             prop_assert_eq!(decode_server(&frame[HEADER_LEN..]), Some(ServerFrame::Deliver(d)));
             let frame = encode_accepted(&id, 1 << 20).unwrap();
             prop_assert_eq!(decode_server(&frame[HEADER_LEN..]), Some(ServerFrame::Accepted { id }));

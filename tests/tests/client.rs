@@ -57,12 +57,7 @@ fn is_empty<S: Stream + Unpin>(stream: &mut S) -> bool {
 
 fn check(m: &Message, id: &str, channel: Option<&str>, data: &str) {
     assert_eq!(
-        (
-            m.id.as_str(),
-            m.sender.as_str(),
-            m.channel.as_deref(),
-            &m.data[..]
-        ),
+        (m.id.as_str(), &*m.sender, m.channel.as_deref(), &m.data[..]),
         (id, "alice", channel, data.as_bytes()),
         "{m:?}"
     );
@@ -135,7 +130,7 @@ async fn every_target_kind_reaches_its_recipients_with_the_id_and_sender() -> R 
         .channel
         .clone()
         .context("a channel message has a channel")?;
-    assert!(through == "news" || through == "sport", "{m:?}");
+    assert!(&*through == "news" || &*through == "sport", "{m:?}");
     check(&m, &id, Some(&through), "channels");
 
     let id = send(OutgoingMessage::to_client_in_channel(
@@ -178,7 +173,7 @@ async fn every_target_kind_reaches_its_recipients_with_the_id_and_sender() -> R 
         .await?;
     let m = next(&mut alice_direct, "bob's message").await?;
     assert_eq!(
-        (m.id, m.sender.as_str()),
+        (m.id, &*m.sender),
         (end, "bob"),
         "the sender got none of its own messages"
     );
@@ -324,7 +319,7 @@ async fn a_silent_half_open_connection_is_dropped_by_the_heartbeat_and_the_clien
         .await?;
     assert!(dave.sync().await?.is_empty(), "carol is connected again");
     let m = next(&mut direct, "direct message").await?;
-    assert_eq!((m.id, m.sender.as_str()), (id, "dave"));
+    assert_eq!((m.id, &*m.sender), (id, "dave"));
     Ok(())
 }
 

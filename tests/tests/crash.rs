@@ -131,7 +131,7 @@ impl Shared {
     fn record(&self, who: usize, m: &Message) {
         {
             let mut r = lock(&self.received[who]);
-            if m.sender != SENDER {
+            if &*m.sender != SENDER {
                 r.odd.push(format!("from {}: {}", m.sender, m.id));
             } else if let Some(data) = r.seen.get(&m.id) {
                 let changed = data[..] != m.data[..];

@@ -802,8 +802,7 @@ async fn a_persistent_message_sent_through_the_library_while_the_broker_is_down_
         .await
         .context("send_confirmed did not resolve")???;
     ensure!(
-        (m.id.as_str(), m.sender.as_str(), &m.data[..])
-            == (id.as_str(), "alice", &b"while down"[..]),
+        (m.id.as_str(), &*m.sender, &m.data[..]) == (id.as_str(), "alice", &b"while down"[..]),
         "{m:?}"
     );
 
