@@ -287,7 +287,9 @@ impl Routing<'_> {
                 continue;
             }
             for name in others {
-                if served.insert(name.clone()) {
+                // A client subscribed to several of the channels gets the message once; with
+                // one channel there is nobody to count twice.
+                if channels.len() == 1 || served.insert(name.clone()) {
                     self.for_client(st, &name, Some(&ch));
                 }
             }
