@@ -80,6 +80,9 @@ enum InflightKind {
 
 #[derive(Debug)]
 struct Client {
+    /// The name it is registered under (the key of its entry, kept here too so that one
+    /// lookup finds both).
+    name: Arc<str>,
     out: Outbound,
     /// Wakes the connection's drainer: queue entries appended, room in the window or queue.
     wake: Arc<Notify>,
@@ -258,6 +261,7 @@ impl Router {
         let meta = st.queues.get(&QueueId::Client(name.to_string()));
         let queue_mode = meta.is_some_and(|m| m.pending > 0 || m.unapplied > 0);
         let client = Client {
+            name: name.clone(),
             out,
             wake: wake.clone(),
             inflight: HashMap::default(),

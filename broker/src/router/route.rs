@@ -310,8 +310,7 @@ impl Routing<'_> {
 
     fn for_client(&mut self, st: &mut State, name: &str, channel: Option<&Arc<str>>) {
         let persistent = self.confirm.is_some();
-        let key = st.clients.get_key_value(name).map(|(k, _)| k.clone());
-        let Some((key, client)) = key.and_then(|k| st.clients.get_mut(&k).map(|c| (k, c))) else {
+        let Some(client) = st.clients.get_mut(name) else {
             if persistent {
                 let entry = self.stored(channel.map(|c| &**c));
                 let limit = self.router.config.queue_max_messages;
@@ -320,13 +319,12 @@ impl Routing<'_> {
             return self.not_connected(name);
         };
         if !persistent {
-            return self.deliver_now(&key, client, channel);
+            return self.deliver_now(client, channel);
         }
+        let key = client.name.clone();
         let window_full = client.inflight.len() >= self.router.config.max_unacked;
         if client.queue_mode || window_full || !self.live(&key, client, channel) {
-            if let Some(c) = st.clients.get_mut(&key) {
-                c.queue_mode = true;
-            }
+            client.queue_mode = true;
             let entry = self.stored(channel.map(|c| &**c));
             let limit = self.router.config.queue_max_messages;
             self.enqueue(st, QueueId::Client(key.to_string()), entry, limit);
@@ -334,7 +332,8 @@ impl Routing<'_> {
     }
 
     /// Hands a non-persistent message to a connected client, or says why not.
-    fn deliver_now(&mut self, name: &Arc<str>, client: &Client, channel: Option<&Arc<str>>) {
+    fn deliver_now(&mut self, client: &Client, channel: Option<&Arc<str>>) {
+        let name = &client.name;
         let bytes = self.enc.get(channel);
         let recipient = || Recipient::Client(name.to_string());
         if bytes.len() - HEADER_LEN > client.out.max_frame {
