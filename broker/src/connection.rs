@@ -272,7 +272,8 @@ async fn read_loop(
             ClientFrame::Publish(msg) if msg.persistent => {
                 // Persistent messages already read are routed together: one hold of the
                 // router's lock and one store command for the run.
-                let mut run = vec![msg];
+                let mut run = Vec::with_capacity(PERSISTENT_RUN);
+                run.push(msg);
                 while run.len() < PERSISTENT_RUN {
                     match reader.next().now_or_never() {
                         Some(Some(Ok(Ok(ClientFrame::Publish(m))))) if m.persistent => run.push(m),

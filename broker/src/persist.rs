@@ -401,6 +401,7 @@ fn gather(
     appends: &mut Vec<(QueueId, Vec<AppendItem>)>,
     index: &mut HashMap<QueueId, usize>,
 ) {
+    let n = items.len();
     for item in items {
         let i = match index.get(&item.queue) {
             Some(&i) => i,
@@ -410,7 +411,13 @@ fn gather(
                 appends.len() - 1
             }
         };
-        appends[i].1.push(item);
+        let queue = &mut appends[i].1;
+        if queue.len() == queue.capacity() {
+            // Room for the rest of this command at once: its items usually all go to one
+            // queue, and growing one at a time copies them over and over.
+            queue.reserve(n);
+        }
+        queue.push(item);
     }
 }
 

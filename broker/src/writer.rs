@@ -73,6 +73,10 @@ impl Writer {
 
     async fn write_batch(&mut self, first: OutFrame, buf: &mut BytesMut) -> std::io::Result<()> {
         buf.clear();
+        // Room for what is queued (up to a batch) at once, rather than growing and copying
+        // the buffer frame after frame.
+        let queued = self.out.shared.queued.load(Ordering::Acquire);
+        buf.reserve(queued.clamp(first.bytes.len(), BATCH_BYTES + first.bytes.len()));
         buf.extend_from_slice(&first.bytes);
         let mut drained = false;
         while buf.len() < BATCH_BYTES {

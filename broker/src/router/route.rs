@@ -129,7 +129,7 @@ impl Router {
         for (msg, _) in msgs {
             self.notify_observers(sender, msg);
         }
-        let mut appends = Vec::new();
+        let mut appends = Vec::with_capacity(msgs.len());
         let mut st = lock(&self.state);
         let routed = msgs
             .iter()
@@ -327,7 +327,7 @@ impl Routing<'_> {
             client.queue_mode = true;
             let entry = self.stored(channel.map(|c| &**c));
             let limit = self.router.config.queue_max_messages;
-            self.enqueue(st, QueueId::Client(key.to_string()), entry, limit);
+            self.enqueue(st, QueueId::Client(String::from(&*key)), entry, limit);
         }
     }
 
@@ -476,7 +476,7 @@ impl Routing<'_> {
     fn stored(&self, channel: Option<&str>) -> StoredEntry {
         StoredEntry::Message(StoredMessage {
             id: self.msg.id.clone(),
-            sender: self.sender.to_string(),
+            sender: String::from(&**self.sender),
             channel: channel.map(str::to_owned),
             name: self.msg.name.clone(),
             data: self.msg.data.clone(),
