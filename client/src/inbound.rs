@@ -7,7 +7,7 @@
 
 use crate::message::Message;
 use broadcast_protocol::{
-    CodecError, DeliveryRef, FrameCodec, ServerFrame, decode_body, decode_deliver,
+    CodecError, DeliveryNamed, FrameCodec, ServerFrame, decode_body, decode_deliver_with,
 };
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
@@ -41,11 +41,11 @@ impl InboundCodec {
         }
     }
 
-    fn message(&mut self, d: &DeliveryRef<'_>) -> Message {
+    fn message(d: DeliveryNamed<'_, Arc<str>>) -> Message {
         Message {
             id: d.id.to_owned(),
-            sender: self.names.get(d.sender),
-            channel: d.channel.map(|c| self.names.get(c)),
+            sender: d.sender,
+            channel: d.channel,
             name: d.name.map(str::to_owned),
             data: Bytes::copy_from_slice(d.data),
             persistent: d.persistent,
@@ -63,8 +63,9 @@ impl Decoder for InboundCodec {
         let Some(body) = self.framing.decode_raw(src)? else {
             return Ok(None);
         };
-        if let Some(d) = decode_deliver(&body) {
-            return Ok(Some(Ok(Incoming::Message(self.message(&d)))));
+        let names = &mut self.names;
+        if let Some(d) = decode_deliver_with(&body, |name| names.get(name)) {
+            return Ok(Some(Ok(Incoming::Message(Self::message(d)))));
         }
         // Anything else, or a delivery with something unusual in it, goes the general way
         // (which also names what is wrong with a bad frame).
@@ -83,18 +84,20 @@ struct NameCache {
 }
 
 impl NameCache {
-    fn get(&mut self, name: &str) -> Arc<str> {
-        if let Some(known) = self.names.iter().find(|n| ***n == *name) {
-            return known.clone();
+    /// The name these bytes spell, shared; `None` when they are not UTF-8. A name seen before
+    /// is found by its bytes, without checking them again.
+    fn get(&mut self, name: &[u8]) -> Option<Arc<str>> {
+        if let Some(known) = self.names.iter().find(|n| n.as_bytes() == name) {
+            return Some(known.clone());
         }
-        let new: Arc<str> = Arc::from(name);
+        let new: Arc<str> = Arc::from(std::str::from_utf8(name).ok()?);
         if self.names.len() < NAMES {
             self.names.push(new.clone());
         } else {
             self.names[self.next] = new.clone();
             self.next = (self.next + 1) % NAMES;
         }
-        new
+        Some(new)
     }
 }
 
@@ -149,13 +152,30 @@ mod tests {
     }
 
     #[test]
+    fn a_delivery_with_a_sender_that_is_not_utf8_is_reported_as_malformed() {
+        let mut codec = InboundCodec::new(1 << 20);
+        let frame = encode_frame(&ServerFrame::Deliver(deliver("ab", None)), 1 << 20).unwrap();
+        let mut bytes = frame.to_vec();
+        let at = bytes.windows(2).position(|w| w == b"ab").unwrap();
+        bytes[at] = 0xff;
+        let mut buf = BytesMut::from(&bytes[..]);
+        let item = codec.decode(&mut buf).unwrap().unwrap();
+        assert!(matches!(item, Err(CodecError::Decode(_))), "{item:?}");
+        assert!(
+            buf.is_empty(),
+            "the bad frame is consumed; the stream goes on"
+        );
+    }
+
+    #[test]
     fn the_cache_holds_a_bounded_number_of_names_and_stays_correct() {
         let mut cache = NameCache::default();
         for i in 0..100 {
             let name = format!("sender-{i}");
-            assert_eq!(&*cache.get(&name), name.as_str());
-            assert_eq!(&*cache.get("steady"), "steady");
+            assert_eq!(cache.get(name.as_bytes()).as_deref(), Some(name.as_str()));
+            assert_eq!(cache.get(b"steady").as_deref(), Some("steady"));
         }
         assert!(cache.names.len() <= NAMES);
+        assert_eq!(cache.get(b"not \xff utf-8"), None);
     }
 }

@@ -287,14 +287,63 @@ pub(crate) fn decode_client(body: &[u8]) -> Option<ClientFrame> {
 /// values from them; `None` for anything else or anything unusual (leave that body to
 /// [`crate::decode_body`]).
 pub fn decode_deliver(body: &[u8]) -> Option<DeliveryRef<'_>> {
+    let d = decode_deliver_with(body, |b| std::str::from_utf8(b).ok())?;
+    Some(DeliveryRef {
+        id: d.id,
+        sender: d.sender,
+        channel: d.channel,
+        name: d.name,
+        data: d.data,
+        persistent: d.persistent,
+        redelivered: d.redelivered,
+        ack_tag: d.ack_tag,
+    })
+}
+
+/// A `Deliver` frame read by [`decode_deliver_with`]: the sender's and channel's names as the
+/// caller made them, the rest borrowed from the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryNamed<'a, N> {
+    /// As [`crate::Delivery::id`].
+    pub id: &'a str,
+    /// As [`crate::Delivery::sender`], made by the caller.
+    pub sender: N,
+    /// As [`crate::Delivery::channel`], made by the caller.
+    pub channel: Option<N>,
+    /// As [`crate::Delivery::name`].
+    pub name: Option<&'a str>,
+    /// As [`crate::Delivery::data`].
+    pub data: &'a [u8],
+    /// As [`crate::Delivery::persistent`].
+    pub persistent: bool,
+    /// As [`crate::Delivery::redelivered`].
+    pub redelivered: bool,
+    /// As [`crate::Delivery::ack_tag`].
+    pub ack_tag: Option<u64>,
+}
+
+/// As [`decode_deliver`], but the sender's and the channel's names are handed to `name` as
+/// raw bytes: it must check that they are UTF-8 (or find them among names it checked before)
+/// and return `None` for bytes that are not, which makes the whole read give up.
+pub fn decode_deliver_with<'a, N>(
+    body: &'a [u8],
+    mut name: impl FnMut(&'a [u8]) -> Option<N>,
+) -> Option<DeliveryNamed<'a, N>> {
     let mut r = Reader(body);
     if r.varint()? != DELIVER {
         return None;
     }
-    let d = DeliveryRef {
-        id: r.str()?,
-        sender: r.str()?,
-        channel: r.opt_str()?,
+    let id = r.str()?;
+    let sender = name(r.bytes()?)?;
+    let channel = match r.u8()? {
+        0 => None,
+        1 => Some(name(r.bytes()?)?),
+        _ => return None,
+    };
+    let d = DeliveryNamed {
+        id,
+        sender,
+        channel,
         name: r.opt_str()?,
         data: r.bytes()?,
         persistent: r.bool()?,

@@ -25,7 +25,10 @@ mod wire;
 
 pub use codec::{FrameBody, FrameCodec, decode_body, encode_frame, encode_frame_sized};
 pub use error::CodecError;
-pub use fast::{DeliveryRef, decode_deliver, encode_accepted, encode_publish};
+pub use fast::{
+    DeliveryNamed, DeliveryRef, decode_deliver, decode_deliver_with, encode_accepted,
+    encode_publish,
+};
 pub use frame::*;
 pub use names::{NameError, new_message_id, validate_channel, validate_client_name, validate_id};
 
