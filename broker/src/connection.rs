@@ -384,31 +384,14 @@ async fn handle(
     let router = &ctx.router;
     let mut replies: Vec<Bytes> = Vec::new();
     match frame {
+        ClientFrame::Publish(msg) if msg.persistent => {
+            return publish_persistent(vec![msg], out, name, ctx, unconfirmed).await;
+        }
         ClientFrame::Publish(msg) => {
             if let Err(r) = router.validate(&msg) {
                 replies.push(encode::error(r.code, r.message, Some(&msg.id)));
-            } else if msg.persistent {
-                // At most `max_unconfirmed` messages of one connection wait for their
-                // confirmation: beyond that, this connection is not read until some are.
-                let Ok(permit) = unconfirmed.clone().acquire_owned().await else {
-                    return Handled::Close;
-                };
-                let confirm = Confirm::new(&msg.id, out.clone(), permit);
-                let slot = router.persist.reserve().await;
-                let routed = router.route(name, &msg, Some(confirm.clone()), slot);
-                debug_assert!(routed.blocked.is_empty(), "persistent messages never wait");
-                for notice in routed.failed {
-                    if out
-                        .push(OutFrame::control(encode::failed(notice)))
-                        .await
-                        .is_err()
-                    {
-                        return Handled::Close;
-                    }
-                }
-                confirm.settle();
             } else {
-                let routed = router.route(name, &msg, None, None);
+                let routed = router.route(name, &msg);
                 replies.extend(routed.failed.into_iter().map(encode::failed));
                 for blocked in routed.blocked {
                     let wait = ctx.config.slow_consumer_wait;

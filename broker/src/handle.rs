@@ -64,9 +64,7 @@ impl BrokerHandle {
         self.router
             .validate(msg)
             .map_err(|r| BrokerError::InvalidMessage(r.message))?;
-        let routed = self
-            .router
-            .route(&Arc::from(BROKER_SENDER), msg, None, None);
+        let routed = self.router.route(&Arc::from(BROKER_SENDER), msg);
         // The broker does not wait for slow recipients: they are reported at once.
         let mut failed = routed.failed;
         failed.extend(routed.blocked.into_iter().map(|b| b.notice));

@@ -94,24 +94,17 @@ struct Routing<'a> {
 }
 
 impl Router {
-    /// Routes a validated message from `sender`, returning a notice for every recipient that
-    /// will not get it. A persistent message comes with its `confirm` and a reserved store
-    /// `slot`; the caller sends the notices, then settles the router's hold on `confirm`.
-    pub(crate) fn route(
-        &self,
-        sender: &Arc<str>,
-        msg: &Publish,
-        confirm: Option<Arc<Confirm>>,
-        slot: Option<Slot>,
-    ) -> Routed {
+    /// Routes a validated message that is not kept (non-persistent, or sent by the broker
+    /// itself) from `sender`, returning a notice for every recipient that will not get it.
+    /// Persistent messages go through [`Router::route_persistent`].
+    pub(crate) fn route(&self, sender: &Arc<str>, msg: &Publish) -> Routed {
         self.notify_observers(sender, msg);
         let mut appends = Vec::new();
-        let mut st = lock(&self.state);
-        let routed = self.route_locked(&mut st, sender, msg, confirm, &mut appends);
-        // Sent before the lock is released: a drainer that saw this decision reads the queue
-        // only after the store has it.
-        send_appends(slot, appends);
-        drop(st);
+        let routed = self.route_locked(&mut lock(&self.state), sender, msg, None, &mut appends);
+        debug_assert!(
+            appends.is_empty(),
+            "a message without confirmation is not kept"
+        );
         routed
     }
 
@@ -137,7 +130,8 @@ impl Router {
                 self.route_locked(&mut st, sender, msg, Some(confirm.clone()), &mut appends)
             })
             .collect();
-        // As in `route`: in the store's queue before any read that follows these decisions.
+        // Sent before the lock is released: a drainer that saw these decisions reads the queue
+        // only after the store has them.
         send_appends(slot, appends);
         drop(st);
         routed
