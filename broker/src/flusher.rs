@@ -42,6 +42,8 @@ struct Group {
 pub(crate) struct Flusher {
     tx: Option<SyncSender<Group>>,
     thread: Option<JoinHandle<()>>,
+    failed: Arc<AtomicBool>,
+    on_failed: OnFailed,
 }
 
 impl Flusher {
@@ -52,13 +54,16 @@ impl Flusher {
         on_failed: OnFailed,
     ) -> Result<Self, StoreError> {
         let (tx, rx) = sync_channel(BEHIND);
+        let (thread_failed, thread_on_failed) = (failed.clone(), on_failed.clone());
         let thread = std::thread::Builder::new()
             .name("broadcast-flush".into())
-            .spawn(move || run(&*store, &rx, &failed, &*on_failed))
+            .spawn(move || run(&*store, &rx, &thread_failed, &*thread_on_failed))
             .map_err(|e| StoreError::Io(format!("cannot start the flush thread: {e}")))?;
         Ok(Self {
             tx: Some(tx),
             thread: Some(thread),
+            failed,
+            on_failed,
         })
     }
 
@@ -71,10 +76,12 @@ impl Flusher {
         if let Some(tx) = &self.tx {
             if let Err(e) = tx.send(group) {
                 // The flush thread is gone (it panicked): nothing handed over can be reported
-                // durable, so report it failed.
-                tracing::error!("the flush thread has stopped");
+                // durable. Report it failed, to its senders too, and refuse persistent messages
+                // from now on.
+                tracing::error!("the flush thread has stopped; persistent messages are refused");
+                self.failed.store(true, Ordering::Release);
                 let error = StoreError::Io("the flush thread has stopped".into());
-                report(e.0.pending, Err(&error), &|_, _, _| {});
+                report(e.0.pending, Err(&error), &*self.on_failed);
             }
         }
     }

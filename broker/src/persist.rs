@@ -401,6 +401,13 @@ fn gather(
     appends: &mut Vec<(QueueId, Vec<AppendItem>)>,
     index: &mut HashMap<QueueId, usize>,
 ) {
+    // A command whose items all go to one queue (the usual case: a run of messages to one
+    // recipient) reserves room for all of them at once, rather than growing and copying; one
+    // spread over many queues reserves nothing (reserving its length per queue would be
+    // quadratic).
+    let single = items
+        .split_first()
+        .is_some_and(|(first, rest)| rest.iter().all(|i| i.queue == first.queue));
     let n = items.len();
     for item in items {
         let i = match index.get(&item.queue) {
@@ -412,9 +419,7 @@ fn gather(
             }
         };
         let queue = &mut appends[i].1;
-        if queue.len() == queue.capacity() {
-            // Room for the rest of this command at once: its items usually all go to one
-            // queue, and growing one at a time copies them over and over.
+        if single && queue.len() == queue.capacity() {
             queue.reserve(n);
         }
         queue.push(item);
@@ -423,4 +428,54 @@ fn gather(
 
 fn clone_err(e: &StoreError) -> StoreError {
     StoreError::Io(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoredMessage;
+    use bytes::Bytes;
+
+    fn item(queue: &str) -> AppendItem {
+        AppendItem {
+            queue: QueueId::Client(queue.to_owned()),
+            entry: StoredEntry::Message(StoredMessage {
+                id: "m".into(),
+                sender: "alice".into(),
+                channel: None,
+                name: None,
+                data: Bytes::from_static(b"x"),
+                expires_at_ms: u64::MAX,
+                redelivered: false,
+            }),
+            confirm: None,
+        }
+    }
+
+    #[test]
+    fn gathering_reserves_room_for_a_run_to_one_queue_but_not_per_queue_of_a_spread() {
+        let (mut appends, mut index) = (Vec::new(), HashMap::default());
+        gather(
+            (0..100).map(|_| item("bob")).collect(),
+            &mut appends,
+            &mut index,
+        );
+        assert_eq!(appends.len(), 1);
+        assert_eq!(appends[0].1.len(), 100);
+
+        let (mut appends, mut index) = (Vec::new(), HashMap::default());
+        let spread: Vec<AppendItem> = (0..1000).map(|i| item(&format!("r{i}"))).collect();
+        gather(spread, &mut appends, &mut index);
+        assert_eq!(appends.len(), 1000);
+        // Reserving the command's length for each of its queues would hold a million entries.
+        let room: usize = appends.iter().map(|(_, q)| q.capacity()).sum();
+        assert!(room < 10_000, "{room} entries reserved for 1,000 items");
+        // Items keep their order within each queue.
+        assert!(
+            appends
+                .iter()
+                .enumerate()
+                .all(|(i, (q, _))| *q == QueueId::Client(format!("r{i}")))
+        );
+    }
 }

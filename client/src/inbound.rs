@@ -6,6 +6,7 @@
 //! so that a delivery costs allocations for its id and its payload only.
 
 use crate::message::Message;
+use broadcast_protocol::names::MAX_NAME_LEN;
 use broadcast_protocol::{
     CodecError, DeliveryNamed, FrameCodec, ServerFrame, decode_body, decode_deliver_with,
 };
@@ -91,6 +92,11 @@ impl NameCache {
             return Some(known.clone());
         }
         let new: Arc<str> = Arc::from(std::str::from_utf8(name).ok()?);
+        if name.len() > MAX_NAME_LEN {
+            // Names are at most this long; a longer one (from a broker that does not keep
+            // to that) is used but not kept.
+            return Some(new);
+        }
         if self.names.len() < NAMES {
             self.names.push(new.clone());
         } else {
@@ -177,5 +183,11 @@ mod tests {
         }
         assert!(cache.names.len() <= NAMES);
         assert_eq!(cache.get(b"not \xff utf-8"), None);
+        let long = "x".repeat(MAX_NAME_LEN + 1);
+        assert_eq!(cache.get(long.as_bytes()).as_deref(), Some(long.as_str()));
+        assert!(
+            cache.names.iter().all(|n| n.len() <= MAX_NAME_LEN),
+            "an over-long name is not kept"
+        );
     }
 }
