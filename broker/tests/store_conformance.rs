@@ -125,7 +125,7 @@ fn appends_and_reads_in_order_across_segments<F: Fixture>() {
     let mut f = F::new();
     let q = client("alice");
     let mut next = 0;
-    for n in [1u64, 63, 64, 65, 200, 7] {
+    for n in [1u64, 127, 128, 129, 300, 7] {
         let entries = messages(next..next + n);
         f.store().append(&q, next, &entries).unwrap();
         next += n;
@@ -134,9 +134,9 @@ fn appends_and_reads_in_order_across_segments<F: Fixture>() {
     assert_eq!(f.store().read(&q, 0, usize::MAX).unwrap(), want);
     assert_eq!(f.store().read(&q, 0, 10).unwrap(), want[..10]);
     assert!(f.store().read(&q, 0, 0).unwrap().is_empty());
-    // 1, 63, 64, 64 + 1, 64 * 3 + 8, 7 entries.
+    // 1, 127, 128, 128 + 1, 128 * 2 + 44, 7 entries.
     if let Some(segments) = f.segments() {
-        assert_eq!(segments, 1 + 1 + 1 + 2 + 4 + 1);
+        assert_eq!(segments, 1 + 1 + 1 + 2 + 3 + 1);
     }
     f.reopen();
     assert_eq!(f.store().read(&q, 0, usize::MAX).unwrap(), want);
@@ -173,7 +173,7 @@ fn settles_in_order<F: Fixture>() {
     let info = info(f.store(), &q).unwrap();
     assert_eq!((info.next_seq, info.pending), (300, 100));
     if let Some(segments) = f.segments() {
-        // 200 / 64: three segments are settled; seqs 192..256 and 256..300 remain.
+        // 200 / 128: one segment is settled; seqs 128..256 and 256..300 remain.
         assert_eq!(segments, 2);
     }
     f.reopen();

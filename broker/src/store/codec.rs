@@ -15,8 +15,11 @@ use serde::de::DeserializeOwned;
 /// Most bytes one decode may claim.
 const DECODE_LIMIT: usize = 64 << 20;
 
-/// Most entries in one segment; settlement of a segment is a `u64` bit mask.
-pub(super) const SEGMENT_ENTRIES: usize = 64;
+/// Most entries in one segment; settlement of a segment is a [`Mask`].
+pub(super) const SEGMENT_ENTRIES: usize = 128;
+/// Settlement of a segment's entries, a bit each (bit `i` for the entry at first seq + `i`).
+/// Encoded as a variable-length integer, so records written with 64-bit masks read the same.
+pub(super) type Mask = u128;
 /// Most encoded entry bytes in one segment, unless a single entry is larger. Keeps segment
 /// values well under the size at which sled stores a value as a separate blob.
 pub(super) const SEGMENT_BYTES: usize = 64 * 1024;
@@ -146,7 +149,7 @@ pub(super) fn parse_segment_key(key: &[u8]) -> Option<(QueueId, Seq)> {
 pub(super) struct QueueRecord {
     pub(super) next_seq: Seq,
     pub(super) acked_below: Seq,
-    pub(super) partial: Vec<(Seq, u64)>,
+    pub(super) partial: Vec<(Seq, Mask)>,
 }
 
 /// What the index keeps of each entry, and what a segment's header holds so that opening

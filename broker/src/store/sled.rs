@@ -1,6 +1,6 @@
 //! [`SledStore`]: queues and sessions in a sled database.
 //!
-//! Entries are written in segments of up to 64 consecutive entries per sled value, because
+//! Entries are written in segments of up to 128 consecutive entries per sled value, because
 //! sled's cost is mostly per key: one key per message stores an order of magnitude fewer
 //! messages per second. Each queue has one small record with its next seq and which entries
 //! are settled; a segment is deleted once all of its entries are settled.
@@ -9,8 +9,15 @@
 //! segment's entries (size, expiry, settled or not), so counting, finding expired entries and
 //! settling read no payloads. Every change is written first and applied to the index only
 //! once sled has taken it, so a failed write leaves the index as it was.
+//!
+//! An append or a settlement is several sled writes, not one batch, ordered so that the store
+//! is valid after any prefix of them (sled recovers a prefix of its log, and nothing is
+//! confirmed before a flush): an append writes its segments, then the record with the new
+//! next seq (segments beyond the record's next seq are read as they are); a settlement writes
+//! the record, then deletes the segments it settles in full (a settled segment still present
+//! is deleted on open).
 
-use super::codec::{self, EncodedSegment, EntryMeta, QueueRecord};
+use super::codec::{self, EncodedSegment, EntryMeta, Mask, QueueRecord};
 use super::{QueueId, QueueInfo, QueueStore, Seq, Session, StoreError, StoredEntry, append_end};
 use sled::{Batch, Db};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -52,7 +59,7 @@ struct QueueState {
 struct Segment {
     metas: Box<[EntryMeta]>,
     /// Bit `i` is set when the entry `i` is settled.
-    settled: u64,
+    settled: Mask,
     pending: u64,
     bytes: u64,
     /// Earliest expiry of an unsettled entry.
@@ -60,16 +67,16 @@ struct Segment {
 }
 
 /// Mask with a bit for each of `len` entries.
-fn full_mask(len: usize) -> u64 {
-    if len >= 64 {
-        u64::MAX
+fn full_mask(len: usize) -> Mask {
+    if len >= Mask::BITS as usize {
+        Mask::MAX
     } else {
-        (1u64 << len) - 1
+        (1 << len) - 1
     }
 }
 
 impl Segment {
-    fn new(metas: Box<[EntryMeta]>, settled: u64) -> Self {
+    fn new(metas: Box<[EntryMeta]>, settled: Mask) -> Self {
         let mut segment = Segment {
             metas,
             settled: 0,
@@ -85,7 +92,7 @@ impl Segment {
         self.metas.len() as u64
     }
 
-    fn is_full(&self, mask: u64) -> bool {
+    fn is_full(&self, mask: Mask) -> bool {
         mask == full_mask(self.metas.len())
     }
 
@@ -94,7 +101,7 @@ impl Segment {
     }
 
     /// Replaces the settled mask and recomputes the counts.
-    fn set_settled(&mut self, mask: u64) {
+    fn set_settled(&mut self, mask: Mask) {
         self.settled = mask & full_mask(self.metas.len());
         self.pending = 0;
         self.bytes = 0;
@@ -118,7 +125,7 @@ impl QueueState {
 
     /// The record of this queue after the settled masks in `changed` (by segment first seq)
     /// replace the segments' own.
-    fn record(&self, changed: &BTreeMap<Seq, u64>) -> QueueRecord {
+    fn record(&self, changed: &BTreeMap<Seq, Mask>) -> QueueRecord {
         let mask =
             |first: Seq, segment: &Segment| changed.get(&first).copied().unwrap_or(segment.settled);
         // The first unsettled seq: every seq below it is settled or was never appended.
@@ -266,6 +273,18 @@ impl SledStore {
             .map_err(|_| StoreError::Io("the store index was poisoned by a panic".to_owned()))
     }
 
+    /// Deletes segments just written for an append that failed, so that its entries (whose
+    /// senders are told they failed) are not found when the store is next opened. Best
+    /// effort: after a write error sled usually refuses every write.
+    fn forget_segments(&self, queue: &QueueId, segments: &[EncodedSegment]) {
+        for segment in segments {
+            if let Err(e) = self.db.remove(codec::segment_key(queue, segment.first)) {
+                tracing::warn!(%queue, first = segment.first, error = %e,
+                    "cannot delete a segment of a failed append");
+            }
+        }
+    }
+
     fn load_segment(
         &self,
         queue: &QueueId,
@@ -292,7 +311,7 @@ impl SledStore {
 /// entries are all settled (a store written by this code holds none).
 fn load(db: &Db) -> Result<Index, StoreError> {
     // Each queue's next seq, first unsettled seq and masks of partly settled segments.
-    let mut records: HashMap<QueueId, (Seq, Seq, HashMap<Seq, u64>)> = HashMap::new();
+    let mut records: HashMap<QueueId, (Seq, Seq, HashMap<Seq, Mask>)> = HashMap::new();
     for item in db.scan_prefix([codec::QUEUE]) {
         let (key, value) = item.map_err(io)?;
         let queue = codec::parse_queue_key(&key)
@@ -316,7 +335,7 @@ fn load(db: &Db) -> Result<Index, StoreError> {
             ))
         })?;
         let record = records.get(&queue);
-        let mut settled = 0u64;
+        let mut settled: Mask = 0;
         if let Some((_, acked_below, partial)) = record {
             if *acked_below > first {
                 settled |= full_mask((acked_below - first).min(len) as usize);
@@ -371,12 +390,21 @@ impl QueueStore for SledStore {
         // only changes its next seq.
         let record = state.map_or_else(QueueRecord::default, |s| s.record(&BTreeMap::new()));
         let record = QueueRecord { next_seq, ..record };
-        let mut batch = Batch::default();
-        for segment in &segments {
-            batch.insert(codec::segment_key(queue, segment.first), &segment.value[..]);
+        let record = codec::encode(&record)?;
+        // Segments first, the record last: the writes are not one sled batch (a batch makes
+        // sled write its log buffer out twice, which costs more than the writes), and every
+        // prefix of them is a valid store (see the module documentation).
+        for (i, segment) in segments.iter().enumerate() {
+            let key = codec::segment_key(queue, segment.first);
+            if let Err(e) = self.db.insert(key, &segment.value[..]) {
+                self.forget_segments(queue, &segments[..i]);
+                return Err(io(e));
+            }
         }
-        batch.insert(codec::queue_key(queue), codec::encode(&record)?);
-        self.db.apply_batch(batch).map_err(io)?;
+        if let Err(e) = self.db.insert(codec::queue_key(queue), record) {
+            self.forget_segments(queue, &segments);
+            return Err(io(e));
+        }
 
         let state = index.queues.entry(queue.clone()).or_default();
         state.next_seq = next_seq;
@@ -395,7 +423,7 @@ impl QueueStore for SledStore {
             return Ok(());
         };
         // New settled masks of the segments that change, by first seq.
-        let mut changed: BTreeMap<Seq, u64> = BTreeMap::new();
+        let mut changed: BTreeMap<Seq, Mask> = BTreeMap::new();
         for &seq in seqs {
             let Some((first, segment)) = state.segment_of(seq) else {
                 continue;
@@ -410,15 +438,22 @@ impl QueueStore for SledStore {
             return Ok(());
         }
         let record = state.record(&changed);
-        let mut batch = Batch::default();
+        // The record first, then the segments it settles in full are deleted: a segment left
+        // behind (by a crash or a failed delete) is settled by the record, and deleted when
+        // the store is next opened.
+        self.db
+            .insert(codec::queue_key(queue), codec::encode(&record)?)
+            .map_err(io)?;
+        let mut deleted = Ok(());
         for (&first, &mask) in &changed {
             if state.segments[&first].is_full(mask) {
-                batch.remove(codec::segment_key(queue, first));
+                if let Err(e) = self.db.remove(codec::segment_key(queue, first)) {
+                    deleted = deleted.and(Err(io(e)));
+                }
             }
         }
-        batch.insert(codec::queue_key(queue), codec::encode(&record)?);
-        self.db.apply_batch(batch).map_err(io)?;
 
+        // The index follows the record, which sled has taken.
         for (first, mask) in changed {
             let Some(segment) = state.segments.get_mut(&first) else {
                 continue;
@@ -435,7 +470,7 @@ impl QueueStore for SledStore {
                 state.partial.insert(first);
             }
         }
-        Ok(())
+        deleted
     }
 
     fn read(

@@ -56,19 +56,53 @@ fn no_queue_key_prefixes_another_queues_keys() {
 }
 
 #[test]
-fn segments_hold_at_most_64_entries() {
-    let entries: Vec<StoredEntry> = (0..200).map(|s| message(s, 10)).collect();
+fn segments_hold_at_most_128_entries() {
+    let entries: Vec<StoredEntry> = (0..300).map(|s| message(s, 10)).collect();
     let segments = codec::encode_segments(1000, &entries).unwrap();
     let shape: Vec<(Seq, usize)> = segments.iter().map(|s| (s.first, s.metas.len())).collect();
-    assert_eq!(shape, vec![(1000, 64), (1064, 64), (1128, 64), (1192, 8)]);
+    assert_eq!(shape, vec![(1000, 128), (1128, 128), (1256, 44)]);
     let decoded: Vec<StoredEntry> = segments
         .iter()
         .flat_map(|s| codec::decode_segment(&s.value).unwrap())
         .collect();
     assert_eq!(decoded, entries);
-    assert_eq!(segments[3].metas[0].size, entries[192].size());
-    assert_eq!(segments[3].metas[0].expires_at_ms, 192);
-    assert_eq!(SEGMENT_ENTRIES, 64);
+    assert_eq!(segments[2].metas[0].size, entries[256].size());
+    assert_eq!(segments[2].metas[0].expires_at_ms, 256);
+    assert_eq!(SEGMENT_ENTRIES, 128);
+}
+
+#[test]
+fn a_queue_record_with_64_bit_masks_reads_the_same() {
+    // Records written when segments held at most 64 entries: the masks were `u64`.
+    #[derive(serde::Serialize)]
+    struct Narrow {
+        next_seq: u64,
+        acked_below: u64,
+        partial: Vec<(u64, u64)>,
+    }
+    let masks = [1, 250, 251, u64::from(u32::MAX) + 1, 1 << 63, u64::MAX];
+    let narrow = Narrow {
+        next_seq: 9000,
+        acked_below: 70,
+        partial: masks
+            .iter()
+            .enumerate()
+            .map(|(i, &m)| (64 * i as u64 + 64, m))
+            .collect(),
+    };
+    let record: QueueRecord = codec::decode(&codec::encode(&narrow).unwrap(), "record").unwrap();
+    assert_eq!(
+        record,
+        QueueRecord {
+            next_seq: 9000,
+            acked_below: 70,
+            partial: narrow
+                .partial
+                .iter()
+                .map(|&(first, m)| (first, u128::from(m)))
+                .collect(),
+        }
+    );
 }
 
 #[test]
@@ -107,7 +141,7 @@ fn damaged_values_are_corrupt_not_panics() {
         &[0xfc, 0xff, 0xff, 0xff, 0xff][..],
         &[0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f][..],
         &[0][..],
-        &[65][..],
+        &[129][..],
     ] {
         assert!(matches!(
             codec::decode_segment(bad),
@@ -147,12 +181,65 @@ fn the_queue_record_is_small_after_settling_in_order() {
         QueueRecord {
             next_seq: 200,
             acked_below: 70,
-            partial: vec![(64, 1 << 8), (128, 1 << 2)]
+            partial: vec![(0, 1 << 72), (128, 1 << 2)]
         }
     );
     store.settle(&alice(), &[70, 71]).unwrap();
     assert_eq!(record().acked_below, 73);
     assert_eq!(record().partial, vec![(128, 1 << 2)]);
+}
+
+/// The writes of an append (segments, then the record) and of a settlement (the record, then
+/// deletes) are separate; a crash can keep any prefix of them. Each prefix opens as a valid
+/// store that holds what it should.
+#[test]
+fn a_store_cut_between_the_writes_of_an_append_or_a_settlement_opens_whole() {
+    let entries: Vec<StoredEntry> = (0..300).map(|s| message(s, 10)).collect();
+    let reopen = |store: SledStore, dir: &tempfile::TempDir| {
+        store.flush().unwrap();
+        drop(store);
+        SledStore::open(dir.path()).unwrap()
+    };
+    let seqs = |store: &SledStore| -> Vec<Seq> {
+        let read = store.read(&alice(), 0, 1000).unwrap();
+        read.into_iter().map(|(seq, _)| seq).collect()
+    };
+
+    // Cut after an append's segments, before its record: the record is the one before it.
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    store.append(&alice(), 0, &entries[..100]).unwrap();
+    let old_record = store.db().get(codec::queue_key(&alice())).unwrap().unwrap();
+    store.append(&alice(), 100, &entries[100..]).unwrap();
+    store
+        .db()
+        .insert(codec::queue_key(&alice()), old_record)
+        .unwrap();
+    let store = reopen(store, &dir);
+    assert_eq!(seqs(&store), (0..300).collect::<Vec<_>>());
+    assert_eq!(store.queues().unwrap()[0].next_seq, 300);
+
+    // Cut after a settlement's record, before its deletes: the segments it settled in full
+    // are back, settled by the record, and deleted on open.
+    store
+        .settle(&alice(), &(0..228).collect::<Vec<_>>())
+        .unwrap();
+    assert_eq!(store.segment_count().unwrap(), 1);
+    for segment in codec::encode_segments(0, &entries[..100])
+        .unwrap()
+        .into_iter()
+        .chain(codec::encode_segments(100, &entries[100..228]).unwrap())
+    {
+        store
+            .db()
+            .insert(codec::segment_key(&alice(), segment.first), segment.value)
+            .unwrap();
+    }
+    assert_eq!(store.segment_count().unwrap(), 3);
+    let store = reopen(store, &dir);
+    assert_eq!(seqs(&store), (228..300).collect::<Vec<_>>());
+    assert_eq!(store.segment_count().unwrap(), 1);
+    assert_eq!(store.queues().unwrap()[0].next_seq, 300);
 }
 
 #[test]
