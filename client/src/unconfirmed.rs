@@ -80,16 +80,23 @@ pub(crate) fn publish_parts(frame: &[u8]) -> Option<(String, Target)> {
 /// `Accepted` confirms the oldest unconfirmed message with its id.
 ///
 /// Messages sit in a queue of slots numbered by a sequence number; a confirmed message leaves
-/// an empty slot, dropped once it reaches the front (confirmations mostly come in send order).
-/// An index from the hash of each id to sequence numbers finds them.
+/// an empty slot, dropped once it reaches the front. Confirmations mostly come in send order,
+/// so a confirmation first looks at the oldest few messages; only one that is not among them
+/// builds an index from the hash of each id to sequence numbers, kept up to date from then on
+/// and dropped once the set is empty again.
 #[derive(Debug, Default)]
 pub(crate) struct UnconfirmedSet {
     slots: VecDeque<Option<Unconfirmed>>,
     /// The sequence number of `slots[0]`.
     base: u64,
     len: usize,
+    /// Every message's id hash, while `indexed`.
     index: HashIndex,
+    indexed: bool,
 }
+
+/// Messages a confirmation compares, oldest first, before it builds the index.
+const FRONT: usize = 8;
 
 impl UnconfirmedSet {
     pub(crate) fn len(&self) -> usize {
@@ -113,6 +120,11 @@ impl UnconfirmedSet {
             self.slots.pop_front();
             self.base += 1;
         }
+        if self.len == 0 && self.indexed {
+            // In order again: confirmations look at the front first.
+            self.index.clear();
+            self.indexed = false;
+        }
         Some(msg)
     }
 
@@ -124,8 +136,10 @@ impl UnconfirmedSet {
             self.compact();
         }
         let seq = self.base + self.slots.len() as u64;
-        let hash = self.index.hash(msg.id().as_bytes());
-        self.index.insert(hash, seq);
+        if self.indexed {
+            let hash = self.index.hash(msg.id().as_bytes());
+            self.index.insert(hash, seq);
+        }
         self.slots.push_back(Some(msg));
         self.len += 1;
     }
@@ -133,16 +147,44 @@ impl UnconfirmedSet {
     /// Renumbers the messages without gaps, and the index with them.
     fn compact(&mut self) {
         let msgs: Vec<Unconfirmed> = self.slots.drain(..).flatten().collect();
-        self.index.clear();
-        for (i, msg) in msgs.into_iter().enumerate() {
-            let hash = self.index.hash(msg.id().as_bytes());
-            self.index.insert(hash, self.base + i as u64);
-            self.slots.push_back(Some(msg));
+        self.slots.extend(msgs.into_iter().map(Some));
+        if self.indexed {
+            self.build_index();
         }
+    }
+
+    /// Indexes every message.
+    fn build_index(&mut self) {
+        self.index.clear();
+        for (i, msg) in self.slots.iter().enumerate() {
+            if let Some(msg) = msg {
+                let hash = self.index.hash(msg.id().as_bytes());
+                self.index.insert(hash, self.base + i as u64);
+            }
+        }
+        self.indexed = true;
     }
 
     /// Removes and returns the oldest message with this id, if any.
     pub(crate) fn confirm(&mut self, id: &str) -> Option<Unconfirmed> {
+        if !self.indexed {
+            let mut seen = 0;
+            for (i, slot) in self.slots.iter().enumerate() {
+                let Some(msg) = slot else { continue };
+                if msg.id() == id {
+                    return self.take_slot(self.base + i as u64);
+                }
+                seen += 1;
+                if seen == FRONT {
+                    break;
+                }
+            }
+            if seen < FRONT {
+                // Every message was compared.
+                return None;
+            }
+            self.build_index();
+        }
         let hash = self.index.hash(id.as_bytes());
         let slots = &self.slots;
         let base = self.base;
@@ -167,14 +209,17 @@ impl UnconfirmedSet {
 
     /// Removes the message with sequence number `seq`.
     pub(crate) fn remove(&mut self, seq: u64) -> Option<Unconfirmed> {
-        let hash = self.index.hash(self.slot(seq)?.id().as_bytes());
-        self.index.remove(hash, seq);
+        if self.indexed {
+            let hash = self.index.hash(self.slot(seq)?.id().as_bytes());
+            self.index.remove(hash, seq);
+        }
         self.take_slot(seq)
     }
 
     /// Removes every message, in send order.
     pub(crate) fn take_all(&mut self) -> Vec<Unconfirmed> {
         self.index.clear();
+        self.indexed = false;
         self.base += self.slots.len() as u64;
         self.len = 0;
         self.slots.drain(..).flatten().collect()
@@ -292,6 +337,90 @@ mod tests {
         assert_eq!(set.take_all().len(), 1);
         assert!(set.is_empty());
         assert!(set.confirm("b").is_none());
+    }
+
+    /// What the set must do, written plainly: a list in send order.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Push(u8),
+        Confirm(u8),
+        /// Removes the message at this position (modulo the length), if any.
+        Remove(usize),
+        TakeAll,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        // Few distinct ids, so that duplicates and misses are common; pushes weigh more, so
+        // that the set grows past the front that confirmations look at first.
+        prop_oneof![
+            6 => (0u8..24).prop_map(Op::Push),
+            4 => (0u8..24).prop_map(Op::Confirm),
+            1 => any::<usize>().prop_map(Op::Remove),
+            1 => Just(Op::TakeAll),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_set_behaves_as_a_list_in_send_order(
+            ops in proptest::collection::vec(op(), 0..400),
+        ) {
+            let mut set = UnconfirmedSet::default();
+            let mut model: Vec<String> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Push(n) => {
+                        set.push(unconfirmed(&format!("id{n}")));
+                        model.push(format!("id{n}"));
+                    }
+                    Op::Confirm(n) => {
+                        let id = format!("id{n}");
+                        let got = set.confirm(&id).map(|m| m.id().to_owned());
+                        let want = model.iter().position(|m| *m == id).map(|i| model.remove(i));
+                        proptest::prop_assert_eq!(got, want);
+                    }
+                    Op::Remove(i) => {
+                        if !model.is_empty() {
+                            let i = i % model.len();
+                            let seq = set.iter_mut().nth(i).map(|(seq, _)| seq).unwrap();
+                            let got = set.remove(seq).map(|m| m.id().to_owned());
+                            proptest::prop_assert_eq!(got, Some(model.remove(i)));
+                        }
+                    }
+                    Op::TakeAll => {
+                        let got: Vec<String> =
+                            set.take_all().iter().map(|m| m.id().to_owned()).collect();
+                        proptest::prop_assert_eq!(got, std::mem::take(&mut model));
+                    }
+                }
+                proptest::prop_assert_eq!(set.len(), model.len());
+                proptest::prop_assert_eq!(ids(&mut set), model.clone());
+            }
+        }
+    }
+
+    #[test]
+    fn in_order_confirmations_use_no_index_and_one_out_of_order_builds_it() {
+        let mut set = UnconfirmedSet::default();
+        for i in 0..100 {
+            set.push(unconfirmed(&format!("m{i}")));
+        }
+        for i in 0..50 {
+            assert!(set.confirm(&format!("m{i}")).is_some());
+        }
+        assert!(!set.indexed);
+        assert!(set.confirm("m99").is_some());
+        assert!(set.indexed);
+        assert!(set.confirm("nothing").is_none());
+        for i in 50..99 {
+            assert!(set.confirm(&format!("m{i}")).is_some());
+        }
+        assert!(set.is_empty());
+        assert!(
+            !set.indexed,
+            "an empty set goes back to looking at the front"
+        );
     }
 
     #[test]
