@@ -20,9 +20,14 @@ pub(super) const SEGMENT_ENTRIES: usize = 128;
 /// Settlement of a segment's entries, a bit each (bit `i` for the entry at first seq + `i`).
 /// Encoded as a variable-length integer, so records written with 64-bit masks read the same.
 pub(super) type Mask = u128;
-/// Most encoded entry bytes in one segment, unless a single entry is larger. Keeps segment
-/// values well under the size at which sled stores a value as a separate blob.
-pub(super) const SEGMENT_BYTES: usize = 64 * 1024;
+/// Most encoded entry bytes in one segment, unless a single entry is larger.
+///
+/// sled writes a tree node larger than 128 KiB as a file of its own, created at every rewrite
+/// of the node and deleted later: a file system operation that costs more than the write
+/// (on ext4 it grows slower as files come and go). Leaves split at 17 keys, a queue's
+/// segments are appended at the end of its key range, and a split writes both halves, so
+/// segments of at most 12 KiB keep every node written while appending under that size.
+pub(super) const SEGMENT_BYTES: usize = 12 * 1024;
 
 /// Kind of the key holding the store's format version.
 const META: u8 = b'm';

@@ -106,12 +106,12 @@ fn a_queue_record_with_64_bit_masks_reads_the_same() {
 }
 
 #[test]
-fn segments_hold_at_most_64_kib_unless_one_entry_is_larger() {
+fn segments_hold_at_most_12_kib_unless_one_entry_is_larger() {
     let entries = vec![
-        message(0, 30 * 1024),
-        message(1, 30 * 1024),
-        message(2, 30 * 1024),
-        message(3, 100 * 1024),
+        message(0, 5 * 1024),
+        message(1, 5 * 1024),
+        message(2, 5 * 1024),
+        message(3, 40 * 1024),
         message(4, 1),
     ];
     let segments = codec::encode_segments(0, &entries).unwrap();
@@ -120,6 +120,32 @@ fn segments_hold_at_most_64_kib_unless_one_entry_is_larger() {
     for segment in &segments[..2] {
         assert!(segment.value.len() <= SEGMENT_BYTES + 100);
     }
+    assert_eq!(SEGMENT_BYTES, 12 * 1024);
+}
+
+/// sled writes a node over its size limit as a file of its own, created and later deleted,
+/// which costs far more than the write: appending a queue's messages must not do that.
+#[test]
+fn appending_writes_no_node_as_a_file_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let mut next = 0;
+    for run in 0..100u64 {
+        // Runs of different lengths, as groups of writes come, of 150-byte messages.
+        let n = 100 + (run * 37) % 900;
+        let entries: Vec<StoredEntry> = (next..next + n).map(|s| message(s, 150)).collect();
+        store.append(&alice(), next, &entries).unwrap();
+        next += n;
+        store.flush().unwrap();
+    }
+    let files = std::fs::read_dir(dir.path().join("blobs"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(files, 0, "{files} nodes written as files of their own");
+    assert_eq!(
+        store.read(&alice(), 0, usize::MAX).unwrap().len() as u64,
+        next
+    );
 }
 
 #[test]
