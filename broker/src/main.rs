@@ -7,6 +7,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// jemalloc keeps the store path's mix of large, short-lived segment buffers and small,
+/// long-lived records from fragmenting memory (see the broker's `Cargo.toml`).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// The Broadcast message broker.
 #[derive(Debug, Parser)]
 #[command(version, about)]
