@@ -120,6 +120,7 @@ fn run(store: &dyn QueueStore, rx: &Receiver<Group>, failed: &AtomicBool, on_fai
         for group in groups.drain(..) {
             report(group.pending, flushed.as_ref().map(|_| ()), on_failed);
         }
+        crate::persist::release_retired();
     }
 }
 
