@@ -12,10 +12,10 @@
 //!
 //! An append or a settlement is several sled writes, not one batch, ordered so that the store
 //! is valid after any prefix of them (sled recovers a prefix of its log, and nothing is
-//! confirmed before a flush): an append writes its segments, then the record with the new
-//! next seq (segments beyond the record's next seq are read as they are); a settlement writes
-//! the record, then deletes the segments it settles in full (a settled segment still present
-//! is deleted on open).
+//! confirmed before a flush): an append writes only its segments (a queue's next seq is the
+//! larger of its record's and the end of its last segment); a settlement writes the record,
+//! then deletes the segments it settles in full (a settled segment still present is deleted
+//! on open).
 
 use super::codec::{self, EncodedSegment, EntryMeta, Mask, QueueRecord};
 use super::{QueueId, QueueInfo, QueueStore, Seq, Session, StoreError, StoredEntry, append_end};
@@ -386,24 +386,16 @@ impl QueueStore for SledStore {
             entries.len(),
         )?;
         let segments = codec::encode_segments(first_seq, entries)?;
-        // The new entries are unsettled and lie at or above the old next seq, so the record
-        // only changes its next seq.
-        let record = state.map_or_else(QueueRecord::default, |s| s.record(&BTreeMap::new()));
-        let record = QueueRecord { next_seq, ..record };
-        let record = codec::encode(&record)?;
-        // Segments first, the record last: the writes are not one sled batch (a batch makes
-        // sled write its log buffer out twice, which costs more than the writes), and every
-        // prefix of them is a valid store (see the module documentation).
+        // Only the segments are written: the new entries are unsettled, and the next seq
+        // follows from the segments when the store is opened, so the queue's record does not
+        // change. The writes are not one sled batch (a batch makes sled write its log buffer
+        // out twice, which costs more than the writes); every prefix of them is a valid store.
         for (i, segment) in segments.iter().enumerate() {
             let key = codec::segment_key(queue, segment.first);
             if let Err(e) = self.db.insert(key, &segment.value[..]) {
                 self.forget_segments(queue, &segments[..i]);
                 return Err(io(e));
             }
-        }
-        if let Err(e) = self.db.insert(codec::queue_key(queue), record) {
-            self.forget_segments(queue, &segments);
-            return Err(io(e));
         }
 
         let state = index.queues.entry(queue.clone()).or_default();

@@ -231,19 +231,27 @@ fn a_store_cut_between_the_writes_of_an_append_or_a_settlement_opens_whole() {
         read.into_iter().map(|(seq, _)| seq).collect()
     };
 
-    // Cut after an append's segments, before its record: the record is the one before it.
+    // An append writes its segments only: the record (written by the last settlement) stays
+    // behind, and the next seq follows the segments.
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path()).unwrap();
     store.append(&alice(), 0, &entries[..100]).unwrap();
-    let old_record = store.db().get(codec::queue_key(&alice())).unwrap().unwrap();
+    assert!(
+        store
+            .db()
+            .get(codec::queue_key(&alice()))
+            .unwrap()
+            .is_none()
+    );
+    store.settle(&alice(), &[0]).unwrap();
     store.append(&alice(), 100, &entries[100..]).unwrap();
-    store
-        .db()
-        .insert(codec::queue_key(&alice()), old_record)
-        .unwrap();
+    let record = store.db().get(codec::queue_key(&alice())).unwrap().unwrap();
+    let record: QueueRecord = codec::decode(&record, "record").unwrap();
+    assert_eq!((record.next_seq, record.acked_below), (100, 1));
     let store = reopen(store, &dir);
-    assert_eq!(seqs(&store), (0..300).collect::<Vec<_>>());
+    assert_eq!(seqs(&store), (1..300).collect::<Vec<_>>());
     assert_eq!(store.queues().unwrap()[0].next_seq, 300);
+    store.settle(&alice(), &[1, 2]).unwrap();
 
     // Cut after a settlement's record, before its deletes: the segments it settled in full
     // are back, settled by the record, and deleted on open.
