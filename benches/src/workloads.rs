@@ -248,7 +248,11 @@ struct Confirmed {
 struct ConfirmCount {
     /// Sequence numbers confirmed.
     confirmed: SeqSet,
+    /// When the last new confirmation was counted (read once per batch of events handled
+    /// together, see [`ConfirmCount::stamp`]).
     last: Option<Instant>,
+    /// A new confirmation was counted since `last` was read.
+    unstamped: bool,
     /// Messages the client reported it will never see confirmed (`Unconfirmed`, or too large
     /// for the broker).
     failed: u64,
@@ -264,6 +268,7 @@ impl ConfirmCount {
         Self {
             confirmed: SeqSet::new(count),
             last: None,
+            unstamped: false,
             failed: 0,
             first_error: None,
             lagged: 0,
@@ -275,7 +280,7 @@ impl ConfirmCount {
         match event {
             Some(Event::Accepted { id }) => {
                 if confirm_seq(&id).is_some_and(|seq| self.confirmed.insert(seq)) {
-                    self.last = Some(Instant::now());
+                    self.unstamped = true;
                 }
             }
             Some(Event::Unconfirmed { id }) => {
@@ -296,6 +301,16 @@ impl ConfirmCount {
             Some(Event::Lagged { missed }) => self.lagged += missed,
             Some(Event::Closed) | None => self.closed = true,
             Some(_) => {}
+        }
+    }
+
+    /// Reads the clock if confirmations were counted since the last reading: called after
+    /// every batch of events handled together, so the time is that of the batch's end (never
+    /// earlier than its last confirmation) at one clock read per batch.
+    fn stamp(&mut self) {
+        if self.unstamped {
+            self.last = Some(Instant::now());
+            self.unstamped = false;
         }
     }
 }
@@ -328,6 +343,7 @@ async fn send_all_confirmed(
                 break;
             }
         }
+        c.stamp();
         let resolved = c.confirmed.len() + c.failed + send_failed;
         let waiting = sent.saturating_sub(resolved);
         if sending && !c.closed && sent < count && waiting < CONFIRM_WINDOW as u64 {
