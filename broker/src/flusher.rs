@@ -22,11 +22,12 @@ pub(crate) enum Pending {
     Done(Done, Result<(), StoreError>),
     /// A move between queues and its outcome before the flush.
     Moved(Moved, Result<(u64, u64), StoreError>),
-    /// Entries appended to one queue whose persistent messages wait for their
-    /// confirmation, and the append's outcome before the flush.
+    /// Entries appended to one queue, each with the confirmation of its persistent message
+    /// if one waits for it, and the append's outcome before the flush.
     Appended {
         queue: QueueId,
-        waiting: Vec<(StoredEntry, Arc<Confirm>)>,
+        entries: Vec<StoredEntry>,
+        confirms: Vec<Option<Arc<Confirm>>>,
         result: Result<(), StoreError>,
     },
 }
@@ -135,13 +136,15 @@ fn report(pending: Vec<Pending>, flushed: Result<(), &StoreError>, on_failed: &F
             },
             Pending::Appended {
                 queue,
-                waiting,
+                entries,
+                confirms,
                 result,
             } => {
                 let error = result.as_ref().err().or(flushed.err());
-                for (entry, confirm) in waiting {
+                for (entry, confirm) in entries.iter().zip(confirms) {
+                    let Some(confirm) = confirm else { continue };
                     if let Some(e) = error {
-                        on_failed(&queue, &entry, e);
+                        on_failed(&queue, entry, e);
                     }
                     confirm.settle();
                 }

@@ -251,7 +251,7 @@ impl Worker {
         let mut wrote = false;
         // Appends of the whole group are gathered per queue, so that each queue gets one
         // append (a few segments) per group whatever the number of messages.
-        let mut appends: Vec<(QueueId, Vec<AppendItem>)> = Vec::new();
+        let mut appends: Vec<QueueAppend> = Vec::new();
         let mut index: HashMap<QueueId, usize> = HashMap::default();
         for cmd in group.drain(..) {
             match cmd {
@@ -270,7 +270,7 @@ impl Worker {
 
     fn flush_appends(
         &mut self,
-        appends: &mut Vec<(QueueId, Vec<AppendItem>)>,
+        appends: &mut Vec<QueueAppend>,
         index: &mut HashMap<QueueId, usize>,
         pending: &mut Vec<Pending>,
     ) -> bool {
@@ -278,10 +278,14 @@ impl Worker {
             return false;
         }
         index.clear();
-        for (queue, items) in appends.drain(..) {
+        for QueueAppend {
+            queue,
+            entries,
+            confirms,
+            waiting,
+        } in appends.drain(..)
+        {
             let first = self.next_seq.get(&queue).copied().unwrap_or(1).max(1);
-            let (entries, confirms): (Vec<StoredEntry>, Vec<Option<Arc<Confirm>>>) =
-                items.into_iter().map(|i| (i.entry, i.confirm)).unzip();
             let r = self.store.append(&queue, first, &entries);
             match &r {
                 Ok(()) => {
@@ -294,15 +298,11 @@ impl Worker {
                     self.failed.store(true, Ordering::Release);
                 }
             }
-            let waiting: Vec<(StoredEntry, Arc<Confirm>)> = entries
-                .into_iter()
-                .zip(confirms)
-                .filter_map(|(entry, confirm)| Some((entry, confirm?)))
-                .collect();
-            if !waiting.is_empty() {
+            if waiting {
                 pending.push(Pending::Appended {
                     queue,
-                    waiting,
+                    entries,
+                    confirms,
                     result: r.map_err(|e| clone_err(&e)),
                 });
             }
@@ -404,10 +404,20 @@ pub(crate) fn release_retired() {
     crossbeam_epoch::pin().flush();
 }
 
+/// What a group appends to one queue.
+struct QueueAppend {
+    queue: QueueId,
+    entries: Vec<StoredEntry>,
+    /// One per entry: the confirmation waiting for it, if any.
+    confirms: Vec<Option<Arc<Confirm>>>,
+    /// Whether any entry has a confirmation.
+    waiting: bool,
+}
+
 /// Adds items to the appends of their queues.
 fn gather(
     items: Vec<AppendItem>,
-    appends: &mut Vec<(QueueId, Vec<AppendItem>)>,
+    appends: &mut Vec<QueueAppend>,
     index: &mut HashMap<QueueId, usize>,
 ) {
     // A command whose items all go to one queue (the usual case: a run of messages to one
@@ -418,20 +428,39 @@ fn gather(
         .split_first()
         .is_some_and(|(first, rest)| rest.iter().all(|i| i.queue == first.queue));
     let n = items.len();
-    for item in items {
-        let i = match index.get(&item.queue) {
-            Some(&i) => i,
-            None => {
-                index.insert(item.queue.clone(), appends.len());
-                appends.push((item.queue.clone(), Vec::new()));
-                appends.len() - 1
-            }
+    // Consecutive items to one queue find it with one lookup.
+    let mut last: Option<usize> = None;
+    for AppendItem {
+        queue,
+        entry,
+        confirm,
+    } in items
+    {
+        let i = match last {
+            Some(i) if appends[i].queue == queue => i,
+            _ => match index.get(&queue) {
+                Some(&i) => i,
+                None => {
+                    index.insert(queue.clone(), appends.len());
+                    appends.push(QueueAppend {
+                        queue,
+                        entries: Vec::new(),
+                        confirms: Vec::new(),
+                        waiting: false,
+                    });
+                    appends.len() - 1
+                }
+            },
         };
-        let queue = &mut appends[i].1;
-        if single && queue.len() == queue.capacity() {
-            queue.reserve(n);
+        last = Some(i);
+        let a = &mut appends[i];
+        if single && a.entries.len() == a.entries.capacity() {
+            a.entries.reserve(n);
+            a.confirms.reserve(n);
         }
-        queue.push(item);
+        a.waiting |= confirm.is_some();
+        a.entries.push(entry);
+        a.confirms.push(confirm);
     }
 }
 
@@ -462,6 +491,37 @@ mod tests {
     }
 
     #[test]
+    fn gathering_keeps_each_queues_order_across_commands_and_interleavings() {
+        let id = |e: &StoredEntry| match e {
+            StoredEntry::Message(m) => m.id.clone(),
+            StoredEntry::Notice { .. } => unreachable!(),
+        };
+        let named = |queue: &str, n: u32| {
+            let mut it = item(queue);
+            if let StoredEntry::Message(m) = &mut it.entry {
+                m.id = format!("{queue}{n}");
+            }
+            it
+        };
+        let (mut appends, mut index) = (Vec::new(), HashMap::default());
+        gather(
+            vec![named("a", 0), named("a", 1), named("b", 0), named("a", 2)],
+            &mut appends,
+            &mut index,
+        );
+        gather(vec![named("b", 1), named("a", 3)], &mut appends, &mut index);
+        let ids: Vec<(String, Vec<String>)> = appends
+            .iter()
+            .map(|a| (a.queue.to_string(), a.entries.iter().map(id).collect()))
+            .collect();
+        assert_eq!(ids.len(), 2);
+        assert_eq!(ids[0].1, ["a0", "a1", "a2", "a3"]);
+        assert_eq!(ids[1].1, ["b0", "b1"]);
+        assert!(appends.iter().all(|a| a.confirms.len() == a.entries.len()));
+        assert!(appends.iter().all(|a| !a.waiting));
+    }
+
+    #[test]
     fn gathering_reserves_room_for_a_run_to_one_queue_but_not_per_queue_of_a_spread() {
         let (mut appends, mut index) = (Vec::new(), HashMap::default());
         gather(
@@ -470,21 +530,22 @@ mod tests {
             &mut index,
         );
         assert_eq!(appends.len(), 1);
-        assert_eq!(appends[0].1.len(), 100);
+        assert_eq!(appends[0].entries.len(), 100);
+        assert_eq!(appends[0].confirms.len(), 100);
 
         let (mut appends, mut index) = (Vec::new(), HashMap::default());
         let spread: Vec<AppendItem> = (0..1000).map(|i| item(&format!("r{i}"))).collect();
         gather(spread, &mut appends, &mut index);
         assert_eq!(appends.len(), 1000);
         // Reserving the command's length for each of its queues would hold a million entries.
-        let room: usize = appends.iter().map(|(_, q)| q.capacity()).sum();
+        let room: usize = appends.iter().map(|a| a.entries.capacity()).sum();
         assert!(room < 10_000, "{room} entries reserved for 1,000 items");
         // Items keep their order within each queue.
         assert!(
             appends
                 .iter()
                 .enumerate()
-                .all(|(i, (q, _))| *q == QueueId::Client(format!("r{i}")))
+                .all(|(i, a)| a.queue == QueueId::Client(format!("r{i}")))
         );
     }
 }
