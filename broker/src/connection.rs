@@ -306,12 +306,17 @@ async fn publish_persistent(
     unconfirmed: &Arc<Semaphore>,
 ) -> Handled {
     let router = &ctx.router;
-    let mut run: Vec<(Publish, Arc<Confirm>)> = Vec::with_capacity(msgs.len());
-    for msg in msgs {
-        if let Err(r) = router.validate(&msg) {
-            if let Handled::Close = route_run(&mut run, out, name, ctx).await {
+    // The messages stay where they are; the valid ones from `start` on, each with its
+    // confirmation in `confirms`, are routed together.
+    let mut confirms: Vec<Arc<Confirm>> = Vec::with_capacity(msgs.len());
+    let mut start = 0;
+    for (i, msg) in msgs.iter().enumerate() {
+        if let Err(r) = router.validate(msg) {
+            if let Handled::Close = route_run(&msgs[start..i], &mut confirms, out, name, ctx).await
+            {
                 return Handled::Close;
             }
+            start = i + 1;
             let f = encode::error(r.code, r.message, Some(&msg.id));
             if out.push(OutFrame::control(f)).await.is_err() {
                 return Handled::Close;
@@ -324,36 +329,40 @@ async fn publish_persistent(
             Ok(permit) => permit,
             Err(_) => {
                 // Route what is gathered first: its confirmations are what frees permits.
-                if let Handled::Close = route_run(&mut run, out, name, ctx).await {
+                if let Handled::Close =
+                    route_run(&msgs[start..i], &mut confirms, out, name, ctx).await
+                {
                     return Handled::Close;
                 }
+                start = i;
                 let Ok(permit) = unconfirmed.clone().acquire_owned().await else {
                     return Handled::Close;
                 };
                 permit
             }
         };
-        let confirm = Confirm::new(&msg.id, out.clone(), permit);
-        run.push((msg, confirm));
+        confirms.push(Confirm::new(&msg.id, out.clone(), permit));
     }
-    route_run(&mut run, out, name, ctx).await
+    route_run(&msgs[start..], &mut confirms, out, name, ctx).await
 }
 
-/// Routes a run of persistent messages, sends their notices and releases the router's hold
-/// on their confirmations; empties `run`.
+/// Routes a run of persistent messages, each with its confirmation in `confirms`, sends their
+/// notices and releases the router's hold on their confirmations; empties `confirms`.
 async fn route_run(
-    run: &mut Vec<(Publish, Arc<Confirm>)>,
+    msgs: &[Publish],
+    confirms: &mut Vec<Arc<Confirm>>,
     out: &Outbound,
     name: &Arc<str>,
     ctx: &Context,
 ) -> Handled {
-    if run.is_empty() {
+    debug_assert_eq!(msgs.len(), confirms.len());
+    if msgs.is_empty() {
         return Handled::Continue;
     }
     let router = &ctx.router;
     let slot = router.persist.reserve().await;
-    let routed = router.route_persistent(name, run, slot);
-    for ((_, confirm), routed) in run.drain(..).zip(routed) {
+    let routed = router.route_persistent(name, msgs, confirms, slot);
+    for (confirm, routed) in confirms.drain(..).zip(routed) {
         debug_assert!(routed.blocked.is_empty(), "persistent messages never wait");
         for notice in routed.failed {
             if out

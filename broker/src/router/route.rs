@@ -108,24 +108,26 @@ impl Router {
         routed
     }
 
-    /// Routes a run of validated persistent messages from `sender`, each with its `confirm`,
-    /// under one hold of the router's lock and through one reserved store `slot`: what each
-    /// one puts in the store goes in a single command, in order. Returns what routing each
-    /// message produced, in order; the caller sends the notices, then settles the router's
-    /// hold on each `confirm`.
+    /// Routes a run of validated persistent messages from `sender`, each with its confirmation
+    /// at the same position in `confirms`, under one hold of the router's lock and through one
+    /// reserved store `slot`: what each one puts in the store goes in a single command, in
+    /// order. Returns what routing each message produced, in order; the caller sends the
+    /// notices, then settles the router's hold on each confirmation.
     pub(crate) fn route_persistent(
         &self,
         sender: &Arc<str>,
-        msgs: &[(Publish, Arc<Confirm>)],
+        msgs: &[Publish],
+        confirms: &[Arc<Confirm>],
         slot: Option<Slot>,
     ) -> Vec<Routed> {
-        for (msg, _) in msgs {
+        for msg in msgs {
             self.notify_observers(sender, msg);
         }
         let mut appends = Vec::with_capacity(msgs.len());
         let mut st = lock(&self.state);
         let routed = msgs
             .iter()
+            .zip(confirms)
             .map(|(msg, confirm)| {
                 self.route_locked(&mut st, sender, msg, Some(confirm.clone()), &mut appends)
             })
