@@ -189,8 +189,7 @@ pub(super) fn encode_segments(
     let mut body = Vec::with_capacity(usize::try_from(room).unwrap_or(0));
     let mut ends = Vec::with_capacity(entries.len());
     for entry in entries {
-        bincode::serde::encode_into_std_write(entry, &mut body, config())
-            .map_err(|e| StoreError::Encode(e.to_string()))?;
+        encode_entry(entry, &mut body)?;
         ends.push(body.len());
     }
     let mut segments = Vec::new();
@@ -212,9 +211,8 @@ pub(super) fn encode_segments(
             })
             .collect();
         let entries_bytes = &body[byte_start..ends[end - 1]];
-        let mut value = Vec::with_capacity(8 + 20 * metas.len() + entries_bytes.len());
-        bincode::serde::encode_into_std_write(&metas, &mut value, config())
-            .map_err(|e| StoreError::Encode(e.to_string()))?;
+        let mut value = Vec::with_capacity(9 + 18 * metas.len() + entries_bytes.len());
+        encode_metas(&metas, &mut value);
         value.extend_from_slice(entries_bytes);
         segments.push(EncodedSegment {
             first: first_seq + start as u64,
@@ -224,6 +222,72 @@ pub(super) fn encode_segments(
         start = end;
     }
     Ok(segments)
+}
+
+/// Appends `n` as bincode's standard configuration encodes an unsigned integer: below 251 in
+/// one byte, else a marker byte (251, 252, 253) and the value in 2, 4 or 8 little-endian bytes.
+fn put_varint(out: &mut Vec<u8>, n: u64) {
+    if n < 251 {
+        out.push(n as u8);
+    } else if let Ok(n) = u16::try_from(n) {
+        out.push(251);
+        out.extend_from_slice(&n.to_le_bytes());
+    } else if let Ok(n) = u32::try_from(n) {
+        out.push(252);
+        out.extend_from_slice(&n.to_le_bytes());
+    } else {
+        out.push(253);
+        out.extend_from_slice(&n.to_le_bytes());
+    }
+}
+
+/// Appends a byte string (or a string's bytes) as bincode does: its length, then the bytes.
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+fn put_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        None => out.push(0),
+        Some(s) => {
+            out.push(1);
+            put_bytes(out, s.as_bytes());
+        }
+    }
+}
+
+/// Appends one entry's encoding: the same bytes as bincode's serde encoding of the
+/// [`StoredEntry`] (so either reads what the other wrote), written field by field for a
+/// message, the entry nearly every segment holds, instead of through serde.
+fn encode_entry(entry: &StoredEntry, out: &mut Vec<u8>) -> Result<(), StoreError> {
+    match entry {
+        StoredEntry::Message(m) => {
+            // The variant's index, 0 for `Message`, then the fields in declaration order.
+            out.push(0);
+            put_bytes(out, m.id.as_bytes());
+            put_bytes(out, m.sender.as_bytes());
+            put_opt_str(out, m.channel.as_deref());
+            put_opt_str(out, m.name.as_deref());
+            put_bytes(out, &m.data);
+            put_varint(out, m.expires_at_ms);
+            out.push(u8::from(m.redelivered));
+            Ok(())
+        }
+        StoredEntry::Notice { .. } => bincode::serde::encode_into_std_write(entry, out, config())
+            .map(|_| ())
+            .map_err(|e| StoreError::Encode(e.to_string())),
+    }
+}
+
+/// Appends a segment header, the same bytes as bincode's serde encoding of the slice: its
+/// length, then each entry's size and expiry.
+fn encode_metas(metas: &[EntryMeta], out: &mut Vec<u8>) {
+    put_varint(out, metas.len() as u64);
+    for meta in metas {
+        put_varint(out, meta.size);
+        put_varint(out, meta.expires_at_ms);
+    }
 }
 
 /// The header of a segment value: its entries' metadata, and where the entries start.
@@ -254,4 +318,84 @@ pub(super) fn decode_segment(value: &[u8]) -> Result<Vec<StoredEntry>, StoreErro
         )));
     }
     Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoredMessage;
+    use bytes::Bytes;
+    use proptest::prelude::*;
+
+    fn serde_bytes<T: Serialize>(value: &T) -> Vec<u8> {
+        bincode::serde::encode_to_vec(value, config()).expect("encodes")
+    }
+
+    /// Integers around every boundary of the variable-length encoding, and any other.
+    fn int() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            0u64..300,
+            (0u64..6).prop_map(|d| 65_533 + d),
+            (0u64..6).prop_map(|d| 4_294_967_293 + d),
+            (0u64..3).prop_map(|d| u64::MAX - d),
+            any::<u64>(),
+        ]
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![".{0,40}", "x{250,260}"]
+    }
+
+    fn message() -> impl Strategy<Value = StoredMessage> {
+        (
+            text(),
+            text(),
+            proptest::option::of(text()),
+            proptest::option::of(text()),
+            prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..300),
+                proptest::collection::vec(any::<u8>(), 65_530..65_540),
+            ],
+            int(),
+            any::<bool>(),
+        )
+            .prop_map(
+                |(id, sender, channel, name, data, expires_at_ms, redelivered)| StoredMessage {
+                    id,
+                    sender,
+                    channel,
+                    name,
+                    data: Bytes::from(data),
+                    expires_at_ms,
+                    redelivered,
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn an_entry_is_encoded_as_bincode_encodes_it(m in message()) {
+            let entry = StoredEntry::Message(m);
+            let mut fast = Vec::new();
+            encode_entry(&entry, &mut fast).expect("encodes");
+            prop_assert_eq!(&fast, &serde_bytes(&entry));
+            let (back, used): (StoredEntry, usize) =
+                decode_prefix(&fast, "entry").expect("decodes");
+            prop_assert_eq!(used, fast.len());
+            prop_assert_eq!(back, entry);
+        }
+
+        #[test]
+        fn a_segment_header_is_encoded_as_bincode_encodes_it(
+            metas in proptest::collection::vec((int(), int()), 0..300)
+        ) {
+            let metas: Vec<EntryMeta> = metas
+                .into_iter()
+                .map(|(size, expires_at_ms)| EntryMeta { size, expires_at_ms })
+                .collect();
+            let mut fast = Vec::new();
+            encode_metas(&metas, &mut fast);
+            prop_assert_eq!(fast, serde_bytes(&metas));
+        }
+    }
 }
