@@ -8,7 +8,7 @@
 //! Values are bincode (serde, standard configuration). Decoding is always limited, so a
 //! corrupt length prefix cannot make it allocate more than [`DECODE_LIMIT`].
 
-use super::{QueueId, Seq, StoreError, StoredEntry};
+use super::{QueueId, Seq, StoreError, StoredEntry, StoredMessage};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -183,24 +183,32 @@ pub(super) fn encode_segments(
     first_seq: Seq,
     entries: &[StoredEntry],
 ) -> Result<Vec<EncodedSegment>, StoreError> {
-    // Room for every entry up front (its size plus its fields' length prefixes), so the
-    // buffer is not grown and copied while the batch is written.
-    let room: u64 = entries.iter().map(|e| e.size() + 64).sum();
-    let mut body = Vec::with_capacity(usize::try_from(room).unwrap_or(0));
-    let mut ends = Vec::with_capacity(entries.len());
+    // Each entry's encoded length, computed without encoding it, so that each segment is
+    // encoded once, straight into its value. A notice (rare) is encoded here and copied.
+    let mut lens = Vec::with_capacity(entries.len());
+    let mut notices = Vec::new();
     for entry in entries {
-        encode_entry(entry, &mut body)?;
-        ends.push(body.len());
+        match entry {
+            StoredEntry::Message(m) => lens.push(message_len(m)),
+            StoredEntry::Notice { .. } => {
+                let mut bytes = Vec::new();
+                encode_entry(entry, &mut bytes)?;
+                lens.push(bytes.len());
+                notices.push(bytes);
+            }
+        }
     }
+    let mut notices = notices.into_iter();
     let mut segments = Vec::new();
     let mut start = 0; // index of the segment's first entry
     while start < entries.len() {
-        let byte_start = if start == 0 { 0 } else { ends[start - 1] };
+        let mut bytes = lens[start];
         let mut end = start + 1; // one past the segment's last entry
         while end < entries.len()
             && end - start < SEGMENT_ENTRIES
-            && ends[end] - byte_start <= SEGMENT_BYTES
+            && bytes + lens[end] <= SEGMENT_BYTES
         {
+            bytes += lens[end];
             end += 1;
         }
         let metas: Vec<EntryMeta> = entries[start..end]
@@ -210,10 +218,16 @@ pub(super) fn encode_segments(
                 expires_at_ms: e.expires_at_ms(),
             })
             .collect();
-        let entries_bytes = &body[byte_start..ends[end - 1]];
-        let mut value = Vec::with_capacity(9 + 18 * metas.len() + entries_bytes.len());
+        let mut value = Vec::with_capacity(9 + 18 * metas.len() + bytes);
         encode_metas(&metas, &mut value);
-        value.extend_from_slice(entries_bytes);
+        for entry in &entries[start..end] {
+            match entry {
+                StoredEntry::Message(m) => encode_message(m, &mut value),
+                StoredEntry::Notice { .. } => {
+                    value.extend_from_slice(&notices.next().unwrap_or_default());
+                }
+            }
+        }
         segments.push(EncodedSegment {
             first: first_seq + start as u64,
             metas,
@@ -247,6 +261,27 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
+/// Bytes [`put_varint`] takes for `n`.
+fn varint_len(n: u64) -> usize {
+    if n < 251 {
+        1
+    } else if n <= u64::from(u16::MAX) {
+        3
+    } else if n <= u64::from(u32::MAX) {
+        5
+    } else {
+        9
+    }
+}
+
+fn bytes_len(len: usize) -> usize {
+    varint_len(len as u64) + len
+}
+
+fn opt_str_len(s: Option<&str>) -> usize {
+    1 + s.map_or(0, |s| bytes_len(s.len()))
+}
+
 fn put_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
     match s {
         None => out.push(0),
@@ -257,21 +292,37 @@ fn put_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
     }
 }
 
-/// Appends one entry's encoding: the same bytes as bincode's serde encoding of the
-/// [`StoredEntry`] (so either reads what the other wrote), written field by field for a
-/// message, the entry nearly every segment holds, instead of through serde.
+/// Bytes [`encode_message`] appends for `m`.
+fn message_len(m: &StoredMessage) -> usize {
+    1 + bytes_len(m.id.len())
+        + bytes_len(m.sender.len())
+        + opt_str_len(m.channel.as_deref())
+        + opt_str_len(m.name.as_deref())
+        + bytes_len(m.data.len())
+        + varint_len(m.expires_at_ms)
+        + 1
+}
+
+/// Appends the encoding of the entry holding message `m`: the same bytes as bincode's serde
+/// encoding of the [`StoredEntry`] (so either reads what the other wrote), written field by
+/// field instead of through serde, as nearly every entry is a message.
+fn encode_message(m: &StoredMessage, out: &mut Vec<u8>) {
+    // The variant's index, 0 for `Message`, then the fields in declaration order.
+    out.push(0);
+    put_bytes(out, m.id.as_bytes());
+    put_bytes(out, m.sender.as_bytes());
+    put_opt_str(out, m.channel.as_deref());
+    put_opt_str(out, m.name.as_deref());
+    put_bytes(out, &m.data);
+    put_varint(out, m.expires_at_ms);
+    out.push(u8::from(m.redelivered));
+}
+
+/// Appends one entry's encoding, the same bytes as bincode's serde encoding.
 fn encode_entry(entry: &StoredEntry, out: &mut Vec<u8>) -> Result<(), StoreError> {
     match entry {
         StoredEntry::Message(m) => {
-            // The variant's index, 0 for `Message`, then the fields in declaration order.
-            out.push(0);
-            put_bytes(out, m.id.as_bytes());
-            put_bytes(out, m.sender.as_bytes());
-            put_opt_str(out, m.channel.as_deref());
-            put_opt_str(out, m.name.as_deref());
-            put_bytes(out, &m.data);
-            put_varint(out, m.expires_at_ms);
-            out.push(u8::from(m.redelivered));
+            encode_message(m, out);
             Ok(())
         }
         StoredEntry::Notice { .. } => bincode::serde::encode_into_std_write(entry, out, config())
@@ -323,7 +374,6 @@ pub(super) fn decode_segment(value: &[u8]) -> Result<Vec<StoredEntry>, StoreErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::StoredMessage;
     use bytes::Bytes;
     use proptest::prelude::*;
 
@@ -375,9 +425,11 @@ mod tests {
     proptest! {
         #[test]
         fn an_entry_is_encoded_as_bincode_encodes_it(m in message()) {
+            let len = message_len(&m);
             let entry = StoredEntry::Message(m);
             let mut fast = Vec::new();
             encode_entry(&entry, &mut fast).expect("encodes");
+            prop_assert_eq!(fast.len(), len);
             prop_assert_eq!(&fast, &serde_bytes(&entry));
             let (back, used): (StoredEntry, usize) =
                 decode_prefix(&fast, "entry").expect("decodes");
