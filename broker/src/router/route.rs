@@ -100,7 +100,10 @@ impl Router {
     pub(crate) fn route(&self, sender: &Arc<str>, msg: &Publish) -> Routed {
         self.notify_observers(sender, msg);
         let mut appends = Vec::new();
-        let routed = self.route_locked(&mut lock(&self.state), sender, msg, None, &mut appends);
+        // Only a message that may be kept needs the clock, for its expiry.
+        let now = if msg.persistent { now_ms() } else { 0 };
+        let routed =
+            self.route_locked(&mut lock(&self.state), sender, msg, None, now, &mut appends);
         debug_assert!(
             appends.is_empty(),
             "a message without confirmation is not kept"
@@ -124,12 +127,15 @@ impl Router {
             self.notify_observers(sender, msg);
         }
         let mut appends = Vec::with_capacity(msgs.len());
+        // One clock read for the run: its messages arrived together.
+        let now = now_ms();
         let mut st = lock(&self.state);
         let routed = msgs
             .iter()
             .zip(confirms)
             .map(|(msg, confirm)| {
-                self.route_locked(&mut st, sender, msg, Some(confirm.clone()), &mut appends)
+                let confirm = Some(confirm.clone());
+                self.route_locked(&mut st, sender, msg, confirm, now, &mut appends)
             })
             .collect();
         // Sent before the lock is released: a drainer that saw these decisions reads the queue
@@ -150,22 +156,23 @@ impl Router {
         }
     }
 
-    /// Routes one message with the router's state locked, adding what it puts in the store to
-    /// `appends`.
+    /// Routes one message that arrived at `now` (milliseconds since the Unix epoch) with the
+    /// router's state locked, adding what it puts in the store to `appends`.
     fn route_locked(
         &self,
         st: &mut State,
         sender: &Arc<str>,
         msg: &Publish,
         confirm: Option<Arc<Confirm>>,
+        now: u64,
         appends: &mut Vec<AppendItem>,
     ) -> Routed {
-        // Only a message that may be kept needs its expiry (and a clock read).
+        // Only a message that may be kept has an expiry.
         let expires_at_ms = if msg.persistent {
             let ttl = msg
                 .ttl_ms
                 .unwrap_or(self.config.default_ttl.as_millis() as u64);
-            now_ms().saturating_add(ttl)
+            now.saturating_add(ttl)
         } else {
             u64::MAX
         };
