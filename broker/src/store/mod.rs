@@ -10,6 +10,7 @@
 
 mod codec;
 mod memory;
+mod segment;
 mod sled;
 
 #[cfg(test)]

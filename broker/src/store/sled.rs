@@ -223,6 +223,13 @@ impl SledStore {
             .map_err(|e| open_error(e.to_string()))?
         {
             Some(format) if &*format == codec::FORMAT => {}
+            // Format 1 differs only in how segments are laid out, and both layouts are read:
+            // the store is marked as format 2 before a segment of that layout is written.
+            Some(format) if &*format == codec::FORMAT_1 => {
+                db.insert(codec::FORMAT_KEY, codec::FORMAT)
+                    .and_then(|_| db.flush())
+                    .map_err(|e| open_error(e.to_string()))?;
+            }
             Some(format) => {
                 return Err(open_error(format!("unknown store format {:?}", &*format)));
             }

@@ -1,7 +1,8 @@
 //! Keys, values and damaged stores. The behaviour of both stores is tested by the conformance
 //! suite in `tests/store_conformance.rs`.
 
-use super::codec::{self, QueueRecord, SEGMENT_BYTES, SEGMENT_ENTRIES};
+use super::codec::{self, QueueRecord};
+use super::segment::{SEGMENT_BYTES, SEGMENT_ENTRIES};
 use super::*;
 
 fn message(seq: Seq, len: usize) -> StoredEntry {
@@ -371,4 +372,55 @@ fn entry_sizes_count_payload_and_strings() {
     };
     assert_eq!(notice.size(), 3 + 3 + 4);
     assert_eq!(notice.expires_at_ms(), 9);
+}
+
+#[test]
+fn a_store_of_format_1_opens_reads_its_segments_and_is_marked_format_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries: Vec<StoredEntry> = (0..5).map(|seq| message(seq, 30)).collect();
+    {
+        // A store as format 1 left it: its format key and a segment in the bincode layout.
+        let store = SledStore::open(dir.path()).unwrap();
+        let metas: Vec<codec::EntryMeta> = entries
+            .iter()
+            .map(|e| codec::EntryMeta {
+                size: e.size(),
+                expires_at_ms: e.expires_at_ms(),
+            })
+            .collect();
+        let mut value = codec::encode(&metas).unwrap();
+        for e in &entries {
+            value.extend(codec::encode(e).unwrap());
+        }
+        store
+            .db()
+            .insert(codec::FORMAT_KEY, codec::FORMAT_1)
+            .unwrap();
+        store
+            .db()
+            .insert(codec::segment_key(&alice(), 10), value)
+            .unwrap();
+        store.flush().unwrap();
+    }
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(
+        store.db().get(codec::FORMAT_KEY).unwrap().as_deref(),
+        Some(codec::FORMAT)
+    );
+    let read: Vec<StoredEntry> = store
+        .read(&alice(), 0, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+    assert_eq!(read, entries);
+    // New entries go after the old ones, in the compact layout, and both read back.
+    store.append(&alice(), 15, &[message(15, 30)]).unwrap();
+    let seqs: Vec<Seq> = store
+        .read(&alice(), 0, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(seq, _)| seq)
+        .collect();
+    assert_eq!(seqs, [10, 11, 12, 13, 14, 15]);
 }
