@@ -39,17 +39,59 @@ pub(crate) type Moved = Box<dyn FnOnce(Result<(u64, u64), &StoreError>) + Send>;
 pub(crate) type ExpiredReply =
     oneshot::Sender<Result<Vec<(QueueId, Seq, StoredEntry)>, StoreError>>;
 
-/// One entry to append; the store thread assigns its sequence number.
-pub(crate) struct AppendItem {
+/// Entries to append to one queue, in order; the store thread assigns their sequence numbers.
+/// The router builds one per run of consecutive entries to a queue, so an entry carries no
+/// queue of its own.
+pub(crate) struct QueueAppend {
     pub(crate) queue: QueueId,
-    pub(crate) entry: StoredEntry,
-    /// The confirmation of a persistent message waiting for this write, if any: settled
-    /// once the write is durable; on failure the message's sender is told first.
-    pub(crate) confirm: Option<Arc<Confirm>>,
+    pub(crate) entries: Vec<StoredEntry>,
+    /// One per entry: the confirmation of the persistent message waiting for its write, if
+    /// any, settled once the write is durable (on failure the message's sender is told first).
+    pub(crate) confirms: Vec<Option<Arc<Confirm>>>,
+    /// Whether any entry has a confirmation.
+    waiting: bool,
+}
+
+impl QueueAppend {
+    /// An append of one entry.
+    pub(crate) fn new(queue: QueueId, entry: StoredEntry, confirm: Option<Arc<Confirm>>) -> Self {
+        Self {
+            queue,
+            waiting: confirm.is_some(),
+            entries: vec![entry],
+            confirms: vec![confirm],
+        }
+    }
+
+    /// Adds an entry after the others.
+    pub(crate) fn push(&mut self, entry: StoredEntry, confirm: Option<Arc<Confirm>>) {
+        self.waiting |= confirm.is_some();
+        self.entries.push(entry);
+        self.confirms.push(confirm);
+    }
+
+    /// Adds `entry` to the last append of `appends` when that is to `queue`, else starts one.
+    pub(crate) fn push_to(
+        appends: &mut Vec<QueueAppend>,
+        queue: QueueId,
+        entry: StoredEntry,
+        confirm: Option<Arc<Confirm>>,
+    ) {
+        match appends.last_mut() {
+            Some(last) if last.queue == queue => last.push(entry, confirm),
+            _ => appends.push(QueueAppend::new(queue, entry, confirm)),
+        }
+    }
+
+    fn extend(&mut self, other: QueueAppend) {
+        self.waiting |= other.waiting;
+        self.entries.extend(other.entries);
+        self.confirms.extend(other.confirms);
+    }
 }
 
 pub(crate) enum Command {
-    Append(Vec<AppendItem>),
+    Append(Vec<QueueAppend>),
     Settle(QueueId, Vec<Seq>),
     Read {
         queue: QueueId,
@@ -404,63 +446,20 @@ pub(crate) fn release_retired() {
     crossbeam_epoch::pin().flush();
 }
 
-/// What a group appends to one queue.
-struct QueueAppend {
-    queue: QueueId,
-    entries: Vec<StoredEntry>,
-    /// One per entry: the confirmation waiting for it, if any.
-    confirms: Vec<Option<Arc<Confirm>>>,
-    /// Whether any entry has a confirmation.
-    waiting: bool,
-}
-
-/// Adds items to the appends of their queues.
+/// Adds appends to the group's appends of their queues, keeping each queue's order.
 fn gather(
-    items: Vec<AppendItem>,
+    runs: Vec<QueueAppend>,
     appends: &mut Vec<QueueAppend>,
     index: &mut HashMap<QueueId, usize>,
 ) {
-    // A command whose items all go to one queue (the usual case: a run of messages to one
-    // recipient) reserves room for all of them at once, rather than growing and copying; one
-    // spread over many queues reserves nothing (reserving its length per queue would be
-    // quadratic).
-    let single = items
-        .split_first()
-        .is_some_and(|(first, rest)| rest.iter().all(|i| i.queue == first.queue));
-    let n = items.len();
-    // Consecutive items to one queue find it with one lookup.
-    let mut last: Option<usize> = None;
-    for AppendItem {
-        queue,
-        entry,
-        confirm,
-    } in items
-    {
-        let i = match last {
-            Some(i) if appends[i].queue == queue => i,
-            _ => match index.get(&queue) {
-                Some(&i) => i,
-                None => {
-                    index.insert(queue.clone(), appends.len());
-                    appends.push(QueueAppend {
-                        queue,
-                        entries: Vec::new(),
-                        confirms: Vec::new(),
-                        waiting: false,
-                    });
-                    appends.len() - 1
-                }
-            },
-        };
-        last = Some(i);
-        let a = &mut appends[i];
-        if single && a.entries.len() == a.entries.capacity() {
-            a.entries.reserve(n);
-            a.confirms.reserve(n);
+    for run in runs {
+        match index.get(&run.queue) {
+            Some(&i) => appends[i].extend(run),
+            None => {
+                index.insert(run.queue.clone(), appends.len());
+                appends.push(run);
+            }
         }
-        a.waiting |= confirm.is_some();
-        a.entries.push(entry);
-        a.confirms.push(confirm);
     }
 }
 
@@ -474,78 +473,64 @@ mod tests {
     use crate::store::StoredMessage;
     use bytes::Bytes;
 
-    fn item(queue: &str) -> AppendItem {
-        AppendItem {
-            queue: QueueId::Client(queue.to_owned()),
-            entry: StoredEntry::Message(StoredMessage {
-                id: "m".into(),
-                sender: "alice".into(),
-                channel: None,
-                name: None,
-                data: Bytes::from_static(b"x"),
-                expires_at_ms: u64::MAX,
-                redelivered: false,
-            }),
-            confirm: None,
+    fn entry(id: String) -> StoredEntry {
+        StoredEntry::Message(StoredMessage {
+            id,
+            sender: "alice".into(),
+            channel: None,
+            name: None,
+            data: Bytes::from_static(b"x"),
+            expires_at_ms: u64::MAX,
+            redelivered: false,
+        })
+    }
+
+    /// The appends the router builds for entries named `queue` + `n`, in this order.
+    fn runs(items: &[(&str, u32)]) -> Vec<QueueAppend> {
+        let mut runs = Vec::new();
+        for (queue, n) in items {
+            let queue_id = QueueId::Client((*queue).to_owned());
+            QueueAppend::push_to(&mut runs, queue_id, entry(format!("{queue}{n}")), None);
         }
+        runs
+    }
+
+    fn ids(a: &QueueAppend) -> Vec<String> {
+        a.entries
+            .iter()
+            .map(|e| match e {
+                StoredEntry::Message(m) => m.id.clone(),
+                StoredEntry::Notice { .. } => unreachable!(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn consecutive_entries_to_one_queue_are_one_append() {
+        let r = runs(&[("a", 0), ("a", 1), ("b", 0), ("a", 2)]);
+        assert_eq!(r.len(), 3);
+        assert_eq!(ids(&r[0]), ["a0", "a1"]);
+        assert_eq!(ids(&r[1]), ["b0"]);
+        assert_eq!(ids(&r[2]), ["a2"]);
+        assert!(
+            r.iter()
+                .all(|a| a.confirms.len() == a.entries.len() && !a.waiting)
+        );
     }
 
     #[test]
     fn gathering_keeps_each_queues_order_across_commands_and_interleavings() {
-        let id = |e: &StoredEntry| match e {
-            StoredEntry::Message(m) => m.id.clone(),
-            StoredEntry::Notice { .. } => unreachable!(),
-        };
-        let named = |queue: &str, n: u32| {
-            let mut it = item(queue);
-            if let StoredEntry::Message(m) = &mut it.entry {
-                m.id = format!("{queue}{n}");
-            }
-            it
-        };
         let (mut appends, mut index) = (Vec::new(), HashMap::default());
         gather(
-            vec![named("a", 0), named("a", 1), named("b", 0), named("a", 2)],
+            runs(&[("a", 0), ("a", 1), ("b", 0), ("a", 2)]),
             &mut appends,
             &mut index,
         );
-        gather(vec![named("b", 1), named("a", 3)], &mut appends, &mut index);
-        let ids: Vec<(String, Vec<String>)> = appends
-            .iter()
-            .map(|a| (a.queue.to_string(), a.entries.iter().map(id).collect()))
-            .collect();
-        assert_eq!(ids.len(), 2);
-        assert_eq!(ids[0].1, ["a0", "a1", "a2", "a3"]);
-        assert_eq!(ids[1].1, ["b0", "b1"]);
+        gather(runs(&[("b", 1), ("a", 3)]), &mut appends, &mut index);
+        assert_eq!(appends.len(), 2);
+        assert_eq!(appends[0].queue, QueueId::Client("a".into()));
+        assert_eq!(ids(&appends[0]), ["a0", "a1", "a2", "a3"]);
+        assert_eq!(ids(&appends[1]), ["b0", "b1"]);
         assert!(appends.iter().all(|a| a.confirms.len() == a.entries.len()));
-        assert!(appends.iter().all(|a| !a.waiting));
-    }
-
-    #[test]
-    fn gathering_reserves_room_for_a_run_to_one_queue_but_not_per_queue_of_a_spread() {
-        let (mut appends, mut index) = (Vec::new(), HashMap::default());
-        gather(
-            (0..100).map(|_| item("bob")).collect(),
-            &mut appends,
-            &mut index,
-        );
-        assert_eq!(appends.len(), 1);
-        assert_eq!(appends[0].entries.len(), 100);
-        assert_eq!(appends[0].confirms.len(), 100);
-
-        let (mut appends, mut index) = (Vec::new(), HashMap::default());
-        let spread: Vec<AppendItem> = (0..1000).map(|i| item(&format!("r{i}"))).collect();
-        gather(spread, &mut appends, &mut index);
-        assert_eq!(appends.len(), 1000);
-        // Reserving the command's length for each of its queues would hold a million entries.
-        let room: usize = appends.iter().map(|a| a.entries.capacity()).sum();
-        assert!(room < 10_000, "{room} entries reserved for 1,000 items");
-        // Items keep their order within each queue.
-        assert!(
-            appends
-                .iter()
-                .enumerate()
-                .all(|(i, a)| a.queue == QueueId::Client(format!("r{i}")))
-        );
     }
 }

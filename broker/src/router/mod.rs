@@ -20,7 +20,7 @@ use crate::encode;
 use crate::handle::Observed;
 use crate::maps::{HashMap, HashSet};
 use crate::outbound::{OutFrame, Outbound};
-use crate::persist::{AppendItem, Command, Persist, Slot};
+use crate::persist::{Command, Persist, QueueAppend, Slot};
 use crate::store::{QueueId, QueueStore, Seq, Session, StoreError, StoredEntry, StoredMessage};
 use broadcast_protocol::{
     DeliveryFailed, ErrorCode, FailureReason, Publish, Recipient, ServerFrame, Target,
@@ -326,11 +326,7 @@ impl Router {
                         ..entry.clone()
                     });
                     self.count_enqueued(st, &queue, &entry);
-                    items.push(AppendItem {
-                        queue: queue.clone(),
-                        entry,
-                        confirm: Some(confirm.clone()),
-                    });
+                    QueueAppend::push_to(&mut items, queue.clone(), entry, Some(confirm.clone()));
                 }
                 InflightKind::Queued { seq, .. } => {
                     let meta = st.queues.entry(queue.clone()).or_default();
@@ -593,11 +589,7 @@ impl Router {
         if let Some(c) = st.clients.get_mut(sender) {
             c.queue_mode = true;
         }
-        let cmd = Command::Append(vec![AppendItem {
-            queue,
-            entry,
-            confirm: None,
-        }]);
+        let cmd = Command::Append(vec![QueueAppend::new(queue, entry, None)]);
         // Under the lock, so that a read of the sender's queue that follows comes after it
         // (unless the store's channel is full, which delays the notice, never loses it).
         self.persist.send_detached(cmd, &self.rt);

@@ -5,7 +5,7 @@ use crate::confirm::Confirm;
 use crate::encode::{self, DeliveryRef};
 use crate::maps::HashSet;
 use crate::outbound::{OutFrame, Outbound, PushError};
-use crate::persist::{AppendItem, Command, Slot};
+use crate::persist::{Command, QueueAppend, Slot};
 use crate::store::{QueueId, StoredEntry, StoredMessage};
 use broadcast_protocol::{DeliveryFailed, FailureReason, HEADER_LEN, Publish, Recipient, Target};
 use bytes::Bytes;
@@ -89,7 +89,7 @@ struct Routing<'a> {
     failed: Vec<DeliveryFailed>,
     blocked: Vec<Blocked>,
     confirm: Option<Arc<Confirm>>,
-    appends: Vec<AppendItem>,
+    appends: Vec<QueueAppend>,
     expires_at_ms: u64,
 }
 
@@ -126,7 +126,7 @@ impl Router {
         for msg in msgs {
             self.notify_observers(sender, msg);
         }
-        let mut appends = Vec::with_capacity(msgs.len());
+        let mut appends = Vec::new();
         // One clock read for the run: its messages arrived together.
         let now = now_ms();
         let mut st = lock(&self.state);
@@ -165,7 +165,7 @@ impl Router {
         msg: &Publish,
         confirm: Option<Arc<Confirm>>,
         now: u64,
-        appends: &mut Vec<AppendItem>,
+        appends: &mut Vec<QueueAppend>,
     ) -> Routed {
         // Only a message that may be kept has an expiry.
         let expires_at_ms = if msg.persistent {
@@ -258,7 +258,7 @@ impl Router {
 /// there is nothing). Called with the router's state locked, so that the store applies the
 /// writes of every decision a drainer has seen before that drainer's next read; sending
 /// through a reserved slot never waits.
-fn send_appends(slot: Option<Slot>, appends: Vec<AppendItem>) {
+fn send_appends(slot: Option<Slot>, appends: Vec<QueueAppend>) {
     match slot {
         Some(slot) if !appends.is_empty() => {
             slot.send(Command::Append(appends));
@@ -469,11 +469,7 @@ impl Routing<'_> {
             return;
         };
         confirm.add();
-        self.appends.push(AppendItem {
-            queue,
-            entry,
-            confirm: Some(confirm),
-        });
+        QueueAppend::push_to(&mut self.appends, queue, entry, Some(confirm));
     }
 
     fn stored(&self, channel: Option<&str>) -> StoredEntry {
