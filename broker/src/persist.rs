@@ -519,6 +519,35 @@ mod tests {
     }
 
     #[test]
+    fn an_append_waits_when_any_of_its_entries_has_a_confirmation() {
+        let (out, _rx) = crate::outbound::Outbound::new(
+            1,
+            8,
+            1 << 20,
+            1 << 20,
+            tokio_util::sync::CancellationToken::new(),
+        );
+        let permit = Arc::new(tokio::sync::Semaphore::new(1))
+            .try_acquire_owned()
+            .unwrap();
+        let confirm = Confirm::new("a1", out, permit);
+        let a = || QueueId::Client("a".into());
+        let mut first = runs(&[("a", 0)]);
+        QueueAppend::push_to(&mut first, a(), entry("a1".into()), Some(confirm));
+        let (mut appends, mut index) = (Vec::new(), HashMap::default());
+        // An append without confirmations, extended by one with a confirmation: the group's
+        // append for the queue waits, and the confirmation stays beside its entry.
+        gather(runs(&[("a", 2)]), &mut appends, &mut index);
+        gather(first, &mut appends, &mut index);
+        gather(runs(&[("b", 0)]), &mut appends, &mut index);
+        assert_eq!(ids(&appends[0]), ["a2", "a0", "a1"]);
+        assert!(appends[0].waiting);
+        assert!(appends[0].confirms[2].is_some());
+        assert!(appends[0].confirms[..2].iter().all(Option::is_none));
+        assert!(!appends[1].waiting);
+    }
+
+    #[test]
     fn gathering_keeps_each_queues_order_across_commands_and_interleavings() {
         let (mut appends, mut index) = (Vec::new(), HashMap::default());
         gather(

@@ -193,7 +193,7 @@ impl Router {
         )?;
         let mut state = State::default();
         for q in queues {
-            state.stored_bytes += q.bytes;
+            state.stored_bytes = state.stored_bytes.saturating_add(q.bytes);
             let meta = QueueMeta {
                 pending: q.pending,
                 bytes: q.bytes,
@@ -419,7 +419,7 @@ impl Router {
             let moved = queues.remove(&backlog).unwrap_or_default();
             let meta = queues.entry(to.clone()).or_default();
             meta.pending += moved.pending;
-            meta.bytes += moved.bytes;
+            meta.bytes = meta.bytes.saturating_add(moved.bytes);
             meta.unapplied += moved.pending;
             meta.decided += moved.pending;
             if let Some(c) = clients.get_mut(&**name) {

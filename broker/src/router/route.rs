@@ -448,12 +448,12 @@ impl Routing<'_> {
             Some(format!(
                 "the queue of {queue} holds its limit of {max_messages} messages"
             ))
-        } else if bytes + size > cfg.queue_max_bytes {
+        } else if bytes.saturating_add(size) > cfg.queue_max_bytes {
             Some(format!(
                 "the queue of {queue} holds its limit of {} bytes",
                 cfg.queue_max_bytes
             ))
-        } else if st.stored_bytes + size > cfg.store_max_bytes {
+        } else if st.stored_bytes.saturating_add(size) > cfg.store_max_bytes {
             Some(format!(
                 "the store holds its limit of {} bytes",
                 cfg.store_max_bytes

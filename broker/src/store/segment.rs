@@ -309,7 +309,18 @@ impl<'a> Reader<'a> {
         if tag == NOTICE {
             let (entry, used) = decode_prefix::<StoredEntry>(self.rest(), "segment entry")?;
             self.at += used;
-            return Ok(entry);
+            // A message is never written this way: its expiry would not be the header's.
+            return match entry {
+                StoredEntry::Notice { expires_at_ms, .. }
+                    if expires_at_ms == meta.expires_at_ms =>
+                {
+                    Ok(entry)
+                }
+                _ => Err(corrupt(format!(
+                    "segment: the entry before {} is not the notice its header describes",
+                    self.at
+                ))),
+            };
         }
         if tag & !(REDELIVERED | CHANNEL | NAME | SAME_SENDER) != 0 {
             return Err(corrupt(format!("segment: bad entry tag {tag:#04x}")));

@@ -109,7 +109,7 @@ impl Segment {
         for (i, meta) in self.metas.iter().enumerate() {
             if self.settled & (1 << i) == 0 {
                 self.pending += 1;
-                self.bytes += meta.size;
+                self.bytes = self.bytes.saturating_add(meta.size);
                 self.min_expiry = self.min_expiry.min(meta.expires_at_ms);
             }
         }
@@ -358,7 +358,7 @@ fn load(db: &Db) -> Result<Index, StoreError> {
             continue;
         }
         state.pending += segment.pending;
-        state.bytes += segment.bytes;
+        state.bytes = state.bytes.saturating_add(segment.bytes);
         if segment.settled != 0 {
             state.partial.insert(first);
         }
@@ -410,7 +410,7 @@ impl QueueStore for SledStore {
         for EncodedSegment { first, metas, .. } in segments {
             let segment = Segment::new(metas.into_boxed_slice(), 0);
             state.pending += segment.pending;
-            state.bytes += segment.bytes;
+            state.bytes = state.bytes.saturating_add(segment.bytes);
             state.segments.insert(first, segment);
         }
         Ok(())
@@ -458,14 +458,14 @@ impl QueueStore for SledStore {
                 continue;
             };
             state.pending -= segment.pending;
-            state.bytes -= segment.bytes;
+            state.bytes = state.bytes.saturating_sub(segment.bytes);
             segment.set_settled(mask);
             if segment.pending == 0 {
                 state.segments.remove(&first);
                 state.partial.remove(&first);
             } else {
                 state.pending += segment.pending;
-                state.bytes += segment.bytes;
+                state.bytes = state.bytes.saturating_add(segment.bytes);
                 state.partial.insert(first);
             }
         }

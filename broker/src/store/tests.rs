@@ -424,3 +424,35 @@ fn a_store_of_format_1_opens_reads_its_segments_and_is_marked_format_2() {
         .collect();
     assert_eq!(seqs, [10, 11, 12, 13, 14, 15]);
 }
+
+#[test]
+fn a_segment_header_claiming_huge_sizes_opens_without_overflow() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries = [message(0, 10), message(1, 10)];
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        // Sizes no entry has: the index adds them up as the store opens.
+        let metas: Vec<codec::EntryMeta> = entries
+            .iter()
+            .map(|e| codec::EntryMeta {
+                size: u64::MAX - 1,
+                expires_at_ms: e.expires_at_ms(),
+            })
+            .collect();
+        let mut value = codec::encode(&metas).unwrap();
+        for e in &entries {
+            value.extend(codec::encode(e).unwrap());
+        }
+        store
+            .db()
+            .insert(codec::segment_key(&alice(), 0), value)
+            .unwrap();
+        store.flush().unwrap();
+    }
+    let store = SledStore::open(dir.path()).unwrap();
+    let info = &store.queues().unwrap()[0];
+    assert_eq!((info.pending, info.bytes), (2, u64::MAX));
+    assert_eq!(store.read(&alice(), 0, usize::MAX).unwrap().len(), 2);
+    store.settle(&alice(), &[0]).unwrap();
+    assert_eq!(store.queues().unwrap()[0].pending, 1);
+}

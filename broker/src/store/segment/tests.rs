@@ -118,10 +118,31 @@ proptest! {
         let segments = encode_segments(first, &entries).unwrap();
         let mut next = first;
         let mut back = Vec::new();
-        for s in &segments {
+        for (k, s) in segments.iter().enumerate() {
             prop_assert_eq!(s.first, next);
-            let (metas, _) = decode_segment_header(&s.value).unwrap();
+            let (metas, at) = decode_segment_header(&s.value).unwrap();
             prop_assert_eq!(&metas, &s.metas);
+            // Within the limits, and the entry after it would not have fitted.
+            let body = s.value.len() - at;
+            prop_assert!(metas.len() <= SEGMENT_ENTRIES);
+            prop_assert!(body <= SEGMENT_BYTES || metas.len() == 1, "{} bytes", body);
+            if k + 1 < segments.len() && metas.len() < SEGMENT_ENTRIES {
+                let i = (segments[k + 1].first - first) as usize;
+                let next_len = match &entries[i] {
+                    StoredEntry::Message(m) => {
+                        message_len(m, same_sender(&entries[i - 1], m))
+                    }
+                    StoredEntry::Notice { .. } => {
+                        encode_segments(0, &entries[i..=i]).unwrap()[0].value.len()
+                            - decode_segment_header(
+                                &encode_segments(0, &entries[i..=i]).unwrap()[0].value,
+                            )
+                            .unwrap()
+                            .1
+                    }
+                };
+                prop_assert!(body + next_len > SEGMENT_BYTES, "{} + {} fitted", body, next_len);
+            }
             let decoded = decode_segment(&s.value).unwrap();
             prop_assert_eq!(decoded.len(), metas.len());
             next += decoded.len() as u64;
@@ -138,19 +159,35 @@ proptest! {
     }
 
     #[test]
-    fn any_bytes_after_the_compact_marker_decode_or_are_corrupt(
-        tail in proptest::collection::vec(any::<u8>(), 0..400)
+    fn any_bytes_after_a_header_decode_to_its_entries_or_are_corrupt(
+        metas in proptest::collection::vec((int(), int()), 1..4),
+        tail in proptest::collection::vec(any::<u8>(), 0..400),
+        raw in any::<bool>(),
     ) {
-        let mut value = vec![COMPACT];
-        value.extend(tail);
+        let metas: Vec<EntryMeta> = metas
+            .into_iter()
+            .map(|(size, expires_at_ms)| EntryMeta { size, expires_at_ms })
+            .collect();
+        let mut value = Vec::new();
+        if raw {
+            // Arbitrary bytes after the marker, header included.
+            value.push(COMPACT);
+        } else {
+            encode_header(&metas, &mut value);
+        }
+        // Valid tags most of the time, so that entry decoding is reached.
+        value.extend(tail.iter().enumerate().map(|(i, &b)| if i == 0 { b & 0x0F } else { b }));
         match decode_segment(&value) {
-            Ok(entries) => prop_assert!(!entries.is_empty()),
+            Ok(entries) => {
+                let (header, _) = decode_segment_header(&value).unwrap();
+                prop_assert_eq!(entries.len(), header.len());
+            }
             Err(e) => prop_assert!(matches!(e, StoreError::Corrupt(_)), "{e:?}"),
         }
     }
 
     #[test]
-    fn every_cut_or_flipped_byte_of_a_segment_is_corrupt_or_reads_whole(
+    fn every_cut_of_a_segment_is_corrupt_and_a_flipped_byte_is_corrupt_or_decodes(
         entries in proptest::collection::vec(small_entry(), 1..6),
         flip in any::<(usize, u8)>(),
     ) {
@@ -161,8 +198,9 @@ proptest! {
         let mut flipped = value.clone();
         let at = flip.0 % flipped.len();
         flipped[at] ^= flip.1 | 1;
-        if let Err(e) = decode_segment(&flipped) {
-            prop_assert!(matches!(e, StoreError::Corrupt(_)), "{e:?}");
+        match decode_segment(&flipped) {
+            Ok(back) => prop_assert_eq!(back.len(), decode_segment_header(&flipped).unwrap().0.len()),
+            Err(e) => prop_assert!(matches!(e, StoreError::Corrupt(_)), "{e:?}"),
         }
     }
 }
@@ -193,7 +231,7 @@ fn a_run_of_one_senders_messages_names_the_sender_once() {
 
 #[test]
 fn a_message_is_its_id_payload_and_a_few_bytes() {
-    // 100 messages of 128 bytes from one sender, with 21-byte ids and expiries a few
+    // 64 messages of 128 bytes from one sender, with 21-byte ids and expiries a few
     // milliseconds apart: 1 + 22 + 129 bytes of entry and 2 or 3 of header each.
     let entries: Vec<StoredEntry> = (0..64)
         .map(|i| {
@@ -241,4 +279,47 @@ fn a_sender_left_out_of_the_first_entry_is_corrupt() {
         decode_segment(&value),
         Err(StoreError::Corrupt(e)) if e.contains("sender")
     ));
+}
+
+#[test]
+fn a_notice_tag_on_a_message_is_corrupt() {
+    let m = msg(0, "alice", 3);
+    let mut value = Vec::new();
+    encode_header(
+        &[EntryMeta {
+            size: m.size(),
+            expires_at_ms: m.expires_at_ms(),
+        }],
+        &mut value,
+    );
+    value.push(NOTICE);
+    value.extend(bincode::serde::encode_to_vec(&m, config()).unwrap());
+    assert!(matches!(
+        decode_segment(&value),
+        Err(StoreError::Corrupt(_))
+    ));
+}
+
+#[test]
+fn long_senders_in_runs_fill_segments_to_the_limit() {
+    // 40-byte senders left out of all but the first entry of each segment: the boundaries
+    // must count each entry as it is written, full for a segment's first entry.
+    let sender = "s".repeat(40);
+    let entries: Vec<StoredEntry> = (0..400).map(|i| msg(i, &sender, 200)).collect();
+    let segments = encode_segments(0, &entries).unwrap();
+    for s in &segments[..segments.len() - 1] {
+        let (_, at) = decode_segment_header(&s.value).unwrap();
+        let body = s.value.len() - at;
+        let short = message_len(
+            match &entries[0] {
+                StoredEntry::Message(m) => m,
+                StoredEntry::Notice { .. } => unreachable!(),
+            },
+            true,
+        );
+        assert!(
+            body <= SEGMENT_BYTES && body + short > SEGMENT_BYTES,
+            "{body}"
+        );
+    }
 }
