@@ -48,8 +48,6 @@ pub(crate) struct QueueAppend {
     /// One per entry: the confirmation of the persistent message waiting for its write, if
     /// any, settled once the write is durable (on failure the message's sender is told first).
     pub(crate) confirms: Vec<Option<Arc<Confirm>>>,
-    /// Whether any entry has a confirmation.
-    waiting: bool,
 }
 
 impl QueueAppend {
@@ -57,7 +55,6 @@ impl QueueAppend {
     pub(crate) fn new(queue: QueueId, entry: StoredEntry, confirm: Option<Arc<Confirm>>) -> Self {
         Self {
             queue,
-            waiting: confirm.is_some(),
             entries: vec![entry],
             confirms: vec![confirm],
         }
@@ -65,7 +62,6 @@ impl QueueAppend {
 
     /// Adds an entry after the others.
     pub(crate) fn push(&mut self, entry: StoredEntry, confirm: Option<Arc<Confirm>>) {
-        self.waiting |= confirm.is_some();
         self.entries.push(entry);
         self.confirms.push(confirm);
     }
@@ -83,8 +79,12 @@ impl QueueAppend {
         }
     }
 
+    /// Whether any entry has a confirmation waiting for the write.
+    fn waiting(&self) -> bool {
+        self.confirms.iter().any(Option::is_some)
+    }
+
     fn extend(&mut self, other: QueueAppend) {
-        self.waiting |= other.waiting;
         self.entries.extend(other.entries);
         self.confirms.extend(other.confirms);
     }
@@ -320,13 +320,13 @@ impl Worker {
             return false;
         }
         index.clear();
-        for QueueAppend {
-            queue,
-            entries,
-            confirms,
-            waiting,
-        } in appends.drain(..)
-        {
+        for append in appends.drain(..) {
+            let waiting = append.waiting();
+            let QueueAppend {
+                queue,
+                entries,
+                confirms,
+            } = append;
             let first = self.next_seq.get(&queue).copied().unwrap_or(1).max(1);
             let r = self.store.append(&queue, first, &entries);
             match &r {
@@ -514,7 +514,7 @@ mod tests {
         assert_eq!(ids(&r[2]), ["a2"]);
         assert!(
             r.iter()
-                .all(|a| a.confirms.len() == a.entries.len() && !a.waiting)
+                .all(|a| a.confirms.len() == a.entries.len() && !a.waiting())
         );
     }
 
@@ -541,10 +541,10 @@ mod tests {
         gather(first, &mut appends, &mut index);
         gather(runs(&[("b", 0)]), &mut appends, &mut index);
         assert_eq!(ids(&appends[0]), ["a2", "a0", "a1"]);
-        assert!(appends[0].waiting);
+        assert!(appends[0].waiting());
         assert!(appends[0].confirms[2].is_some());
         assert!(appends[0].confirms[..2].iter().all(Option::is_none));
-        assert!(!appends[1].waiting);
+        assert!(!appends[1].waiting());
     }
 
     #[test]

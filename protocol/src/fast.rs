@@ -13,6 +13,7 @@
 //! bincode's variable-length integers, strings and byte strings as a length then the bytes,
 //! `Option` as a `0` or `1` byte then the value, `bool` as one byte.
 
+use crate::varint::{self, Reader, len as varint_len, put as varint, put_bytes as string};
 use crate::{
     ClientFrame, CodecError, Delivery, HEADER_LEN, MAX_FRAME_CAP, MAX_LIST, Publish, ServerFrame,
     Target,
@@ -192,7 +193,7 @@ impl Frame {
 
 /// Bytes a string or byte string takes: its length, then itself.
 fn str_len(s: &[u8]) -> usize {
-    varint_len(s.len() as u64) + s.len()
+    varint::bytes_len(s.len())
 }
 
 fn opt_str_len(s: Option<&str>) -> usize {
@@ -201,28 +202,6 @@ fn opt_str_len(s: Option<&str>) -> usize {
 
 fn opt_u64_len(v: Option<u64>) -> usize {
     1 + v.map_or(0, varint_len)
-}
-
-/// bincode's variable-length integer: one byte up to 250, else a marker byte (251, 252, 253)
-/// then the value as a little-endian `u16`, `u32` or `u64`.
-fn varint(buf: &mut Vec<u8>, v: u64) {
-    if v <= 250 {
-        buf.push(v as u8);
-    } else if let Ok(v) = u16::try_from(v) {
-        buf.push(251);
-        buf.extend_from_slice(&v.to_le_bytes());
-    } else if let Ok(v) = u32::try_from(v) {
-        buf.push(252);
-        buf.extend_from_slice(&v.to_le_bytes());
-    } else {
-        buf.push(253);
-        buf.extend_from_slice(&v.to_le_bytes());
-    }
-}
-
-fn string(buf: &mut Vec<u8>, s: &[u8]) {
-    varint(buf, s.len() as u64);
-    buf.extend_from_slice(s);
 }
 
 fn opt_string(buf: &mut Vec<u8>, s: Option<&str>) {
@@ -254,7 +233,7 @@ fn opt_u64(buf: &mut Vec<u8>, v: Option<u64>) {
 
 /// Decodes a `ClientFrame::Publish` body; `None` for anything else or anything unusual.
 pub(crate) fn decode_client(body: &[u8]) -> Option<ClientFrame> {
-    let mut r = Reader(body);
+    let mut r = Reader::new(body);
     if r.varint()? != PUBLISH {
         return None;
     }
@@ -280,7 +259,7 @@ pub(crate) fn decode_client(body: &[u8]) -> Option<ClientFrame> {
         ttl_ms: r.opt_u64()?,
         resent: r.bool()?,
     };
-    r.0.is_empty().then_some(ClientFrame::Publish(p))
+    r.rest().is_empty().then_some(ClientFrame::Publish(p))
 }
 
 /// Reads a `ServerFrame::Deliver` body as borrowed fields, for a reader that makes its own
@@ -329,7 +308,7 @@ pub fn decode_deliver_with<'a, N>(
     body: &'a [u8],
     mut name: impl FnMut(&'a [u8]) -> Option<N>,
 ) -> Option<DeliveryNamed<'a, N>> {
-    let mut r = Reader(body);
+    let mut r = Reader::new(body);
     if r.varint()? != DELIVER {
         return None;
     }
@@ -350,13 +329,13 @@ pub fn decode_deliver_with<'a, N>(
         redelivered: r.bool()?,
         ack_tag: r.opt_u64()?,
     };
-    r.0.is_empty().then_some(d)
+    r.rest().is_empty().then_some(d)
 }
 
 /// Decodes a `ServerFrame::Deliver` or `ServerFrame::Accepted` body; `None` for anything else
 /// or anything unusual.
 pub(crate) fn decode_server(body: &[u8]) -> Option<ServerFrame> {
-    let mut r = Reader(body);
+    let mut r = Reader::new(body);
     match r.varint()? {
         DELIVER => decode_deliver(body).map(|d| {
             ServerFrame::Deliver(Delivery {
@@ -372,53 +351,14 @@ pub(crate) fn decode_server(body: &[u8]) -> Option<ServerFrame> {
         }),
         ACCEPTED => {
             let id = r.string()?;
-            r.0.is_empty().then_some(ServerFrame::Accepted { id })
+            r.rest().is_empty().then_some(ServerFrame::Accepted { id })
         }
         _ => None,
     }
 }
 
-/// What is left of a body being read.
-struct Reader<'a>(&'a [u8]);
-
+/// Readers of the fields the protocol's frames are made of, beyond integers and strings.
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let (head, rest) = self.0.split_at_checked(n)?;
-        self.0 = rest;
-        Some(head)
-    }
-
-    fn u8(&mut self) -> Option<u8> {
-        Some(self.take(1)?[0])
-    }
-
-    /// A variable-length integer in its shortest form only.
-    fn varint(&mut self) -> Option<u64> {
-        let (v, used) = match self.u8()? {
-            b @ 0..=250 => (u64::from(b), 1),
-            251 => (
-                u64::from(u16::from_le_bytes(self.take(2)?.try_into().ok()?)),
-                3,
-            ),
-            252 => (
-                u64::from(u32::from_le_bytes(self.take(4)?.try_into().ok()?)),
-                5,
-            ),
-            253 => (u64::from_le_bytes(self.take(8)?.try_into().ok()?), 9),
-            _ => return None,
-        };
-        (varint_len(v) == used).then_some(v)
-    }
-
-    fn bytes(&mut self) -> Option<&'a [u8]> {
-        let len = usize::try_from(self.varint()?).ok()?;
-        self.take(len)
-    }
-
-    fn str(&mut self) -> Option<&'a str> {
-        std::str::from_utf8(self.bytes()?).ok()
-    }
-
     fn string(&mut self) -> Option<String> {
         self.str().map(str::to_owned)
     }
@@ -462,21 +402,11 @@ impl<'a> Reader<'a> {
             return None;
         }
         // Each string takes at least one byte, so the bytes left bound the list too.
-        let mut v = Vec::with_capacity(n.min(self.0.len()));
+        let mut v = Vec::with_capacity(n.min(self.rest().len()));
         for _ in 0..n {
             v.push(self.string()?);
         }
         Some(v)
-    }
-}
-
-/// Bytes the shortest encoding of `v` takes (what [`varint`] writes).
-fn varint_len(v: u64) -> usize {
-    match v {
-        0..=250 => 1,
-        251..=0xFFFF => 3,
-        0x1_0000..=0xFFFF_FFFF => 5,
-        _ => 9,
     }
 }
 

@@ -21,6 +21,7 @@ pub mod error;
 pub mod fast;
 pub mod frame;
 pub mod names;
+pub mod varint;
 mod wire;
 
 pub use codec::{FrameBody, FrameCodec, decode_body, encode_frame, encode_frame_sized};

@@ -1,7 +1,7 @@
 //! Segment values: up to [`SEGMENT_ENTRIES`] consecutive entries of one queue in one sled value.
 //!
 //! Segments are written in the compact layout of store format 2. Integers are variable-length
-//! as in bincode's standard configuration (below 251 in one byte, else a marker byte 251, 252
+//! as in bincode's standard configuration ([`broadcast_protocol::varint`]) (below 251 in one byte, else a marker byte 251, 252
 //! or 253 and the value in 2, 4 or 8 little-endian bytes); a string or byte string is its
 //! length and its bytes.
 //!
@@ -25,6 +25,7 @@
 
 use super::codec::decode_prefix;
 use super::{Seq, StoreError, StoredEntry, StoredMessage};
+use broadcast_protocol::varint::{self, bytes_len, put as put_varint, put_bytes};
 
 /// Most entries in one segment; settlement of a segment is a 128-bit mask.
 pub(crate) const SEGMENT_ENTRIES: usize = 128;
@@ -51,6 +52,16 @@ const NOTICE: u8 = 0x80;
 pub(crate) struct EntryMeta {
     pub(crate) size: u64,
     pub(crate) expires_at_ms: u64,
+}
+
+impl EntryMeta {
+    /// What the header holds of `entry`.
+    pub(crate) fn of(entry: &StoredEntry) -> Self {
+        Self {
+            size: entry.size(),
+            expires_at_ms: entry.expires_at_ms(),
+        }
+    }
 }
 
 /// One segment ready to be written.
@@ -103,13 +114,7 @@ pub(crate) fn encode_segments(
             end += 1;
         }
         let run = &entries[start..end];
-        let metas: Vec<EntryMeta> = run
-            .iter()
-            .map(|e| EntryMeta {
-                size: e.size(),
-                expires_at_ms: e.expires_at_ms(),
-            })
-            .collect();
+        let metas: Vec<EntryMeta> = run.iter().map(EntryMeta::of).collect();
         let mut value = Vec::with_capacity(19 + 10 * metas.len() + bytes);
         encode_header(&metas, &mut value);
         for (i, entry) in run.iter().enumerate() {
@@ -192,7 +197,8 @@ fn encode_message(m: &StoredMessage, same_sender: bool, out: &mut Vec<u8>) {
 /// The header of a segment value: its entries' metadata, and where the entries start.
 pub(crate) fn decode_segment_header(value: &[u8]) -> Result<(Vec<EntryMeta>, usize), StoreError> {
     let (metas, used) = if value.first() == Some(&COMPACT) {
-        let mut r = Reader { value, at: 1 };
+        let mut r = Reader::new(value);
+        r.skip(1)?;
         let count = r.varint()?;
         if count == 0 || count > SEGMENT_ENTRIES as u64 {
             return Err(corrupt(format!("segment header: {count} entries")));
@@ -207,7 +213,7 @@ pub(crate) fn decode_segment_header(value: &[u8]) -> Result<(Vec<EntryMeta>, usi
                 expires_at_ms: base.wrapping_add(delta as u64),
             });
         }
-        (metas, r.at)
+        (metas, r.at())
     } else {
         decode_prefix::<Vec<EntryMeta>>(value, "segment header")?
     };
@@ -221,7 +227,8 @@ pub(crate) fn decode_segment_header(value: &[u8]) -> Result<(Vec<EntryMeta>, usi
 pub(crate) fn decode_segment(value: &[u8]) -> Result<Vec<StoredEntry>, StoreError> {
     let (metas, at) = decode_segment_header(value)?;
     let mut entries = Vec::with_capacity(metas.len());
-    let mut r = Reader { value, at };
+    let mut r = Reader::new(value);
+    r.skip(at)?;
     if value.first() == Some(&COMPACT) {
         for meta in &metas {
             let entry = r.entry(meta, entries.last())?;
@@ -230,14 +237,14 @@ pub(crate) fn decode_segment(value: &[u8]) -> Result<Vec<StoredEntry>, StoreErro
     } else {
         for _ in 0..metas.len() {
             let (entry, used) = decode_prefix::<StoredEntry>(r.rest(), "segment entry")?;
-            r.at += used;
+            r.skip(used)?;
             entries.push(entry);
         }
     }
-    if r.at != value.len() {
+    if !r.rest().is_empty() {
         return Err(corrupt(format!(
             "segment: {} bytes left over",
-            value.len() - r.at
+            r.rest().len()
         )));
     }
     Ok(entries)
@@ -247,57 +254,49 @@ fn corrupt(what: String) -> StoreError {
     StoreError::Corrupt(what)
 }
 
-/// Reads a compact segment, every read checked against the value's end.
+/// Reads a compact segment: the protocol's reader, with each failed read a corrupt segment
+/// that says where.
 struct Reader<'a> {
     value: &'a [u8],
-    at: usize,
+    r: varint::Reader<'a>,
 }
 
 impl<'a> Reader<'a> {
-    fn rest(&self) -> &'a [u8] {
-        &self.value[self.at..]
-    }
-
-    fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
-        let rest = self.rest();
-        if rest.len() < n {
-            return Err(corrupt(format!(
-                "segment: {n} bytes wanted at {}, {} left",
-                self.at,
-                rest.len()
-            )));
+    fn new(value: &'a [u8]) -> Self {
+        Self {
+            value,
+            r: varint::Reader::new(value),
         }
-        self.at += n;
-        Ok(&rest[..n])
     }
 
-    fn byte(&mut self) -> Result<u8, StoreError> {
-        Ok(self.take(1)?[0])
+    /// Where the next read starts.
+    fn at(&self) -> usize {
+        self.value.len() - self.r.rest().len()
+    }
+
+    fn rest(&self) -> &'a [u8] {
+        self.r.rest()
+    }
+
+    fn read<T>(
+        &mut self,
+        what: &str,
+        f: impl FnOnce(&mut varint::Reader<'a>) -> Option<T>,
+    ) -> Result<T, StoreError> {
+        let at = self.at();
+        f(&mut self.r).ok_or_else(|| corrupt(format!("segment: no valid {what} at {at}")))
+    }
+
+    fn skip(&mut self, n: usize) -> Result<(), StoreError> {
+        self.read("bytes", |r| r.advance(n))
     }
 
     fn varint(&mut self) -> Result<u64, StoreError> {
-        let le = |b: &[u8]| b.iter().rev().fold(0u64, |n, &b| n << 8 | u64::from(b));
-        Ok(match self.byte()? {
-            n @ 0..=250 => u64::from(n),
-            251 => le(self.take(2)?),
-            252 => le(self.take(4)?),
-            253 => le(self.take(8)?),
-            marker => return Err(corrupt(format!("segment: bad integer marker {marker}"))),
-        })
-    }
-
-    fn bytes(&mut self) -> Result<&'a [u8], StoreError> {
-        let len = self.varint()?;
-        // A length beyond the value is corrupt, whatever it is: nothing is allocated for it.
-        let len = usize::try_from(len).unwrap_or(usize::MAX);
-        self.take(len)
+        self.read("integer", varint::Reader::varint)
     }
 
     fn string(&mut self) -> Result<String, StoreError> {
-        let bytes = self.bytes()?;
-        std::str::from_utf8(bytes)
-            .map(str::to_owned)
-            .map_err(|_| corrupt(format!("segment: a string before {} is not UTF-8", self.at)))
+        self.read("string", |r| r.str().map(str::to_owned))
     }
 
     fn entry(
@@ -305,10 +304,10 @@ impl<'a> Reader<'a> {
         meta: &EntryMeta,
         before: Option<&StoredEntry>,
     ) -> Result<StoredEntry, StoreError> {
-        let tag = self.byte()?;
+        let tag = self.read("entry tag", varint::Reader::u8)?;
         if tag == NOTICE {
             let (entry, used) = decode_prefix::<StoredEntry>(self.rest(), "segment entry")?;
-            self.at += used;
+            self.skip(used)?;
             // A message is never written this way: its expiry would not be the header's.
             return match entry {
                 StoredEntry::Notice { expires_at_ms, .. }
@@ -318,7 +317,7 @@ impl<'a> Reader<'a> {
                 }
                 _ => Err(corrupt(format!(
                     "segment: the entry before {} is not the notice its header describes",
-                    self.at
+                    self.at()
                 ))),
             };
         }
@@ -340,7 +339,7 @@ impl<'a> Reader<'a> {
         };
         let channel = (tag & CHANNEL != 0).then(|| self.string()).transpose()?;
         let name = (tag & NAME != 0).then(|| self.string()).transpose()?;
-        let data = bytes::Bytes::copy_from_slice(self.bytes()?);
+        let data = bytes::Bytes::copy_from_slice(self.read("payload", varint::Reader::bytes)?);
         Ok(StoredEntry::Message(StoredMessage {
             id,
             sender,
@@ -353,50 +352,24 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// A segment value as store format 1 wrote it: the bincode encoding of `metas`, then of each
+/// entry. Only tests write them now.
+#[cfg(test)]
+pub(crate) fn format_1_segment(metas: &[EntryMeta], entries: &[StoredEntry]) -> Vec<u8> {
+    let config = super::codec::config();
+    let mut value = bincode::serde::encode_to_vec(metas, config).expect("encodes");
+    for e in entries {
+        value.extend(bincode::serde::encode_to_vec(e, config).expect("encodes"));
+    }
+    value
+}
+
 fn zigzag(n: i64) -> u64 {
     ((n << 1) ^ (n >> 63)) as u64
 }
 
 fn unzigzag(n: u64) -> i64 {
     ((n >> 1) as i64) ^ -((n & 1) as i64)
-}
-
-/// Appends `n` variable-length, as bincode's standard configuration does.
-fn put_varint(out: &mut Vec<u8>, n: u64) {
-    if n < 251 {
-        out.push(n as u8);
-    } else if let Ok(n) = u16::try_from(n) {
-        out.push(251);
-        out.extend_from_slice(&n.to_le_bytes());
-    } else if let Ok(n) = u32::try_from(n) {
-        out.push(252);
-        out.extend_from_slice(&n.to_le_bytes());
-    } else {
-        out.push(253);
-        out.extend_from_slice(&n.to_le_bytes());
-    }
-}
-
-fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    put_varint(out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
-}
-
-/// Bytes [`put_varint`] takes for `n`.
-fn varint_len(n: u64) -> usize {
-    if n < 251 {
-        1
-    } else if n <= u64::from(u16::MAX) {
-        3
-    } else if n <= u64::from(u32::MAX) {
-        5
-    } else {
-        9
-    }
-}
-
-fn bytes_len(len: usize) -> usize {
-    varint_len(len as u64) + len
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! suite in `tests/store_conformance.rs`.
 
 use super::codec::{self, QueueRecord};
-use super::segment::{SEGMENT_BYTES, SEGMENT_ENTRIES};
+use super::segment::{SEGMENT_BYTES, SEGMENT_ENTRIES, format_1_segment};
 use super::*;
 
 fn message(seq: Seq, len: usize) -> StoredEntry {
@@ -381,17 +381,8 @@ fn a_store_of_format_1_opens_reads_its_segments_and_is_marked_format_2() {
     {
         // A store as format 1 left it: its format key and a segment in the bincode layout.
         let store = SledStore::open(dir.path()).unwrap();
-        let metas: Vec<codec::EntryMeta> = entries
-            .iter()
-            .map(|e| codec::EntryMeta {
-                size: e.size(),
-                expires_at_ms: e.expires_at_ms(),
-            })
-            .collect();
-        let mut value = codec::encode(&metas).unwrap();
-        for e in &entries {
-            value.extend(codec::encode(e).unwrap());
-        }
+        let metas: Vec<codec::EntryMeta> = entries.iter().map(codec::EntryMeta::of).collect();
+        let value = format_1_segment(&metas, &entries);
         store
             .db()
             .insert(codec::FORMAT_KEY, codec::FORMAT_1)
@@ -439,10 +430,7 @@ fn a_segment_header_claiming_huge_sizes_opens_without_overflow() {
                 expires_at_ms: e.expires_at_ms(),
             })
             .collect();
-        let mut value = codec::encode(&metas).unwrap();
-        for e in &entries {
-            value.extend(codec::encode(e).unwrap());
-        }
+        let value = format_1_segment(&metas, &entries);
         store
             .db()
             .insert(codec::segment_key(&alice(), 0), value)

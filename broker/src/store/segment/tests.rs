@@ -92,21 +92,10 @@ fn msg(seq: u64, sender: &str, len: usize) -> StoredEntry {
     })
 }
 
-/// A segment as store format 1 wrote it: the bincode encoding of the header, then of each
-/// entry.
+/// A segment of `entries` as store format 1 wrote it.
 fn format_1(entries: &[StoredEntry]) -> Vec<u8> {
-    let metas: Vec<EntryMeta> = entries
-        .iter()
-        .map(|e| EntryMeta {
-            size: e.size(),
-            expires_at_ms: e.expires_at_ms(),
-        })
-        .collect();
-    let mut value = bincode::serde::encode_to_vec(&metas, config()).unwrap();
-    for e in entries {
-        value.extend(bincode::serde::encode_to_vec(e, config()).unwrap());
-    }
-    value
+    let metas: Vec<EntryMeta> = entries.iter().map(EntryMeta::of).collect();
+    format_1_segment(&metas, entries)
 }
 
 proptest! {
