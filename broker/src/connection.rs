@@ -200,10 +200,13 @@ async fn run(
         )
         .instrument(tracing::Span::current()),
     );
-    let idle = 3 * cfg
-        .heartbeat
-        .max(Duration::from_millis(u64::from(hello.heartbeat_ms)));
-    let farewell = read_loop(&mut reader, &out, &name, &ctx, idle).await;
+    let liveness = Liveness {
+        probe: cfg.heartbeat,
+        idle: 3 * cfg
+            .heartbeat
+            .max(Duration::from_millis(u64::from(hello.heartbeat_ms))),
+    };
+    let farewell = read_loop(&mut reader, &out, &name, &ctx, liveness).await;
     if let Some(slot) = ctx.router.persist.reserve().await {
         ctx.router.unregister(&name, conn_id, slot);
     }
@@ -213,18 +216,31 @@ async fn run(
     tracing::info!("disconnected");
 }
 
+/// How the reading half tells a live client from a dead one.
+#[derive(Debug, Clone, Copy)]
+struct Liveness {
+    /// After this long without a frame from the client, the broker pings it (whatever it
+    /// sends the client meanwhile: a client that only receives is probed too).
+    probe: Duration,
+    /// After this long without a frame from the client, the connection is closed.
+    idle: Duration,
+}
+
 /// Handles frames until the connection ends; returns the frame to close with, if any.
 async fn read_loop(
     reader: &mut Reader,
     out: &Outbound,
     name: &Arc<str>,
     ctx: &Context,
-    idle: Duration,
+    liveness: Liveness,
 ) -> Option<Bytes> {
     let close = out.shared.close.clone();
     let unconfirmed = Arc::new(Semaphore::new(ctx.config.max_unconfirmed));
     // A frame read ahead while gathering persistent messages, to be handled next.
     let mut carried = None;
+    // Time without a frame from the client, counted in probes.
+    let mut silent = Duration::ZERO;
+    let mut nonce = 0u64;
     loop {
         if close.is_cancelled() {
             return None;
@@ -233,32 +249,50 @@ async fn read_loop(
         // set up only when the connection has nothing to hand.
         let ready = carried.take().or_else(|| reader.next().now_or_never());
         let next = match ready {
-            Some(r) => Ok(r),
-            None => tokio::select! {
-                biased;
-                _ = close.cancelled() => return None,
-                r = tokio::time::timeout(idle, reader.next()) => r,
-            },
-        };
-        let frame = match next {
-            Err(_) => {
-                tracing::info!("client silent for {idle:?}, closing");
-                return Some(encode::error(
-                    ErrorCode::Timeout,
-                    "no frame received in time",
-                    None,
-                ));
+            Some(r) => r,
+            None => {
+                let wait = liveness.probe.min(liveness.idle - silent);
+                let r = tokio::select! {
+                    biased;
+                    _ = close.cancelled() => return None,
+                    r = tokio::time::timeout(wait, reader.next()) => r,
+                };
+                match r {
+                    Ok(r) => r,
+                    Err(_) => {
+                        silent += wait;
+                        if silent >= liveness.idle {
+                            tracing::info!("client silent for {:?}, closing", liveness.idle);
+                            return Some(encode::error(
+                                ErrorCode::Timeout,
+                                "no frame received in time",
+                                None,
+                            ));
+                        }
+                        // Ask for a sign of life; a full queue means a ping could not be
+                        // read either, and the idle limit still applies.
+                        nonce += 1;
+                        let ping = encode::frame(&ServerFrame::Ping {
+                            nonce: PROBE_NONCE | nonce,
+                        });
+                        let _ = out.try_push(OutFrame::control(ping));
+                        continue;
+                    }
+                }
             }
-            Ok(None) => return None,
-            Ok(Some(Err(e @ CodecError::FrameTooLarge { .. }))) => {
+        };
+        silent = Duration::ZERO;
+        let frame = match next {
+            None => return None,
+            Some(Err(e @ CodecError::FrameTooLarge { .. })) => {
                 tracing::warn!(error = %e, "oversized frame");
                 return Some(encode::error(ErrorCode::FrameTooLarge, e.to_string(), None));
             }
-            Ok(Some(Err(e))) => {
+            Some(Err(e)) => {
                 tracing::debug!(error = %e, "read failed");
                 return None;
             }
-            Ok(Some(Ok(Err(e)))) => {
+            Some(Ok(Err(e))) => {
                 tracing::warn!(error = %e, "malformed frame");
                 let f = encode::error(ErrorCode::Malformed, e.to_string(), None);
                 if out.push(OutFrame::control(f)).await.is_err() {
@@ -266,7 +300,7 @@ async fn read_loop(
                 }
                 continue;
             }
-            Ok(Some(Ok(Ok(frame)))) => frame,
+            Some(Ok(Ok(frame))) => frame,
         };
         let handled = match frame {
             ClientFrame::Publish(msg) if msg.persistent => {
@@ -292,6 +326,10 @@ async fn read_loop(
         }
     }
 }
+
+/// The reading half's pings carry the top bit in their nonce, the writer's idle pings not, so
+/// the two counters never give the same nonce.
+const PROBE_NONCE: u64 = 1 << 63;
 
 /// Most persistent messages routed together.
 const PERSISTENT_RUN: usize = 64;

@@ -168,6 +168,49 @@ async fn a_silent_connection_is_closed_after_three_heartbeats() -> R {
 }
 
 #[tokio::test]
+async fn a_client_that_only_receives_and_answers_pings_stays_connected() -> R {
+    // heartbeat_ms = 0: the client never pings, it only answers the broker's pings. A steady
+    // stream of deliveries keeps the broker's writer busy, so the broker must probe the client
+    // because it has not heard from it, not because it has sent it nothing.
+    let b = TestBroker::start_with(|c| c.heartbeat = std::time::Duration::from_millis(100)).await?;
+    let mut quiet = RawClient::connect(b.addr(), Some("quiet")).await?;
+    let mut talker = RawClient::connect(b.addr(), Some("talker")).await?;
+    let to_quiet = || broadcast_tests::publish(Target::Client("quiet".into()), b"tick", false);
+    // Several messages in flight at a time, one more for each one received: the receiver
+    // always has something on its way.
+    for _ in 0..8 {
+        talker.feed(ClientFrame::Publish(to_quiet())).await?;
+    }
+    talker.flush().await?;
+    let (mut pings, mut deliveries) = (0u32, 0u64);
+    // Six answered pings span more than three heartbeat intervals of only receiving.
+    while pings < 6 {
+        use futures::StreamExt;
+        let frame = tokio::time::timeout(broadcast_tests::WAIT, quiet.stream().next())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("closed after {deliveries} deliveries"))???;
+        match frame {
+            ServerFrame::Ping { nonce } => {
+                pings += 1;
+                quiet.send(ClientFrame::Pong { nonce }).await?;
+            }
+            ServerFrame::Deliver(_) => {
+                deliveries += 1;
+                anyhow::ensure!(
+                    deliveries < 10_000_000,
+                    "no ping in {deliveries} deliveries"
+                );
+                talker.send(ClientFrame::Publish(to_quiet())).await?;
+            }
+            other => anyhow::bail!("after {deliveries} deliveries and {pings} pings: {other:?}"),
+        }
+    }
+    // Still connected: a barrier answers.
+    quiet.sync().await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_burst_of_persistent_messages_gets_one_answer_each_even_with_a_bad_one_inside() -> R {
     // Written in one go, the broker reads these together and routes the persistent ones as a
     // run: the refused one in the middle must not take the others down, nor reorder them.
