@@ -1,8 +1,8 @@
 //! Embedding API: send messages as the broker and observe what clients send.
 
 use crate::BROKER_SENDER;
+use crate::engine::Engine;
 use crate::error::BrokerError;
-use crate::router::Router;
 use broadcast_protocol::{DeliveryFailed, Publish, Target, new_message_id};
 use bytes::Bytes;
 use std::sync::Arc;
@@ -21,7 +21,7 @@ pub struct Observed {
 /// A cheap, cloneable handle on a running broker.
 #[derive(Debug, Clone)]
 pub struct BrokerHandle {
-    pub(crate) router: Arc<Router>,
+    pub(crate) engine: Arc<Engine>,
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -61,10 +61,10 @@ impl BrokerHandle {
         if self.shutdown.is_cancelled() {
             return Err(BrokerError::Stopped);
         }
-        self.router
+        self.engine
             .validate(msg)
             .map_err(|r| BrokerError::InvalidMessage(r.message))?;
-        let routed = self.router.route(&Arc::from(BROKER_SENDER), msg);
+        let routed = self.engine.route(&Arc::from(BROKER_SENDER), msg);
         // The broker does not wait for slow recipients: they are reported at once.
         let mut failed = routed.failed;
         failed.extend(routed.blocked.into_iter().map(|b| b.notice));
@@ -74,12 +74,12 @@ impl BrokerHandle {
     /// A receiver of every message clients send from now on. It never slows routing: a
     /// receiver that falls more than 1,024 messages behind gets `RecvError::Lagged`.
     pub fn observe(&self) -> broadcast::Receiver<Arc<Observed>> {
-        self.router.observe()
+        self.engine.observe()
     }
 
     /// Names of the clients connected now.
     pub fn connected_clients(&self) -> Vec<String> {
-        self.router.connected()
+        self.engine.connected()
     }
 
     /// Asks the broker to shut down: stop accepting, finish frames in flight, say bye.

@@ -1,11 +1,10 @@
 //! Starting a broker on a bound listener and waiting for it to stop.
 
 use crate::config::Config;
-use crate::connection::Context;
+use crate::conn::{Context, listener};
+use crate::engine::Engine;
 use crate::error::BrokerError;
 use crate::handle::BrokerHandle;
-use crate::listener;
-use crate::router::Router;
 use crate::store::{QueueStore, SledStore};
 use crate::sweeper;
 use std::net::SocketAddr;
@@ -65,23 +64,23 @@ impl Broker {
         let addr = listener.local_addr().map_err(BrokerError::Listener)?;
         let rt = tokio::runtime::Handle::current();
         let cfg = config.clone();
-        let router = tokio::task::spawn_blocking(move || Router::new(cfg, store, rt))
+        let engine = tokio::task::spawn_blocking(move || Engine::start(cfg, store, rt))
             .await
             .map_err(|_| BrokerError::Stopped)??;
         let drain = config.drain_timeout;
         let every = config.expiry_interval;
         let ctx = Arc::new(Context {
-            router: router.clone(),
+            engine: engine.clone(),
             config,
             shutdown: shutdown.clone(),
         });
         let handle = BrokerHandle {
-            router: router.clone(),
+            engine: engine.clone(),
             shutdown: shutdown.clone(),
         };
         let task = tokio::spawn(async move {
             let tracker = TaskTracker::new();
-            tracker.spawn(sweeper::run(router.clone(), every, shutdown.clone()));
+            tracker.spawn(sweeper::run(engine.clone(), every, shutdown.clone()));
             listener::accept_loop(listener, ctx, &tracker).await;
             tracker.close();
             tracing::info!(connections = tracker.len(), "shutting down");
@@ -90,7 +89,7 @@ impl Broker {
                 tracing::warn!("connections still open after {grace:?}; stopping anyway");
             }
             // Everything the connections left for the store is written before the end.
-            router.persist.shutdown().await;
+            engine.persist.shutdown().await;
         });
         tracing::info!(%addr, "broker listening");
         Ok(Self { addr, handle, task })

@@ -1,7 +1,8 @@
 //! The broker-wide sweeper: settles messages whose time to live ran out (telling their
 //! senders) and forgets sessions that expired.
 
-use crate::router::{Router, now_ms};
+use crate::engine::{Engine, now_ms};
+use crate::persist::Command;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -10,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 const PER_ROUND: usize = 4096;
 
 /// Runs until shutdown.
-pub(crate) async fn run(router: Arc<Router>, every: Duration, shutdown: CancellationToken) {
+pub(crate) async fn run(engine: Arc<Engine>, every: Duration, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rounds = 0u64;
@@ -20,19 +21,19 @@ pub(crate) async fn run(router: Arc<Router>, every: Duration, shutdown: Cancella
             _ = tick.tick() => {}
         }
         rounds += 1;
-        match router.persist.expired(now_ms(), PER_ROUND).await {
-            Ok(found) if !found.is_empty() => {
-                for cmd in router.expire(found) {
-                    router.persist.send(cmd).await;
-                }
-            }
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "cannot look for expired messages"),
-        }
+        // What the store finds comes back as a completion, after everything the store did
+        // before; entries settled while it looks are not expired again from its answer.
+        engine.begin_expiry_scan();
+        let look = Command::Expired {
+            now_ms: now_ms(),
+            max: PER_ROUND,
+        };
+        engine.persist.send(look).await;
         // Sessions expire on a scale of hours: look about once a minute.
         if rounds % (60_000 / every.as_millis().max(1) as u64).max(1) == 0 {
-            for cmd in router.expire_sessions() {
-                router.persist.send(cmd).await;
+            let ops = engine.expire_sessions();
+            if !ops.is_empty() {
+                engine.persist.send(Command::Ops(ops, None)).await;
             }
         }
     }

@@ -1,7 +1,8 @@
 //! Each connection's drainer: hands the connection its queue in order, within the window of
 //! unacknowledged deliveries, and sends late deliveries again.
 
-use crate::router::{DrainStep, Router};
+use crate::core::DrainStep;
+use crate::engine::Engine;
 use crate::store::QueueId;
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -10,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Runs until the connection closes.
 pub(crate) async fn run(
-    router: Arc<Router>,
+    engine: Arc<Engine>,
     name: Arc<str>,
     conn_id: u64,
     wake: Arc<Notify>,
@@ -19,17 +20,17 @@ pub(crate) async fn run(
     let queue = QueueId::Client(name.to_string());
     loop {
         loop {
-            match router.drain_step(&name, conn_id) {
+            match engine.drain_step(&name, conn_id) {
                 DrainStep::Gone => return,
                 DrainStep::Idle => break,
                 DrainStep::Read { from, max, decided } => {
                     let entries = tokio::select! {
                         _ = close.cancelled() => return,
-                        r = router.persist.read(queue.clone(), from, max) => r,
+                        r = engine.persist.read(queue.clone(), from, max) => r,
                     };
                     match entries {
                         Ok(entries) => {
-                            if !router.drained(&name, conn_id, from, decided, entries) {
+                            if !engine.drained(&name, conn_id, from, decided, entries) {
                                 break;
                             }
                         }
@@ -41,12 +42,12 @@ pub(crate) async fn run(
                 }
             }
         }
-        let deadline = router.next_deadline(&name, conn_id);
+        let deadline = engine.next_deadline(&name, conn_id);
         tokio::select! {
             _ = close.cancelled() => return,
             _ = wake.notified() => {}
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                router.redeliver_late(&name, conn_id, Instant::now());
+                engine.redeliver_late(&name, conn_id);
             }
         }
     }

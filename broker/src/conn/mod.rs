@@ -1,17 +1,30 @@
-//! One task per connection: the handshake, then every frame the client sends.
+//! The connection side of the shell: one task per connection reads the handshake, then every
+//! frame the client sends, and gives each to the engine; its writer, drainer and outbound
+//! queue carry out what the core decides for it.
+//!
+//! - `listener`: the accept loop and the connection limit.
+//! - `outbound`: each connection's bounded outbound queue (the core's `Outlet`).
+//! - `writer`: frames out, in batches; at close, what is left, then a farewell.
+//! - `drain`: each connection's drainer of its queue in the store, and its late deliveries.
+
+mod drain;
+pub(crate) mod listener;
+mod outbound;
+mod writer;
+
+pub(crate) use outbound::Outbound;
 
 use crate::config::Config;
-use crate::confirm::Confirm;
+use crate::core::NewConfirm;
 use crate::encode;
-use crate::outbound::{OutFrame, Outbound, PushError};
-use crate::router::Router;
-use crate::writer::Writer;
+use crate::engine::Engine;
 use broadcast_protocol::{
     ClientFrame, CodecError, ErrorCode, FailureReason, FrameCodec, Hello, MIN_FRAME,
     PROTOCOL_VERSION, Publish, ServerFrame, Welcome, validate_client_name,
 };
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
+use outbound::{OutFrame, PushError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,11 +35,12 @@ use tokio::sync::Semaphore;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use writer::Writer;
 
 /// What every connection shares.
 #[derive(Debug)]
 pub(crate) struct Context {
-    pub(crate) router: Arc<Router>,
+    pub(crate) engine: Arc<Engine>,
     pub(crate) config: Config,
     pub(crate) shutdown: CancellationToken,
 }
@@ -35,7 +49,7 @@ type Reader = FramedRead<OwnedReadHalf, FrameCodec<ClientFrame>>;
 
 /// Serves one accepted connection until it closes.
 pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
-    let conn_id = ctx.router.next_conn_id();
+    let conn_id = ctx.engine.next_conn_id();
     let span = tracing::info_span!("conn", %peer, conn_id, client = tracing::field::Empty);
     async move {
         if let Err(e) = stream.set_nodelay(true) {
@@ -167,10 +181,10 @@ async fn run(
     if out.try_push(OutFrame::control(welcome)).is_err() {
         return;
     }
-    let Some(slot) = ctx.router.persist.reserve().await else {
+    let Ok(old) = ctx.engine.register(name.clone(), out.clone()).await else {
         return;
     };
-    if let Some(old) = ctx.router.register(name.clone(), out.clone(), slot) {
+    if let Some(old) = old {
         tracing::info!("name taken over from an older connection");
         old.close_with(Some(encode::error(
             ErrorCode::Replaced,
@@ -183,7 +197,7 @@ async fn run(
         rx,
         io: wr,
         out: out.clone(),
-        router: ctx.router.clone(),
+        engine: ctx.engine.clone(),
         name: name.clone(),
         heartbeat: cfg.heartbeat,
         drain_timeout: cfg.drain_timeout,
@@ -191,8 +205,8 @@ async fn run(
     };
     let writer = tokio::spawn(writer.run().instrument(tracing::Span::current()));
     let drainer = tokio::spawn(
-        crate::drain::run(
-            ctx.router.clone(),
+        drain::run(
+            ctx.engine.clone(),
             name.clone(),
             conn_id,
             out.shared.wake.clone(),
@@ -207,9 +221,7 @@ async fn run(
             .max(Duration::from_millis(u64::from(hello.heartbeat_ms))),
     };
     let farewell = read_loop(&mut reader, &out, &name, &ctx, liveness).await;
-    if let Some(slot) = ctx.router.persist.reserve().await {
-        ctx.router.unregister(&name, conn_id, slot);
-    }
+    ctx.engine.unregister(&name, conn_id).await;
     out.close_with(farewell);
     let _ = drainer.await;
     let _ = writer.await;
@@ -305,7 +317,7 @@ async fn read_loop(
         let handled = match frame {
             ClientFrame::Publish(msg) if msg.persistent => {
                 // Persistent messages already read are routed together: one hold of the
-                // router's lock and one store command for the run.
+                // core's lock and one store command for the run.
                 let mut run = Vec::with_capacity(PERSISTENT_RUN);
                 run.push(msg);
                 while run.len() < PERSISTENT_RUN {
@@ -343,13 +355,12 @@ async fn publish_persistent(
     ctx: &Context,
     unconfirmed: &Arc<Semaphore>,
 ) -> Handled {
-    let router = &ctx.router;
     // The messages stay where they are; the valid ones from `start` on, each with its
     // confirmation in `confirms`, are routed together.
-    let mut confirms: Vec<Arc<Confirm>> = Vec::with_capacity(msgs.len());
+    let mut confirms: Vec<NewConfirm<Outbound>> = Vec::with_capacity(msgs.len());
     let mut start = 0;
     for (i, msg) in msgs.iter().enumerate() {
-        if let Err(r) = router.validate(msg) {
+        if let Err(r) = ctx.engine.validate(msg) {
             if let Handled::Close = route_run(&msgs[start..i], &mut confirms, out, name, ctx).await
             {
                 return Handled::Close;
@@ -379,16 +390,19 @@ async fn publish_persistent(
                 permit
             }
         };
-        confirms.push(Confirm::new(&msg.id, out.clone(), permit));
+        confirms.push(NewConfirm {
+            accepted: encode::accepted(&msg.id),
+            permit,
+        });
     }
     route_run(&msgs[start..], &mut confirms, out, name, ctx).await
 }
 
 /// Routes a run of persistent messages, each with its confirmation in `confirms`, sends their
-/// notices and releases the router's hold on their confirmations; empties `confirms`.
+/// notices and releases routing's hold on their confirmations; empties `confirms`.
 async fn route_run(
     msgs: &[Publish],
-    confirms: &mut Vec<Arc<Confirm>>,
+    confirms: &mut Vec<NewConfirm<Outbound>>,
     out: &Outbound,
     name: &Arc<str>,
     ctx: &Context,
@@ -397,10 +411,9 @@ async fn route_run(
     if msgs.is_empty() {
         return Handled::Continue;
     }
-    let router = &ctx.router;
-    let slot = router.persist.reserve().await;
-    let routed = router.route_persistent(name, msgs, confirms, slot);
-    for (confirm, routed) in confirms.drain(..).zip(routed) {
+    let confirms = std::mem::take(confirms);
+    let routed = ctx.engine.route_persistent(name, out, msgs, confirms).await;
+    for routed in routed {
         debug_assert!(routed.blocked.is_empty(), "persistent messages never wait");
         for notice in routed.failed {
             if out
@@ -411,7 +424,8 @@ async fn route_run(
                 return Handled::Close;
             }
         }
-        confirm.settle();
+        // Its notices are on their way: `Accepted` may follow them.
+        ctx.engine.release(routed.hold);
     }
     Handled::Continue
 }
@@ -428,17 +442,17 @@ async fn handle(
     ctx: &Context,
     unconfirmed: &Arc<Semaphore>,
 ) -> Handled {
-    let router = &ctx.router;
+    let engine = &ctx.engine;
     let mut replies: Vec<Bytes> = Vec::new();
     match frame {
         ClientFrame::Publish(msg) if msg.persistent => {
             return publish_persistent(vec![msg], out, name, ctx, unconfirmed).await;
         }
         ClientFrame::Publish(msg) => {
-            if let Err(r) = router.validate(&msg) {
+            if let Err(r) = engine.validate(&msg) {
                 replies.push(encode::error(r.code, r.message, Some(&msg.id)));
             } else {
-                let routed = router.route(name, &msg);
+                let routed = engine.route(name, &msg);
                 replies.extend(routed.failed.into_iter().map(encode::failed));
                 for blocked in routed.blocked {
                     let wait = ctx.config.slow_consumer_wait;
@@ -456,33 +470,34 @@ async fn handle(
             }
         }
         ClientFrame::Subscribe { channel } => {
-            let Some(slot) = router.persist.reserve().await else {
-                return Handled::Close;
-            };
-            match router.subscribe(name, out.conn_id, &channel, slot) {
-                Ok(sub) => {
+            match engine.subscribe(name, out.conn_id, &channel).await {
+                Ok(Ok((sub, remembered))) => {
                     // The next frame is handled once the subscription is on disk.
-                    let _ = sub.remembered.await;
+                    let _ = remembered.await;
                     if !sub.answered {
                         replies.push(encode::frame(&ServerFrame::Subscribed { channel }));
                     }
                 }
                 // The refused channel goes where a message id would, so the client can match it.
-                Err(r) => replies.push(encode::error(r.code, r.message, Some(&channel))),
+                Ok(Err(r)) => replies.push(encode::error(r.code, r.message, Some(&channel))),
+                Err(_stopped) => return Handled::Close,
             }
         }
         ClientFrame::Unsubscribe { channel } => {
-            let Some(slot) = router.persist.reserve().await else {
+            if engine
+                .unsubscribe(name, out.conn_id, &channel)
+                .await
+                .is_err()
+            {
                 return Handled::Close;
-            };
-            router.unsubscribe(name, out.conn_id, &channel, slot);
+            }
             replies.push(encode::frame(&ServerFrame::Unsubscribed { channel }));
         }
         ClientFrame::Ping { nonce } => replies.push(encode::frame(&ServerFrame::Pong { nonce })),
         ClientFrame::Pong { .. } => {}
         ClientFrame::Ack { tags } => {
-            if let Some(cmd) = router.ack(name, out.conn_id, &tags) {
-                router.persist.send(cmd).await;
+            if let Some(cmd) = engine.ack(name, out.conn_id, &tags) {
+                engine.persist.send(cmd).await;
             }
         }
         ClientFrame::Hello(_) => replies.push(encode::error(

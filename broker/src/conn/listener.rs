@@ -1,7 +1,7 @@
 //! The accept loop: one task per connection, a bound on connections, back-off on accept
 //! errors.
 
-use crate::connection::{self, Context};
+use super::{Context, refuse, serve};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -24,7 +24,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, tracke
                     Ok(permit) => {
                         let ctx = ctx.clone();
                         tracker.spawn(async move {
-                            connection::serve(stream, peer, ctx).await;
+                            serve(stream, peer, ctx).await;
                             drop(permit);
                         });
                     }
@@ -33,7 +33,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, tracke
                         let max = ctx.config.max_connections;
                         tracker.spawn(async move {
                             let msg = format!("the broker is at its limit of {max} connections");
-                            connection::refuse(stream, &msg).await;
+                            refuse(stream, &msg).await;
                         });
                     }
                 }

@@ -5,30 +5,30 @@
 //! handed over before it started, so writing and flushing overlap and a slow flush makes the
 //! next flush cover more, instead of holding up the writes behind it.
 
-use crate::confirm::Confirm;
-use crate::persist::{Done, Moved, OnFailed};
-use crate::store::{QueueId, QueueStore, StoreError, StoredEntry};
+use super::{Completions, release_retired};
+use crate::core::{Completion, ConfirmId};
+use crate::store::{QueueId, QueueStore, StoredEntry};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
+use tokio::sync::oneshot;
 
 /// Groups handed over and not yet flushed, at most; the store thread waits beyond that.
 const BEHIND: usize = 64;
 
 /// What to report once a write is flushed.
-pub(crate) enum Pending {
-    /// A write and its own outcome before the flush.
-    Done(Done, Result<(), StoreError>),
-    /// A move between queues and its outcome before the flush.
-    Moved(Moved, Result<(u64, u64), StoreError>),
+pub(super) enum Pending {
+    /// Someone waits for everything before this point to be durable.
+    Done(oneshot::Sender<()>),
     /// Entries appended to one queue, each with the confirmation of its persistent message
-    /// if one waits for it, and the append's outcome before the flush.
+    /// if one waits for it, and the append's outcome before the flush (kept when a
+    /// confirmation waits, when a notice is among them, or when the append failed).
     Appended {
         queue: QueueId,
         entries: Vec<StoredEntry>,
-        confirms: Vec<Option<Arc<Confirm>>>,
-        result: Result<(), StoreError>,
+        confirms: Vec<Option<ConfirmId>>,
+        result: Result<(), String>,
     },
 }
 
@@ -40,36 +40,38 @@ struct Group {
 }
 
 /// Handle on the flush thread, owned by the store thread.
-pub(crate) struct Flusher {
+pub(super) struct Flusher {
     tx: Option<SyncSender<Group>>,
     thread: Option<JoinHandle<()>>,
     failed: Arc<AtomicBool>,
-    on_failed: OnFailed,
+    done: Completions,
 }
 
 impl Flusher {
     /// Starts the flush thread over `store`; a failed flush sets `failed`.
-    pub(crate) fn start(
+    pub(super) fn start(
         store: Arc<dyn QueueStore>,
         failed: Arc<AtomicBool>,
-        on_failed: OnFailed,
-    ) -> Result<Self, StoreError> {
+        done: Completions,
+    ) -> Result<Self, crate::store::StoreError> {
         let (tx, rx) = sync_channel(BEHIND);
-        let (thread_failed, thread_on_failed) = (failed.clone(), on_failed.clone());
+        let (thread_failed, thread_done) = (failed.clone(), done.clone());
         let thread = std::thread::Builder::new()
             .name("broadcast-flush".into())
-            .spawn(move || run(&*store, &rx, &thread_failed, &*thread_on_failed))
-            .map_err(|e| StoreError::Io(format!("cannot start the flush thread: {e}")))?;
+            .spawn(move || run(&*store, &rx, &thread_failed, &thread_done))
+            .map_err(|e| {
+                crate::store::StoreError::Io(format!("cannot start the flush thread: {e}"))
+            })?;
         Ok(Self {
             tx: Some(tx),
             thread: Some(thread),
             failed,
-            on_failed,
+            done,
         })
     }
 
     /// Hands over a group of applied writes; waits while the flush thread is far behind.
-    pub(crate) fn submit(&self, wrote: bool, pending: Vec<Pending>) {
+    pub(super) fn submit(&self, wrote: bool, pending: Vec<Pending>) {
         if !wrote && pending.is_empty() {
             return;
         }
@@ -81,15 +83,15 @@ impl Flusher {
                 // from now on.
                 tracing::error!("the flush thread has stopped; persistent messages are refused");
                 self.failed.store(true, Ordering::Release);
-                let error = StoreError::Io("the flush thread has stopped".into());
-                report(e.0.pending, Err(&error), &*self.on_failed);
+                let error = "the flush thread has stopped".to_owned();
+                report(e.0.pending, Err(&error), &self.done);
             }
         }
     }
 
     /// Flushes everything handed over, reports it, and stops the thread; the thread's hold
     /// on the store is released when this returns.
-    pub(crate) fn stop(&mut self) {
+    pub(super) fn stop(&mut self) {
         drop(self.tx.take());
         if let Some(thread) = self.thread.take() {
             if thread.join().is_err() {
@@ -105,35 +107,40 @@ impl Drop for Flusher {
     }
 }
 
-type FailedFn = dyn Fn(&QueueId, &StoredEntry, &StoreError) + Send + Sync;
-
-fn run(store: &dyn QueueStore, rx: &Receiver<Group>, failed: &AtomicBool, on_failed: &FailedFn) {
+fn run(store: &dyn QueueStore, rx: &Receiver<Group>, failed: &AtomicBool, done: &Completions) {
     let mut groups = Vec::new();
     while let Ok(first) = rx.recv() {
         groups.push(first);
         groups.extend(rx.try_iter());
         let wrote = groups.iter().any(|g| g.wrote);
-        let flushed = if wrote { store.flush() } else { Ok(()) };
+        let flushed = if wrote {
+            store.flush().map_err(|e| e.to_string())
+        } else {
+            Ok(())
+        };
         if let Err(e) = &flushed {
             tracing::error!(error = %e, "store flush failed; persistent messages are refused");
             failed.store(true, Ordering::Release);
         }
-        for group in groups.drain(..) {
-            report(group.pending, flushed.as_ref().map(|_| ()), on_failed);
-        }
-        crate::persist::release_retired();
+        let pending = groups.drain(..).flat_map(|g| g.pending).collect();
+        report(pending, flushed.as_ref().map(|_| ()), done);
+        release_retired();
     }
 }
 
-/// Reports each write's outcome: its own failure, else the flush's.
-fn report(pending: Vec<Pending>, flushed: Result<(), &StoreError>, on_failed: &FailedFn) {
+/// Reports each write's outcome, its own failure else the flush's, as completions: the
+/// confirmations of everything durable in one.
+fn report(pending: Vec<Pending>, flushed: Result<(), &String>, done: &Completions) {
+    let mut durable = Vec::new();
     for p in pending {
         match p {
-            Pending::Done(done, r) => done(r.as_ref().and(flushed).map(|_| ())),
-            Pending::Moved(done, r) => match (&r, flushed) {
-                (Ok(n), Ok(())) => done(Ok(*n)),
-                (Err(e), _) | (_, Err(e)) => done(Err(e)),
-            },
+            Pending::Done(tx) => {
+                // Completions before it first: what waits for this point sees their effects.
+                if !durable.is_empty() {
+                    let _ = done.send(Completion::Durable(std::mem::take(&mut durable)));
+                }
+                let _ = tx.send(());
+            }
             Pending::Appended {
                 queue,
                 entries,
@@ -141,14 +148,34 @@ fn report(pending: Vec<Pending>, flushed: Result<(), &StoreError>, on_failed: &F
                 result,
             } => {
                 let error = result.as_ref().err().or(flushed.err());
-                for (entry, confirm) in entries.iter().zip(confirms) {
-                    let Some(confirm) = confirm else { continue };
-                    if let Some(e) = error {
-                        on_failed(&queue, entry, e);
+                match error {
+                    None => durable.extend(confirms.into_iter().flatten()),
+                    Some(error) => {
+                        let mut messages = Vec::new();
+                        let mut notices = Vec::new();
+                        for (entry, confirm) in entries.into_iter().zip(confirms) {
+                            match (entry, confirm) {
+                                (StoredEntry::Message(m), Some(id)) => {
+                                    messages.push((id, m.sender, m.id))
+                                }
+                                (StoredEntry::Notice { notice, .. }, confirm) => {
+                                    notices.push((confirm, notice))
+                                }
+                                (StoredEntry::Message(_), None) => {}
+                            }
+                        }
+                        let _ = done.send(Completion::Failed {
+                            queue,
+                            entries: messages,
+                            notices,
+                            error: error.clone(),
+                        });
                     }
-                    confirm.settle();
                 }
             }
         }
+    }
+    if !durable.is_empty() {
+        let _ = done.send(Completion::Durable(durable));
     }
 }

@@ -1,10 +1,12 @@
 //! The writing half of a connection: batches queued frames into few writes, pings an idle
 //! client, and at close writes what is left, then a farewell.
 
+use super::outbound::{OutFrame, Outbound};
 use crate::encode;
-use crate::outbound::{OutFrame, Outbound};
-use crate::router::Router;
-use broadcast_protocol::{FailureReason, HEADER_LEN, Recipient, ServerFrame, decode_body};
+use crate::engine::Engine;
+use broadcast_protocol::{
+    DeliveryFailed, FailureReason, HEADER_LEN, Recipient, ServerFrame, decode_body,
+};
 use bytes::BytesMut;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -24,7 +26,7 @@ pub(crate) struct Writer {
     pub(crate) rx: mpsc::Receiver<OutFrame>,
     pub(crate) io: OwnedWriteHalf,
     pub(crate) out: Outbound,
-    pub(crate) router: Arc<Router>,
+    pub(crate) engine: Arc<Engine>,
     pub(crate) name: Arc<str>,
     pub(crate) heartbeat: Duration,
     pub(crate) drain_timeout: Duration,
@@ -155,17 +157,18 @@ impl Writer {
             else {
                 continue;
             };
-            let notice = self.router.undeliverable(
-                &d.sender,
-                &d.id,
-                Recipient::Client(self.name.to_string()),
-                FailureReason::NotConnected,
-                format!(
+            tracing::debug!(id = %d.id, sender = %d.sender, "not written before the close");
+            let notice = DeliveryFailed {
+                id: d.id,
+                recipient: Recipient::Client(self.name.to_string()),
+                reason: FailureReason::NotConnected,
+                detail: format!(
                     "{} disconnected before the message was written to it",
                     self.name
                 ),
-            );
-            self.router.notify(&d.sender, notice);
+                ack_tag: None,
+            };
+            self.engine.notify(&d.sender, notice);
         }
     }
 }

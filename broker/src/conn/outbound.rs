@@ -1,52 +1,18 @@
-//! Each connection's bounded outbound queue.
+//! Each connection's bounded outbound queue, the shell's [`Outlet`].
 //!
-//! The router pushes frames without waiting ([`Outbound::try_push`]): a recipient whose queue is
+//! The core pushes frames without waiting ([`Outbound::try_push`]): a recipient whose queue is
 //! full, in frames or in bytes, is too slow, and the delivery fails with a notice instead of
 //! growing memory. A connection pushes its own answers and notices with [`Outbound::push`],
 //! which waits, so a client that does not read its notices stops being read from.
 
+pub(crate) use crate::core::{OutFrame, PushError};
+
+use crate::core::Outlet;
 use bytes::Bytes;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
-
-/// One frame waiting to be written.
-#[derive(Debug)]
-pub(crate) struct OutFrame {
-    pub(crate) bytes: Bytes,
-    /// True for the delivery of a non-persistent message: if it is never written, its sender
-    /// is told (the frame itself names the sender and the message id).
-    pub(crate) at_most_once: bool,
-}
-
-impl OutFrame {
-    /// A frame that delivers no non-persistent message (a notice, an answer, a ping, or a
-    /// persistent delivery, which is tracked until acknowledged).
-    pub(crate) fn control(bytes: Bytes) -> Self {
-        Self {
-            bytes,
-            at_most_once: false,
-        }
-    }
-
-    /// The delivery of a non-persistent message.
-    pub(crate) fn at_most_once(bytes: Bytes) -> Self {
-        Self {
-            bytes,
-            at_most_once: true,
-        }
-    }
-}
-
-/// Why a frame was not queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum PushError {
-    /// The queue is at its limit.
-    Full,
-    /// The connection is closing.
-    Closed,
-}
 
 /// State shared by a connection's reader, its writer and the router.
 #[derive(Debug)]
@@ -207,6 +173,38 @@ impl Outbound {
             slot.get_or_insert(f);
         }
         self.shared.close.cancel();
+    }
+}
+
+impl Outlet for Outbound {
+    type Permit = OwnedSemaphorePermit;
+
+    fn conn_id(&self) -> u64 {
+        self.conn_id
+    }
+
+    fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
+    fn try_push(&self, frame: OutFrame) -> Result<(), PushError> {
+        Outbound::try_push(self, frame)
+    }
+
+    fn push_confirmation(&self, accepted: Bytes) {
+        Outbound::push_confirmation(self, accepted);
+    }
+
+    fn is_stalled(&self) -> bool {
+        Outbound::is_stalled(self)
+    }
+
+    fn want_room(&self) {
+        Outbound::want_room(self);
+    }
+
+    fn wake(&self) {
+        self.shared.wake.notify_one();
     }
 }
 

@@ -1,0 +1,200 @@
+//! What each queue in the store holds, as counters the core keeps beside the store: how many
+//! entries and bytes are unsettled, how many were decided but not yet appended, which were
+//! handed out before, and the limits a new entry must stay within.
+
+use crate::config::Config;
+use crate::maps::{HashMap, HashSet};
+use crate::store::{QueueId, QueueInfo, Seq, StoredEntry};
+
+/// Counters of one queue in the store.
+#[derive(Debug, Default)]
+pub(super) struct QueueMeta {
+    /// Unsettled entries.
+    pub(super) pending: u64,
+    /// Their bytes.
+    pub(super) bytes: u64,
+    /// Entries decided but not yet appended by the store.
+    pub(super) unapplied: u64,
+    /// Counts every entry decided for this queue, so a drainer can tell whether anything
+    /// was decided after it asked the store for entries.
+    pub(super) decided: u64,
+    /// Highest sequence number handed to any connection in this broker's life (entries at or
+    /// below it are marked redelivered); at start-up, everything stored before.
+    pub(super) hwm: Seq,
+    /// Delivery attempts of entries handed out at least once.
+    pub(super) attempts: HashMap<Seq, u32>,
+    /// Moves of a backlog into this queue decided and not yet applied: their entries are
+    /// counted in the backlog until the store says what moved.
+    pub(super) moves_in: u64,
+}
+
+impl QueueMeta {
+    /// Whether the queue holds entries, or will once the store has applied what was decided.
+    pub(super) fn holds_entries(&self) -> bool {
+        self.pending > 0 || self.unapplied > 0 || self.moves_in > 0
+    }
+}
+
+/// Every queue's counters, and the bytes of all of them.
+#[derive(Debug, Default)]
+pub(super) struct Queues {
+    map: HashMap<QueueId, QueueMeta>,
+    stored_bytes: u64,
+    /// While the store looks for expired entries: the entries settled meanwhile, which its
+    /// answer may still name.
+    scan: Option<HashSet<(QueueId, Seq)>>,
+    /// Backlogs whose entries are being moved to a subscriber, with the number of moves
+    /// under way: their counts are the subscribers' until the store says what moved.
+    moving: HashMap<QueueId, u32>,
+}
+
+impl Queues {
+    /// The counters of the queues the store holds.
+    pub(super) fn restore(infos: Vec<QueueInfo>) -> Self {
+        let mut queues = Self::default();
+        for q in infos {
+            queues.stored_bytes = queues.stored_bytes.saturating_add(q.bytes);
+            let meta = QueueMeta {
+                pending: q.pending,
+                bytes: q.bytes,
+                hwm: q.next_seq.saturating_sub(1),
+                ..QueueMeta::default()
+            };
+            queues.map.insert(q.queue, meta);
+        }
+        queues
+    }
+
+    pub(super) fn get(&self, queue: &QueueId) -> Option<&QueueMeta> {
+        self.map.get(queue)
+    }
+
+    pub(super) fn get_mut(&mut self, queue: &QueueId) -> Option<&mut QueueMeta> {
+        self.map.get_mut(queue)
+    }
+
+    /// The counters of `queue`, made when missing (the name is copied only then).
+    pub(super) fn entry(&mut self, queue: &QueueId) -> &mut QueueMeta {
+        if !self.map.contains_key(queue) {
+            self.map.insert(queue.clone(), QueueMeta::default());
+        }
+        self.map.get_mut(queue).expect("inserted above")
+    }
+
+    /// Each queue with its unsettled entries and bytes, leaving out empty ones.
+    pub(super) fn counts(&self) -> Vec<(QueueId, u64, u64)> {
+        self.map
+            .iter()
+            .filter(|(_, m)| m.pending > 0 || m.bytes > 0)
+            .map(|(q, m)| (q.clone(), m.pending, m.bytes))
+            .collect()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub(super) fn pending_total(&self) -> u64 {
+        self.map.values().map(|m| m.pending).sum()
+    }
+
+    pub(super) fn stored_bytes(&self) -> u64 {
+        self.stored_bytes
+    }
+
+    /// Why an entry of `size` bytes cannot be added to `queue`, if it cannot.
+    pub(super) fn full(
+        &self,
+        cfg: &Config,
+        queue: &QueueId,
+        size: u64,
+        max_messages: u64,
+    ) -> Option<String> {
+        let (pending, bytes) = self.map.get(queue).map_or((0, 0), |m| (m.pending, m.bytes));
+        if pending >= max_messages {
+            Some(format!(
+                "the queue of {queue} holds its limit of {max_messages} messages"
+            ))
+        } else if bytes.saturating_add(size) > cfg.queue_max_bytes {
+            Some(format!(
+                "the queue of {queue} holds its limit of {} bytes",
+                cfg.queue_max_bytes
+            ))
+        } else if self.stored_bytes.saturating_add(size) > cfg.store_max_bytes {
+            Some(format!(
+                "the store holds its limit of {} bytes",
+                cfg.store_max_bytes
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// Counts an entry decided for a queue.
+    pub(super) fn count_enqueued(&mut self, queue: &QueueId, entry: &StoredEntry) {
+        let size = entry.size();
+        self.stored_bytes += size;
+        let meta = self.entry(queue);
+        meta.pending += 1;
+        meta.bytes += size;
+        meta.unapplied += 1;
+        meta.decided += 1;
+    }
+
+    /// Opens the window of a look for expired entries: entries settled from now on are
+    /// remembered until [`Queues::end_scan`].
+    pub(super) fn begin_scan(&mut self) {
+        self.scan = Some(HashSet::default());
+    }
+
+    /// Closes the window: the entries settled since [`Queues::begin_scan`].
+    pub(super) fn end_scan(&mut self) -> HashSet<(QueueId, Seq)> {
+        self.scan.take().unwrap_or_default()
+    }
+
+    /// Counts an entry settled in a queue.
+    pub(super) fn count_settled(&mut self, queue: &QueueId, seq: Seq, size: u64) {
+        if let Some(scan) = &mut self.scan {
+            scan.insert((queue.clone(), seq));
+        }
+        self.stored_bytes = self.stored_bytes.saturating_sub(size);
+        if let Some(meta) = self.map.get_mut(queue) {
+            meta.pending = meta.pending.saturating_sub(1);
+            meta.bytes = meta.bytes.saturating_sub(size);
+            meta.attempts.remove(&seq);
+        }
+    }
+
+    /// Notes a move of a channel's backlog into the queue `to` of a new subscriber: the
+    /// entries stay counted in the backlog until the move is applied.
+    pub(super) fn count_move(&mut self, backlog: &QueueId, to: &QueueId) {
+        *self.moving.entry(backlog.clone()).or_insert(0) += 1;
+        self.entry(to).moves_in += 1;
+    }
+
+    /// Whether the entries of `queue` are being moved elsewhere.
+    pub(super) fn is_moving(&self, queue: &QueueId) -> bool {
+        self.moving.contains_key(queue)
+    }
+
+    /// A move from `from` into `to` was applied (`None`: it failed): what moved is counted
+    /// in `to` instead of `from`.
+    pub(super) fn moved(&mut self, from: &QueueId, to: &QueueId, moved: Option<(u64, u64)>) {
+        if let Some(n) = self.moving.get_mut(from) {
+            *n -= 1;
+            if *n == 0 {
+                self.moving.remove(from);
+            }
+        }
+        let (n, bytes) = moved.unwrap_or((0, 0));
+        if let Some(from) = self.map.get_mut(from) {
+            from.pending = from.pending.saturating_sub(n);
+            from.bytes = from.bytes.saturating_sub(bytes);
+        }
+        let meta = self.entry(to);
+        meta.moves_in = meta.moves_in.saturating_sub(1);
+        meta.pending += n;
+        meta.bytes += bytes;
+        meta.decided += n;
+    }
+}

@@ -1,0 +1,350 @@
+//! The routing core under its lock, joined to the store: every call locks the [`Core`], gives
+//! it one input, hands the store the writes it decided while still holding the lock (so the
+//! store applies writes in the order they were decided, and a drainer's read comes after
+//! every write it could have seen decided), and unlocks. Store completions come back through
+//! a channel, as values, and are fed to the core by one task.
+//!
+//! The lock is a `std::sync::Mutex` held only for short, non-blocking work: the core's own,
+//! `try_push` into bounded outbound queues, and sending into store slots reserved beforehand.
+//! It is never held across an `.await`.
+
+use crate::config::Config;
+use crate::conn::Outbound;
+use crate::core::{
+    Completion, ConfirmId, Core, DrainStep, NewConfirm, Now, Refusal, Routed, StoreOp, Subscribed,
+};
+use crate::handle::Observed;
+use crate::persist::{Command, Persist, Slot};
+use crate::store::{QueueStore, Seq, StoreError, StoredEntry};
+use broadcast_protocol::{DeliveryFailed, Publish};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::Instant;
+
+/// The store thread has stopped: nothing more can be written.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StoreStopped;
+
+/// The core as the shell runs it.
+pub(crate) struct Engine {
+    core: Mutex<Core<Outbound>>,
+    config: Config,
+    pub(crate) persist: Persist,
+    observers: broadcast::Sender<Arc<Observed>>,
+    next_conn: AtomicU64,
+    rt: tokio::runtime::Handle,
+    /// Monotonic time 0 of the core.
+    epoch: Instant,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Engine {
+    /// An engine over an opened store: the core restored from it, the store threads started,
+    /// and the task that feeds their completions to the core.
+    pub(crate) fn start(
+        config: Config,
+        store: Arc<dyn QueueStore>,
+        rt: tokio::runtime::Handle,
+    ) -> Result<Arc<Self>, StoreError> {
+        let core = Core::new(config.clone(), store.queues()?, store.sessions()?);
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let persist = Persist::start(store, done_tx)?;
+        let (observers, _) = broadcast::channel(1024);
+        let engine = Arc::new(Self {
+            core: Mutex::new(core),
+            config,
+            persist,
+            observers,
+            next_conn: AtomicU64::new(1),
+            rt: rt.clone(),
+            epoch: Instant::now(),
+        });
+        rt.spawn(completions(engine.clone(), done_rx));
+        Ok(engine)
+    }
+
+    /// The core, locked, told whether the store takes writes.
+    fn lock(&self) -> MutexGuard<'_, Core<Outbound>> {
+        // A panic while holding the lock cannot leave the core in a state worse than stopping
+        // the broker would, so a poisoned lock is used as it is.
+        let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
+        core.set_store_failed(self.persist.is_failed());
+        core
+    }
+
+    /// The time as the core takes it.
+    pub(crate) fn now(&self) -> Now {
+        Now {
+            wall_ms: now_ms(),
+            mono_ms: self.epoch.elapsed().as_millis() as u64,
+        }
+    }
+
+    /// The monotonic instant of a core deadline.
+    fn instant(&self, mono_ms: u64) -> Instant {
+        self.epoch + Duration::from_millis(mono_ms)
+    }
+
+    /// Reports the notices the core could neither deliver nor keep.
+    fn report_lost(core: &mut Core<Outbound>) {
+        for (sender, notice) in core.take_lost() {
+            tracing::error!(
+                %sender,
+                id = %notice.id,
+                recipient = ?notice.recipient,
+                reason = ?notice.reason,
+                "a delivery-failed notice is lost: its sender is away and the store takes no writes"
+            );
+        }
+    }
+
+    /// Sends the writes the core decided through `slot`, under the core's lock.
+    fn send_ops(core: &mut Core<Outbound>, slot: Option<Slot>, done: Option<oneshot::Sender<()>>) {
+        Self::report_lost(core);
+        let ops = core.take_ops();
+        match slot {
+            Some(slot) if !ops.is_empty() || done.is_some() => {
+                slot.send(Command::Ops(ops, done));
+            }
+            _ => debug_assert!(ops.is_empty(), "store writes without a slot"),
+        }
+    }
+
+    /// Sends the writes the core decided from code that cannot wait, under the core's lock.
+    fn send_detached(&self, core: &mut Core<Outbound>) {
+        Self::report_lost(core);
+        if core.has_ops() {
+            let ops = core.take_ops();
+            self.persist
+                .send_detached(Command::Ops(ops, None), &self.rt);
+        }
+    }
+
+    /// A new connection id.
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Receivers of every message clients send.
+    pub(crate) fn observe(&self) -> broadcast::Receiver<Arc<Observed>> {
+        self.observers.subscribe()
+    }
+
+    /// Hands a copy of a client's message to the observers, if any.
+    fn notify_observers(&self, sender: &Arc<str>, msg: &Publish) {
+        if self.observers.receiver_count() > 0 && &**sender != crate::BROKER_SENDER {
+            // A lagging observer loses old entries; it never slows routing.
+            let _ = self.observers.send(Arc::new(Observed {
+                sender: sender.to_string(),
+                message: msg.clone(),
+            }));
+        }
+    }
+
+    /// Names of the connected clients.
+    pub(crate) fn connected(&self) -> Vec<String> {
+        self.lock().connected()
+    }
+
+    /// Registers a connection under `name`; returns the connection it took the name from.
+    pub(crate) async fn register(
+        &self,
+        name: Arc<str>,
+        out: Outbound,
+    ) -> Result<Option<Outbound>, StoreStopped> {
+        let slot = self.persist.reserve().await.ok_or(StoreStopped)?;
+        let mut core = self.lock();
+        let old = core.register(name, out);
+        Self::send_ops(&mut core, Some(slot), None);
+        Ok(old)
+    }
+
+    /// Removes a connection unless its name was taken over.
+    pub(crate) async fn unregister(&self, name: &str, conn_id: u64) {
+        let Some(slot) = self.persist.reserve().await else {
+            return;
+        };
+        let now = self.now();
+        let mut core = self.lock();
+        core.unregister(now, name, conn_id);
+        Self::send_ops(&mut core, Some(slot), None);
+    }
+
+    /// Subscribes; the receiver resolves once the subscription is durable.
+    pub(crate) async fn subscribe(
+        &self,
+        name: &Arc<str>,
+        conn_id: u64,
+        channel: &str,
+    ) -> Result<Result<(Subscribed, oneshot::Receiver<()>), Refusal>, StoreStopped> {
+        let slot = self.persist.reserve().await.ok_or(StoreStopped)?;
+        let (tx, rx) = oneshot::channel();
+        let mut core = self.lock();
+        let subscribed = match core.subscribe(name, conn_id, channel) {
+            Ok(subscribed) => subscribed,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        if subscribed.new {
+            Self::send_ops(&mut core, Some(slot), Some(tx));
+        } else {
+            let _ = tx.send(());
+            Self::send_ops(&mut core, Some(slot), None);
+        }
+        Ok(Ok((subscribed, rx)))
+    }
+
+    /// Removes a subscription.
+    pub(crate) async fn unsubscribe(
+        &self,
+        name: &Arc<str>,
+        conn_id: u64,
+        channel: &str,
+    ) -> Result<(), StoreStopped> {
+        let slot = self.persist.reserve().await.ok_or(StoreStopped)?;
+        let mut core = self.lock();
+        core.unsubscribe(name, conn_id, channel);
+        Self::send_ops(&mut core, Some(slot), None);
+        Ok(())
+    }
+
+    /// Checks a message before routing it.
+    pub(crate) fn validate(&self, msg: &Publish) -> Result<(), Refusal> {
+        crate::core::validate(&self.config, msg)
+    }
+
+    /// Routes a validated message that is not kept.
+    pub(crate) fn route(&self, sender: &Arc<str>, msg: &Publish) -> Routed<Outbound> {
+        self.notify_observers(sender, msg);
+        // Only a message that may be kept needs the clock, for its expiry.
+        let now = if msg.persistent {
+            self.now()
+        } else {
+            Now::default()
+        };
+        let mut core = self.lock();
+        let routed = core.route(now, sender, msg);
+        debug_assert!(
+            !core.has_ops(),
+            "a message without confirmation is not kept"
+        );
+        routed
+    }
+
+    /// Routes a run of validated persistent messages from `sender` (whose connection is
+    /// `out`), each with its confirmation.
+    pub(crate) async fn route_persistent(
+        &self,
+        sender: &Arc<str>,
+        out: &Outbound,
+        msgs: &[Publish],
+        confirms: Vec<NewConfirm<Outbound>>,
+    ) -> Vec<Routed<Outbound>> {
+        for msg in msgs {
+            self.notify_observers(sender, msg);
+        }
+        let slot = self.persist.reserve().await;
+        // One clock read for the run: its messages arrived together.
+        let now = self.now();
+        let mut core = self.lock();
+        let routed = core.route_persistent(now, sender, out, msgs, confirms);
+        Self::send_ops(&mut core, slot, None);
+        routed
+    }
+
+    /// Releases routing's hold on a confirmation whose notices are sent, if it has one.
+    pub(crate) fn release(&self, hold: Option<ConfirmId>) {
+        if let Some(id) = hold {
+            self.lock().release(id);
+        }
+    }
+
+    /// Handles acknowledgements; returns the store writes that settle queue entries.
+    pub(crate) fn ack(&self, name: &str, conn_id: u64, tags: &[u64]) -> Option<Command> {
+        let mut core = self.lock();
+        core.ack(name, conn_id, tags);
+        core.has_ops().then(|| Command::Ops(core.take_ops(), None))
+    }
+
+    /// The next step of a drainer.
+    pub(crate) fn drain_step(&self, name: &str, conn_id: u64) -> DrainStep {
+        self.lock().drain_step(name, conn_id)
+    }
+
+    /// Hands entries read from a queue to its connection; true to read again at once.
+    pub(crate) fn drained(
+        &self,
+        name: &str,
+        conn_id: u64,
+        from: Seq,
+        decided: u64,
+        entries: Vec<(Seq, StoredEntry)>,
+    ) -> bool {
+        let now = self.now();
+        let mut core = self.lock();
+        let again = core.drained(now, name, conn_id, from, decided, entries);
+        self.send_detached(&mut core);
+        again
+    }
+
+    /// Earliest acknowledgement deadline of a connection.
+    pub(crate) fn next_deadline(&self, name: &str, conn_id: u64) -> Option<Instant> {
+        let deadline = self.lock().next_deadline(name, conn_id)?;
+        Some(self.instant(deadline))
+    }
+
+    /// Sends again, or gives up on, a connection's late deliveries.
+    pub(crate) fn redeliver_late(&self, name: &str, conn_id: u64) {
+        let now = self.now();
+        let mut core = self.lock();
+        core.redeliver_late(now, name, conn_id);
+        self.send_detached(&mut core);
+    }
+
+    /// Sends a notice to a sender outside of its own request.
+    pub(crate) fn notify(&self, sender: &str, notice: DeliveryFailed) {
+        let now = self.now();
+        let mut core = self.lock();
+        core.notify(now, sender, notice);
+        self.send_detached(&mut core);
+    }
+
+    /// Opens a look for expired entries.
+    pub(crate) fn begin_expiry_scan(&self) {
+        self.lock().begin_expiry_scan();
+    }
+
+    /// Forgets expired sessions; returns the store writes.
+    pub(crate) fn expire_sessions(&self) -> Vec<StoreOp> {
+        let now = self.now();
+        let mut core = self.lock();
+        core.expire_sessions(now);
+        core.take_ops()
+    }
+}
+
+/// Feeds the store's completions to the core, as many as are waiting under one lock.
+async fn completions(engine: Arc<Engine>, mut rx: mpsc::UnboundedReceiver<Completion>) {
+    let mut batch = Vec::with_capacity(64);
+    while rx.recv_many(&mut batch, 64).await > 0 {
+        let now = engine.now();
+        let mut core = engine.lock();
+        for done in batch.drain(..) {
+            core.complete(now, done);
+        }
+        engine.send_detached(&mut core);
+    }
+}

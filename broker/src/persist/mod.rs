@@ -1,0 +1,151 @@
+//! The store's side of the shell: its own thread applies the core's writes in groups
+//! (`worker`), and a flush thread makes each group durable before anything in it is reported
+//! done (`flusher`), while the store thread applies the next group.
+//!
+//! Async code talks to the store thread through [`Persist`], a bounded channel. The engine
+//! reserves a slot before it locks the core and sends the core's writes through it under the
+//! lock, without waiting. What the store reports back goes to the engine as
+//! [`Completion`] values.
+
+mod flusher;
+mod worker;
+
+use crate::core::{Completion, StoreOp};
+use crate::store::{QueueId, QueueInfo, QueueStore, Seq, StoreError, StoredEntry};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::{mpsc, oneshot};
+
+/// Commands waiting for the store thread at most; senders wait beyond that.
+const CHANNEL: usize = 16 * 1024;
+
+/// Where completions go.
+pub(crate) type Completions = mpsc::UnboundedSender<Completion>;
+
+/// What the store thread is asked to do.
+pub(crate) enum Command {
+    /// Writes decided by the core, applied in order; the sender, if any, is answered once
+    /// they (and everything before them) are durable.
+    Ops(Vec<StoreOp>, Option<oneshot::Sender<()>>),
+    /// Reads unsettled entries of a queue.
+    Read {
+        queue: QueueId,
+        from: Seq,
+        max: usize,
+        reply: oneshot::Sender<Result<Vec<(Seq, StoredEntry)>, StoreError>>,
+    },
+    /// Looks for entries whose time to live ran out; what it finds is a completion.
+    Expired { now_ms: u64, max: usize },
+    /// Flushes, closes the store and stops the thread, then answers.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Handle on the store thread. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Persist {
+    tx: mpsc::Sender<Command>,
+    failed: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Persist {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Persist")
+            .field("failed", &self.is_failed())
+            .finish()
+    }
+}
+
+/// A reserved slot in the store thread's channel.
+pub(crate) type Slot = mpsc::OwnedPermit<Command>;
+
+impl Persist {
+    /// Starts the store and flush threads over an opened store; completions go to `done`.
+    pub(crate) fn start(store: Arc<dyn QueueStore>, done: Completions) -> Result<Self, StoreError> {
+        let next_seq = store
+            .queues()?
+            .into_iter()
+            .map(
+                |QueueInfo {
+                     queue, next_seq, ..
+                 }| (queue, next_seq),
+            )
+            .collect();
+        let (tx, rx) = mpsc::channel(CHANNEL);
+        let failed = Arc::new(AtomicBool::new(false));
+        let flusher = flusher::Flusher::start(store.clone(), failed.clone(), done.clone())?;
+        let worker = worker::Worker::new(store, flusher, rx, next_seq, done, failed.clone());
+        std::thread::Builder::new()
+            .name("broadcast-store".into())
+            .spawn(move || worker.run())
+            .map_err(|e| StoreError::Io(format!("cannot start the store thread: {e}")))?;
+        Ok(Self { tx, failed })
+    }
+
+    /// True once a write or flush has failed: the store takes no more persistent messages.
+    pub(crate) fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Reserves a slot, waiting while the store thread is behind.
+    pub(crate) async fn reserve(&self) -> Option<Slot> {
+        self.tx.clone().reserve_owned().await.ok()
+    }
+
+    /// Sends a command, waiting for room.
+    pub(crate) async fn send(&self, cmd: Command) {
+        if self.tx.send(cmd).await.is_err() {
+            tracing::error!("the store thread has stopped");
+        }
+    }
+
+    /// Sends a command from code that cannot wait: at once when there is room, otherwise from
+    /// a task of `rt` that waits for room.
+    pub(crate) fn send_detached(&self, cmd: Command, rt: &tokio::runtime::Handle) {
+        match self.tx.try_send(cmd) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(cmd)) => {
+                let tx = self.tx.clone();
+                rt.spawn(async move {
+                    let _ = tx.send(cmd).await;
+                });
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!("the store thread has stopped");
+            }
+        }
+    }
+
+    /// Reads unsettled entries of a queue from `from` on.
+    pub(crate) async fn read(
+        &self,
+        queue: QueueId,
+        from: Seq,
+        max: usize,
+    ) -> Result<Vec<(Seq, StoredEntry)>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Read {
+            queue,
+            from,
+            max,
+            reply,
+        })
+        .await;
+        rx.await
+            .map_err(|_| StoreError::Io("the store thread has stopped".into()))?
+    }
+
+    /// Flushes, closes the store and stops the store thread.
+    pub(crate) async fn shutdown(&self) {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Shutdown(reply)).await;
+        let _ = rx.await;
+    }
+}
+
+/// Hands what sled retired on this thread (old log buffers of 512 KiB, old tree nodes) to
+/// its epoch collector now, rather than once 64 of them have piled up: sled frees them through
+/// crossbeam's default collector, and a thread that keeps writing otherwise holds dozens of
+/// them (an offline queue of 100,000 messages: peak memory 69 MB, 49 MB with this).
+fn release_retired() {
+    crossbeam_epoch::pin().flush();
+}
