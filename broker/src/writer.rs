@@ -4,7 +4,9 @@
 use crate::encode;
 use crate::outbound::{OutFrame, Outbound};
 use crate::router::Router;
-use broadcast_protocol::{FailureReason, HEADER_LEN, Recipient, ServerFrame, decode_body};
+use broadcast_protocol::{
+    FailureReason, HEADER_LEN, Recipient, ServerFrame, decode_deliver_origin,
+};
 use bytes::BytesMut;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -151,13 +153,12 @@ impl Writer {
                 continue;
             }
             // The frame is the broker's own encoding of a delivery: it decodes.
-            let Ok(ServerFrame::Deliver(d)) = decode_body::<ServerFrame>(&f.bytes[HEADER_LEN..])
-            else {
+            let Some(d) = decode_deliver_origin(&f.bytes[HEADER_LEN..]) else {
                 continue;
             };
             let notice = self.router.undeliverable(
-                &d.sender,
-                &d.id,
+                d.sender,
+                d.id,
                 Recipient::Client(self.name.to_string()),
                 FailureReason::NotConnected,
                 format!(
@@ -165,7 +166,7 @@ impl Writer {
                     self.name
                 ),
             );
-            self.router.notify(&d.sender, notice);
+            self.router.notify(d.sender, notice);
         }
     }
 }
