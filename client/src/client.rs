@@ -1,7 +1,9 @@
 //! [`Client`]: the cheap, cloneable handle to a connection.
 
-use crate::driver::{Command, Control, Driver, connect_first};
+use crate::command::{Command, Control};
+use crate::connector::connect_first;
 use crate::subscription::{AckQueue, Acker, Inbound};
+use crate::task::Task;
 use crate::unconfirmed::Confirm;
 use crate::{
     ConnectError, ConnectOptions, DirectMessages, Event, Events, Message, OutgoingMessage,
@@ -129,7 +131,7 @@ impl Client {
         });
         let receive_buffer = options.receive_buffer;
         let manual_ack = options.manual_ack;
-        let mut driver = Driver::new(
+        let mut task = Task::new(
             addr,
             options,
             shared.clone(),
@@ -140,8 +142,8 @@ impl Client {
         // Set up here rather than in the task, so that the name and limits are known when this
         // returns (and the first `Connected` event, raised before anyone can watch, is never
         // seen: events report changes after `connect`).
-        conn.span.in_scope(|| driver.start(&conn));
-        tokio::spawn(driver.run(conn));
+        conn.span.in_scope(|| task.start(&conn));
+        tokio::spawn(task.run(conn));
         Ok(Client {
             inner: Arc::new(Inner {
                 commands,
