@@ -18,7 +18,7 @@ use super::subscriptions::Subscriptions;
 use super::{End, emit};
 use crate::ack::{DedupWindow, ManualTags, dedup_key};
 use crate::client::Shared;
-use crate::connection::{Reader, frame_kind};
+use crate::connection::frame_kind;
 use crate::inbound;
 use crate::subscription::{AckRef, Inbound, Lost, Route, deliver};
 use crate::{ConnectOptions, Event, Message, SubscribeError};
@@ -33,9 +33,12 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 use tokio::sync::{mpsc, oneshot};
 
-/// One item read from the connection: `None` when the broker closed it, an outer error when
-/// reading failed, an inner one for a malformed frame.
-pub(super) type ReadItem = Option<Result<Result<inbound::Incoming, CodecError>, CodecError>>;
+/// One frame read from the connection: an outer error when reading failed, an inner one for a
+/// malformed frame.
+pub(super) type ReadResult = Result<Result<inbound::Incoming, CodecError>, CodecError>;
+
+/// The next item read from the connection: `None` when the broker closed it.
+pub(super) type ReadItem = Option<ReadResult>;
 
 /// A delivery waiting for room in a full stream.
 type PendingDelivery = Pin<Box<dyn Future<Output = Result<(), (Lost, Inbound)>> + Send>>;
@@ -174,8 +177,12 @@ impl Incoming {
         self.pending.is_some()
     }
 
-    /// Waits for the delivery waiting for room, if any, else for the next item read.
-    pub(super) fn poll_read(&mut self, cx: &mut Context<'_>, reader: &mut Reader) -> Poll<Read> {
+    /// Waits for the delivery waiting for room, if any, else for the next item from
+    /// `reader` (the connection's [`Reader`](crate::connection::Reader)).
+    pub(super) fn poll_read<R>(&mut self, cx: &mut Context<'_>, reader: &mut R) -> Poll<Read>
+    where
+        R: Stream<Item = ReadResult> + Unpin,
+    {
         if let Some(fut) = self.pending.as_mut() {
             let res = ready!(fut.as_mut().poll(cx));
             self.pending = None;
@@ -373,5 +380,338 @@ impl Incoming {
 
     fn emit(&self, event: Event) {
         emit(&self.shared.events, event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::outgoing::tests::{publish_frame, written};
+    use broadcast_protocol::{Delivery, DeliveryFailed, Target};
+    use bytes::Bytes;
+    use tokio::sync::broadcast;
+    use tokio::sync::oneshot::error::TryRecvError;
+
+    /// An incoming half and an outgoing half on a connection, with the application's ends.
+    struct Harness {
+        incoming: Incoming,
+        out: Outgoing,
+        events: broadcast::Receiver<Event>,
+        /// The direct stream, taken by the application.
+        direct: mpsc::Receiver<Inbound>,
+    }
+
+    fn harness(options: ConnectOptions) -> Harness {
+        let (direct_tx, direct) = mpsc::channel(4);
+        let shared = Arc::new(Shared::new(64, mpsc::channel(1).1));
+        shared.direct_taken.store(true, Ordering::Release);
+        let events = shared.events.subscribe();
+        let mut out = Outgoing::new(shared.events.clone(), 16);
+        out.connected(1 << 20);
+        let mut incoming = Incoming::new(&options, shared, direct_tx);
+        incoming.connected();
+        Harness {
+            incoming,
+            out,
+            events,
+            direct,
+        }
+    }
+
+    impl Harness {
+        fn frame(&mut self, frame: ServerFrame) -> Option<End> {
+            self.incoming.on_frame(frame, &mut self.out)
+        }
+
+        fn deliver(&mut self, d: Delivery) {
+            let item = Some(Ok(Ok(inbound::Incoming::Message(d.into()))));
+            assert!(self.incoming.on_read(item, &mut self.out).is_none());
+        }
+
+        /// The events raised so far.
+        fn events(&mut self) -> Vec<Event> {
+            std::iter::from_fn(|| self.events.try_recv().ok()).collect()
+        }
+    }
+
+    fn delivery(id: &str, channel: Option<&str>, ack_tag: Option<u64>) -> Delivery {
+        Delivery {
+            id: id.into(),
+            sender: "alice".into(),
+            channel: channel.map(Into::into),
+            name: None,
+            data: Bytes::from_static(b"x"),
+            persistent: true,
+            redelivered: false,
+            ack_tag,
+        }
+    }
+
+    fn acks(frames: &[ClientFrame]) -> Vec<u64> {
+        frames
+            .iter()
+            .flat_map(|f| match f {
+                ClientFrame::Ack { tags } => tags.clone(),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn accepted_confirms_the_message_and_answers_its_sender() {
+        let mut h = harness(ConnectOptions::new());
+        let (confirm, mut outcome) = oneshot::channel();
+        h.out
+            .publish(publish_frame("m1", Target::All, 1), true, Some(confirm));
+        h.out
+            .publish(publish_frame("m2", Target::All, 1), true, None);
+        assert!(h.frame(ServerFrame::Accepted { id: "m1".into() }).is_none());
+        assert!(matches!(outcome.try_recv(), Ok(Ok(()))));
+        assert_eq!(h.out.unconfirmed_len(), 1);
+        assert!(matches!(&h.events()[..], [Event::Accepted { id }] if id == "m1"));
+
+        // An unknown id is still reported; nothing else changes.
+        h.frame(ServerFrame::Accepted { id: "zz".into() });
+        assert_eq!(h.out.unconfirmed_len(), 1);
+        assert!(matches!(&h.events()[..], [Event::Accepted { id }] if id == "zz"));
+    }
+
+    #[test]
+    fn a_delivery_failure_is_raised_and_a_notice_kept_for_the_sender_acknowledged() {
+        let mut h = harness(ConnectOptions::new());
+        for (id, ack_tag) in [("m1", None), ("m2", Some(9))] {
+            h.frame(ServerFrame::DeliveryFailed(DeliveryFailed {
+                id: id.into(),
+                recipient: Recipient::Client("bob".into()),
+                reason: FailureReason::NotConnected,
+                detail: "bob is away".into(),
+                ack_tag,
+            }));
+        }
+        let ids: Vec<String> = h
+            .events()
+            .into_iter()
+            .map(|e| match e {
+                Event::DeliveryFailed { id, reason, .. } => {
+                    assert_eq!(reason, FailureReason::NotConnected);
+                    id
+                }
+                other => panic!("unexpected event {other:?}"),
+            })
+            .collect();
+        assert_eq!(ids, ["m1", "m2"]);
+        h.out.push_acks();
+        assert_eq!(acks(&written(&mut h.out)), [9]);
+    }
+
+    #[test]
+    fn a_redelivered_duplicate_is_dropped_and_acknowledged_at_once() {
+        let mut h = harness(ConnectOptions::new());
+        h.deliver(delivery("m1", None, Some(1)));
+        let first = h.direct.try_recv().unwrap();
+        assert_eq!(first.msg.id, "m1");
+        assert_eq!(first.ack.map(|a| a.tag), Some(1), "acknowledged once taken");
+
+        let again = Delivery {
+            redelivered: true,
+            ..delivery("m1", None, Some(2))
+        };
+        h.deliver(again.clone());
+        assert!(h.direct.try_recv().is_err(), "the duplicate is dropped");
+        h.out.push_acks();
+        assert_eq!(acks(&written(&mut h.out)), [2]);
+
+        // Without a window, a redelivery is passed on, marked.
+        let mut h = harness(ConnectOptions::new().dedup_window(0));
+        h.deliver(delivery("m1", None, Some(1)));
+        h.deliver(again);
+        h.direct.try_recv().unwrap();
+        assert!(h.direct.try_recv().unwrap().msg.redelivered);
+    }
+
+    #[test]
+    fn a_full_stream_pauses_reading_until_it_has_room() {
+        let mut h = harness(ConnectOptions::new());
+        let (tx, mut news) = mpsc::channel(1);
+        let (reply, _answer) = oneshot::channel();
+        h.incoming
+            .subscribe("news".into(), 1, tx, reply, &mut h.out);
+        h.deliver(delivery("m1", Some("news"), None));
+        assert!(!h.incoming.is_waiting());
+        h.deliver(delivery("m2", Some("news"), None));
+        assert!(h.incoming.is_waiting(), "m2 waits for room");
+
+        // Nothing is read meanwhile: the reader is not even polled.
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        let mut reader = futures::stream::poll_fn(|_| -> Poll<Option<ReadResult>> {
+            panic!("read while a delivery waits")
+        });
+        assert!(h.incoming.poll_read(&mut cx, &mut reader).is_pending());
+
+        assert_eq!(news.try_recv().unwrap().msg.id, "m1");
+        let Poll::Ready(Read::Delivered(res)) = h.incoming.poll_read(&mut cx, &mut reader) else {
+            panic!("the waiting delivery goes through once there is room");
+        };
+        h.incoming.delivered(res);
+        assert!(!h.incoming.is_waiting());
+        assert_eq!(news.try_recv().unwrap().msg.id, "m2");
+
+        let mut reader = futures::stream::iter([Err(CodecError::Decode("bad".into()))]);
+        assert!(matches!(
+            h.incoming.poll_read(&mut cx, &mut reader),
+            Poll::Ready(Read::Item(Some(Err(_))))
+        ));
+    }
+
+    #[test]
+    fn a_delivery_no_stream_takes_is_reported() {
+        let mut h = harness(ConnectOptions::new());
+        h.events();
+        let Harness { direct, .. } = &mut h;
+        direct.close();
+        while direct.try_recv().is_ok() {}
+        h.deliver(delivery("m1", None, None));
+        assert!(matches!(
+            &h.events()[..],
+            [Event::DeliveryFailed { id, reason: FailureReason::NotSubscribed, .. }] if id == "m1"
+        ));
+    }
+
+    #[test]
+    fn manual_acknowledgements_go_out_only_for_tags_of_the_current_connection() {
+        let mut h = harness(ConnectOptions::new().manual_ack(true));
+        h.deliver(delivery("m1", None, Some(1)));
+        h.deliver(delivery("m2", None, Some(2)));
+        assert!(
+            h.direct.try_recv().unwrap().ack.is_none(),
+            "the application acknowledges"
+        );
+        h.incoming.manual_ack(1, &mut h.out);
+        h.incoming.manual_ack(1, &mut h.out);
+        h.incoming.manual_ack(7, &mut h.out);
+        h.out.push_acks();
+        assert_eq!(acks(&written(&mut h.out)), [1]);
+
+        h.incoming.disconnected();
+        h.out.disconnected();
+        h.incoming.connected();
+        h.out.connected(1 << 20);
+        h.incoming.manual_ack(2, &mut h.out);
+        h.out.push_acks();
+        assert!(acks(&written(&mut h.out)).is_empty());
+    }
+
+    #[test]
+    fn automatic_acknowledgements_carry_their_connection() {
+        let mut h = harness(ConnectOptions::new());
+        h.deliver(delivery("m1", None, Some(1)));
+        h.incoming.disconnected();
+        h.incoming.connected();
+        h.deliver(delivery("m2", None, Some(1)));
+        let first = h.direct.try_recv().unwrap().ack.unwrap();
+        let second = h.direct.try_recv().unwrap().ack.unwrap();
+        assert_eq!(second.epoch, first.epoch + 1);
+    }
+
+    #[test]
+    fn pings_are_answered_and_pongs_end_flushes() {
+        let mut h = harness(ConnectOptions::new());
+        h.frame(ServerFrame::Ping { nonce: 5 });
+        assert_eq!(written(&mut h.out), [ClientFrame::Pong { nonce: 5 }]);
+        let (reply, mut done) = oneshot::channel();
+        h.out.flush(reply);
+        let [ClientFrame::Ping { nonce }] = written(&mut h.out)[..] else {
+            panic!("a flush pings");
+        };
+        assert_eq!(done.try_recv(), Err(TryRecvError::Empty));
+        h.frame(ServerFrame::Pong { nonce });
+        assert_eq!(done.try_recv(), Ok(()));
+    }
+
+    #[test]
+    fn messages_wait_until_every_resubscription_is_answered() {
+        let mut h = harness(ConnectOptions::new());
+        let mut streams = Vec::new();
+        for (id, channel) in [(1, "a"), (2, "b")] {
+            let (tx, rx) = mpsc::channel(1);
+            let (reply, _) = oneshot::channel();
+            h.incoming
+                .subscribe(channel.into(), id, tx, reply, &mut h.out);
+            h.frame(ServerFrame::Subscribed {
+                channel: channel.into(),
+            });
+            streams.push(rx);
+        }
+        written(&mut h.out);
+        h.out
+            .publish(publish_frame("m1", Target::All, 1), false, None);
+        h.incoming.disconnected();
+        h.out.disconnected();
+
+        h.incoming.connected();
+        h.out.connected(1 << 20);
+        h.incoming.resubscribe(&mut h.out);
+        assert!(h.incoming.is_resubscribing());
+        assert_eq!(
+            written(&mut h.out).len(),
+            2,
+            "two Subscribe frames, no message"
+        );
+        h.frame(ServerFrame::Subscribed {
+            channel: "a".into(),
+        });
+        assert!(written(&mut h.out).is_empty());
+        h.frame(ServerFrame::Error(ErrorFrame {
+            code: ErrorCode::LimitReached,
+            message: "too many".into(),
+            id: None,
+        }));
+        assert!(!h.incoming.is_resubscribing(), "a refusal answers too");
+        assert!(matches!(
+            &written(&mut h.out)[..],
+            [ClientFrame::Publish(p)] if p.id == "m1"
+        ));
+    }
+
+    #[test]
+    fn the_frames_that_end_a_connection_say_how() {
+        let mut h = harness(ConnectOptions::new());
+        let replaced = ServerFrame::Error(ErrorFrame {
+            code: ErrorCode::Replaced,
+            message: "newer".into(),
+            id: None,
+        });
+        assert!(matches!(h.frame(replaced), Some(End::Replaced(_))));
+        assert!(matches!(
+            &h.events()[..],
+            [Event::ServerError {
+                code: ErrorCode::Replaced,
+                ..
+            }]
+        ));
+        let bye = ServerFrame::Bye {
+            reason: "shutting down".into(),
+        };
+        assert!(matches!(h.frame(bye), Some(End::Lost(_))));
+        assert!(matches!(
+            h.incoming.on_read(None, &mut h.out),
+            Some(End::Lost(_))
+        ));
+        let failed = Some(Err(CodecError::Io(std::io::ErrorKind::BrokenPipe.into())));
+        assert!(matches!(
+            h.incoming.on_read(failed, &mut h.out),
+            Some(End::Lost(_))
+        ));
+        let malformed = Some(Ok(Err(CodecError::Decode("bad".into()))));
+        assert!(
+            h.incoming.on_read(malformed, &mut h.out).is_none(),
+            "skipped"
+        );
+        let other = ServerFrame::Error(ErrorFrame {
+            code: ErrorCode::InvalidTarget,
+            message: "no such client".into(),
+            id: Some("m1".into()),
+        });
+        assert!(h.frame(other).is_none());
     }
 }

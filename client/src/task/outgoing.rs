@@ -460,3 +460,285 @@ fn recipients(target: Target) -> Vec<Recipient> {
         Target::All => vec![Recipient::All],
     }
 }
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use broadcast_protocol::{FrameCodec, Publish, ServerFrame, decode_body, encode_publish};
+    use tokio::sync::oneshot::error::TryRecvError;
+    use tokio_util::codec::FramedWrite;
+
+    const MAX: usize = 1 << 20;
+
+    /// An outgoing half connected to a broker that takes frames of `max_encode` bytes, with
+    /// the receiver of its events.
+    pub(in crate::task) fn outgoing(
+        max_unconfirmed: usize,
+    ) -> (Outgoing, broadcast::Receiver<Event>) {
+        let (events, rx) = broadcast::channel(64);
+        let mut out = Outgoing::new(events, max_unconfirmed);
+        out.connected(MAX);
+        (out, rx)
+    }
+
+    pub(in crate::task) fn publish_frame(id: &str, target: Target, data: usize) -> Bytes {
+        let p = Publish {
+            id: id.into(),
+            target,
+            name: None,
+            data: Bytes::from(vec![7; data]),
+            persistent: true,
+            ttl_ms: None,
+            resent: false,
+        };
+        encode_publish(&p, MAX).unwrap()
+    }
+
+    /// Writes everything queued into a buffer, as the socket would take it, and decodes it.
+    pub(in crate::task) fn written(out: &mut Outgoing) -> Vec<ClientFrame> {
+        let mut writer =
+            FramedWrite::new(Vec::new(), FrameCodec::<ServerFrame>::new(1 << 20, 1 << 20));
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        match out.poll_write(&mut cx, &mut writer) {
+            Poll::Ready(Ok(())) => {}
+            other => panic!("a buffer takes everything at once: {other:?}"),
+        }
+        assert!(!out.unflushed());
+        let mut bytes = writer.get_ref().as_slice();
+        let mut frames = Vec::new();
+        while let Some((header, rest)) = bytes.split_first_chunk::<HEADER_LEN>() {
+            let (body, rest) = rest.split_at(u32::from_be_bytes(*header) as usize);
+            frames.push(decode_body::<ClientFrame>(body).unwrap());
+            bytes = rest;
+        }
+        frames
+    }
+
+    /// The ids and `resent` flags of the `Publish` frames among `frames`, and their kinds.
+    fn summary(frames: &[ClientFrame]) -> Vec<String> {
+        frames
+            .iter()
+            .map(|f| match f {
+                ClientFrame::Publish(p) if p.resent => format!("{} again", p.id),
+                ClientFrame::Publish(p) => p.id.clone(),
+                ClientFrame::Ping { nonce } => format!("ping {nonce}"),
+                ClientFrame::Ack { tags } => format!("ack {tags:?}"),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    fn publish(out: &mut Outgoing, id: &str, persistent: bool) {
+        out.publish(publish_frame(id, Target::All, 1), persistent, None);
+    }
+
+    #[test]
+    fn acknowledgements_wait_for_the_next_write() {
+        let (mut out, _events) = outgoing(16);
+        out.queue_ack(1);
+        out.queue_ack(2);
+        assert!(!out.unflushed(), "acknowledgements alone wait");
+        assert!(out.acks_due().is_some());
+        out.attach_acks();
+        assert!(
+            out.has_acks(),
+            "nothing is being written for them to go with"
+        );
+
+        publish(&mut out, "m1", false);
+        out.attach_acks();
+        assert_eq!(summary(&written(&mut out)), ["m1", "ack [1, 2]"]);
+        assert!(!out.has_acks());
+        assert_eq!(out.acks_due(), None);
+    }
+
+    #[test]
+    fn a_large_batch_of_acknowledgements_is_queued_at_once() {
+        let (mut out, _events) = outgoing(16);
+        let mut tags = 0;
+        while !out.unflushed() {
+            out.queue_ack(tags);
+            tags += 1;
+            assert!(
+                tags <= 8192,
+                "a batch of a quarter window is written at once"
+            );
+        }
+        assert!(tags > 1);
+        let frames = written(&mut out);
+        assert_eq!(
+            frames,
+            [ClientFrame::Ack {
+                tags: (0..tags).collect()
+            }]
+        );
+        assert_eq!(out.acks_due(), None);
+    }
+
+    #[test]
+    fn acknowledgements_of_a_lost_connection_are_forgotten() {
+        let (mut out, _events) = outgoing(16);
+        out.queue_ack(1);
+        out.disconnected();
+        out.connected(MAX);
+        assert!(!out.has_acks());
+        out.push_acks();
+        assert!(written(&mut out).is_empty());
+    }
+
+    #[test]
+    fn after_a_reconnection_unconfirmed_messages_go_first_marked_resent_then_the_held_ones() {
+        let (mut out, _events) = outgoing(16);
+        publish(&mut out, "a", true);
+        publish(&mut out, "b", true);
+        assert_eq!(summary(&written(&mut out)), ["a", "b"]);
+        // Queued, not written, when the connection is lost.
+        publish(&mut out, "c", true);
+        publish(&mut out, "d", false);
+        let (reply, mut flushed) = oneshot::channel();
+        out.flush(reply);
+        out.push_frame(&ClientFrame::Subscribe {
+            channel: "news".into(),
+        });
+        out.disconnected();
+
+        out.connected(MAX);
+        out.ping_flushes_again();
+        assert!(written(&mut out).is_empty(), "the flush's ping is held");
+        out.release_held();
+        assert_eq!(
+            summary(&written(&mut out)),
+            ["a again", "b again", "c again", "d", "ping 1"],
+            "the Subscribe of the lost connection is dropped"
+        );
+        assert_eq!(out.unconfirmed_len(), 3);
+        assert!(out.confirm("b").is_some());
+        assert!(out.confirm("b").is_none());
+        assert_eq!(out.unconfirmed_len(), 2);
+        assert_eq!(flushed.try_recv(), Err(TryRecvError::Empty));
+        out.pong(1);
+        assert_eq!(flushed.try_recv(), Ok(()));
+
+        // Lost again: the same frames go again, marked once.
+        out.disconnected();
+        out.connected(MAX);
+        out.release_held();
+        assert_eq!(summary(&written(&mut out)), ["a again", "c again"]);
+    }
+
+    #[test]
+    fn a_flush_whose_ping_was_written_asks_again_on_the_next_connection() {
+        let (mut out, _events) = outgoing(16);
+        let (first, mut first_done) = oneshot::channel();
+        let (second, mut second_done) = oneshot::channel();
+        out.flush(first);
+        out.flush(second);
+        assert_eq!(summary(&written(&mut out)), ["ping 1", "ping 2"]);
+        out.disconnected();
+        out.connected(MAX);
+        out.ping_flushes_again();
+        out.release_held();
+        assert_eq!(summary(&written(&mut out)), ["ping 1", "ping 2"]);
+        out.pong(1);
+        assert_eq!(first_done.try_recv(), Ok(()));
+        assert_eq!(second_done.try_recv(), Err(TryRecvError::Empty));
+        out.close();
+        assert_eq!(second_done.try_recv(), Err(TryRecvError::Closed));
+    }
+
+    #[test]
+    fn a_message_too_large_for_the_broker_fails_instead_of_being_sent() {
+        let (mut out, mut events) = outgoing(16);
+        let target = Target::Group(vec!["x".into(), "y".into()]);
+        // Written under a large limit, then lost with the connection.
+        out.publish(publish_frame("big", target.clone(), 5000), true, None);
+        let (confirm, mut outcome) = oneshot::channel();
+        out.publish(publish_frame("small", Target::All, 1), true, Some(confirm));
+        written(&mut out);
+        out.disconnected();
+
+        // The next broker takes less.
+        out.connected(4096);
+        out.release_held();
+        assert_eq!(summary(&written(&mut out)), ["small again"]);
+        assert_eq!(out.unconfirmed_len(), 1);
+        for name in ["x", "y"] {
+            match events.try_recv().unwrap() {
+                Event::DeliveryFailed {
+                    id,
+                    recipient,
+                    reason,
+                    ..
+                } => {
+                    assert_eq!(id, "big");
+                    assert_eq!(recipient, Recipient::Client(name.into()));
+                    assert_eq!(reason, FailureReason::TooLarge);
+                }
+                other => panic!("unexpected event {other:?}"),
+            }
+        }
+
+        let (confirm, mut big) = oneshot::channel();
+        out.publish(
+            publish_frame("big2", Target::All, 5000),
+            true,
+            Some(confirm),
+        );
+        assert!(matches!(
+            big.try_recv(),
+            Ok(Err(SendError::TooLarge { max: 4096, .. }))
+        ));
+        assert!(written(&mut out).is_empty());
+        assert_eq!(out.unconfirmed_len(), 1);
+        assert_eq!(outcome.try_recv(), Err(TryRecvError::Empty));
+        let small = out.confirm("small").unwrap();
+        assert!(
+            small.confirm.is_some(),
+            "its caller is answered by whoever confirms it"
+        );
+    }
+
+    #[test]
+    fn commands_wait_while_too_much_is_unconfirmed_or_unwritten() {
+        let (mut out, _events) = outgoing(2);
+        publish(&mut out, "a", true);
+        assert!(out.has_room());
+        publish(&mut out, "b", true);
+        assert!(!out.has_room(), "two messages wait for confirmation");
+        out.confirm("a");
+        written(&mut out);
+        assert!(out.has_room());
+
+        let frame = publish_frame("big", Target::All, 40 * 1024);
+        out.publish(frame.clone(), false, None);
+        assert!(out.has_room());
+        out.publish(frame, false, None);
+        assert!(!out.has_room(), "80 KiB wait for the socket");
+        written(&mut out);
+        assert!(out.has_room());
+    }
+
+    #[test]
+    fn stopping_gives_up_every_message_not_confirmed() {
+        let (mut out, _events) = outgoing(16);
+        publish(&mut out, "a", true);
+        publish(&mut out, "b", false);
+        publish(&mut out, "c", true);
+        out.disconnected();
+        assert_eq!(out.abandon(), ["a", "c"]);
+        assert_eq!(out.unconfirmed_len(), 0);
+        out.connected(MAX);
+        out.release_held();
+        assert!(written(&mut out).is_empty(), "nothing is held any more");
+    }
+
+    #[test]
+    fn the_heartbeat_pings_only_after_a_quiet_interval() {
+        let (mut out, _events) = outgoing(16);
+        let hour = Duration::from_secs(3600);
+        out.heartbeat(Instant::now(), hour);
+        assert!(!out.unflushed());
+        out.heartbeat(Instant::now() + hour, hour);
+        assert_eq!(summary(&written(&mut out)), ["ping 1"]);
+    }
+}

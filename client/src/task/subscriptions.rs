@@ -149,3 +149,126 @@ impl Subscriptions {
         false
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::oneshot::error::TryRecvError;
+
+    type Answer = oneshot::Receiver<Result<(), SubscribeError>>;
+
+    /// Subscribes a new stream to `channel`; returns the stream, the caller's answer and the
+    /// frame to send.
+    fn subscribe(
+        subs: &mut Subscriptions,
+        channel: &str,
+        id: u64,
+    ) -> (mpsc::Receiver<Inbound>, Answer, Option<ClientFrame>) {
+        let (tx, rx) = mpsc::channel(1);
+        let (reply, answer) = oneshot::channel();
+        let frame = subs.subscribe(channel.into(), id, tx, reply);
+        (rx, answer, frame)
+    }
+
+    fn subscribe_frame(channel: &str) -> ClientFrame {
+        ClientFrame::Subscribe {
+            channel: channel.into(),
+        }
+    }
+
+    #[test]
+    fn a_subscriber_is_answered_once_the_last_subscribe_of_its_channel_is() {
+        let mut subs = Subscriptions::default();
+        let (_a, mut first, frame) = subscribe(&mut subs, "news", 1);
+        assert_eq!(frame, Some(subscribe_frame("news")));
+        let (_b, mut second, _) = subscribe(&mut subs, "news", 2);
+        assert!(
+            !subs.subscribed("news"),
+            "not resubscribing: nothing to resume"
+        );
+        assert_eq!(first.try_recv(), Err(TryRecvError::Empty));
+        subs.subscribed("news");
+        assert_eq!(first.try_recv(), Ok(Ok(())));
+        assert_eq!(second.try_recv(), Ok(Ok(())));
+    }
+
+    #[test]
+    fn a_subscription_dropped_before_the_task_heard_of_it_is_not_sent() {
+        let mut subs = Subscriptions::default();
+        let (_news, _answer, _) = subscribe(&mut subs, "news", 1);
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        let (reply, _answer) = oneshot::channel();
+        assert_eq!(subs.subscribe("sport".into(), 2, tx, reply), None);
+        assert_eq!(subs.registry().channels().collect::<Vec<_>>(), ["news"]);
+        assert!(
+            !subs.refused_by(ErrorCode::InvalidName, Some("sport")),
+            "no Subscribe of sport is outstanding"
+        );
+    }
+
+    #[test]
+    fn errors_refuse_the_oldest_subscription_when_they_can_be_its_answer() {
+        let mut subs = Subscriptions::default();
+        assert!(
+            !subs.refused_by(ErrorCode::InvalidName, None),
+            "nothing is outstanding"
+        );
+        let (mut a, mut a_answer, _) = subscribe(&mut subs, "a", 1);
+        let (_b, mut b_answer, _) = subscribe(&mut subs, "b", 2);
+        assert!(subs.refused_by(ErrorCode::InvalidName, None));
+        assert!(subs.refused_by(ErrorCode::LimitReached, Some("a")));
+        assert!(subs.refused_by(ErrorCode::Internal, None));
+        assert!(
+            !subs.refused_by(ErrorCode::InvalidName, Some("m-7")),
+            "about a message"
+        );
+        assert!(!subs.refused_by(ErrorCode::InvalidTarget, None));
+
+        subs.refuse_oldest("too many".into());
+        assert_eq!(
+            a_answer.try_recv(),
+            Ok(Err(SubscribeError::Refused {
+                message: "too many".into()
+            }))
+        );
+        assert!(
+            matches!(a.try_recv(), Err(mpsc::error::TryRecvError::Disconnected)),
+            "the refused channel's streams end"
+        );
+        assert_eq!(b_answer.try_recv(), Err(TryRecvError::Empty));
+        subs.subscribed("b");
+        assert_eq!(b_answer.try_recv(), Ok(Ok(())));
+    }
+
+    #[test]
+    fn a_reconnection_resubscribes_live_streams_and_resumes_with_the_last_answer() {
+        let mut subs = Subscriptions::default();
+        assert!(subs.resubscribe().is_empty());
+        assert!(!subs.is_resubscribing(), "nothing to wait for");
+
+        let (_a, _, _) = subscribe(&mut subs, "a", 1);
+        let (b, _, _) = subscribe(&mut subs, "b", 2);
+        let (_c, _, _) = subscribe(&mut subs, "c", 3);
+        drop(b);
+        subs.disconnected();
+        assert!(!subs.subscribed("a"), "answers of the lost connection");
+
+        let mut frames = subs.resubscribe();
+        frames.sort_by_key(|f| format!("{f:?}"));
+        assert_eq!(frames, [subscribe_frame("a"), subscribe_frame("c")]);
+        assert!(subs.is_resubscribing());
+        assert!(!subs.subscribed("c"));
+        assert!(subs.is_resubscribing());
+        assert!(subs.refuse_oldest("gone".into()), "a refusal answers too");
+        assert!(!subs.is_resubscribing());
+    }
+
+    #[test]
+    fn stopping_releases_the_callers_still_waiting() {
+        let mut subs = Subscriptions::default();
+        let (_a, mut answer, _) = subscribe(&mut subs, "a", 1);
+        subs.close();
+        assert_eq!(answer.try_recv(), Err(TryRecvError::Closed));
+    }
+}
