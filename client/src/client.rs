@@ -1,7 +1,9 @@
 //! [`Client`]: the cheap, cloneable handle to a connection.
 
-use crate::driver::{Command, Control, Driver, connect_first};
+use crate::command::{Command, Control};
+use crate::connector::connect_first;
 use crate::subscription::{AckQueue, Acker, Inbound};
+use crate::task::Task;
 use crate::unconfirmed::Confirm;
 use crate::{
     ConnectError, ConnectOptions, DirectMessages, Event, Events, Message, OutgoingMessage,
@@ -39,6 +41,22 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// The state of a client before its first connection, with room for `event_buffer` events
+    /// per receiver and `direct`, the direct stream until the application takes it.
+    pub(crate) fn new(event_buffer: usize, direct: mpsc::Receiver<Inbound>) -> Self {
+        let (events, _) = broadcast::channel(event_buffer);
+        Self {
+            name: Mutex::new(String::new()),
+            max_payload: AtomicU32::new(0),
+            max_frame: AtomicU32::new(0),
+            events,
+            direct: Mutex::new(Some(direct)),
+            direct_taken: AtomicBool::new(false),
+            next_subscription: AtomicU64::new(0),
+            acks: Arc::default(),
+        }
+    }
+
     pub(crate) fn name(&self) -> String {
         lock(&self.name).clone()
     }
@@ -116,20 +134,10 @@ impl Client {
         let (commands, commands_rx) = mpsc::channel(options.send_buffer);
         let (control, control_rx) = mpsc::unbounded_channel();
         let (direct_tx, direct_rx) = mpsc::channel(options.receive_buffer);
-        let (events, _) = broadcast::channel(options.event_buffer);
-        let shared = Arc::new(Shared {
-            name: Mutex::new(String::new()),
-            max_payload: AtomicU32::new(0),
-            max_frame: AtomicU32::new(0),
-            events,
-            direct: Mutex::new(Some(direct_rx)),
-            direct_taken: AtomicBool::new(false),
-            next_subscription: AtomicU64::new(0),
-            acks: Arc::default(),
-        });
+        let shared = Arc::new(Shared::new(options.event_buffer, direct_rx));
         let receive_buffer = options.receive_buffer;
         let manual_ack = options.manual_ack;
-        let mut driver = Driver::new(
+        let mut task = Task::new(
             addr,
             options,
             shared.clone(),
@@ -140,8 +148,8 @@ impl Client {
         // Set up here rather than in the task, so that the name and limits are known when this
         // returns (and the first `Connected` event, raised before anyone can watch, is never
         // seen: events report changes after `connect`).
-        conn.span.in_scope(|| driver.start(&conn));
-        tokio::spawn(driver.run(conn));
+        conn.span.in_scope(|| task.start(&conn));
+        tokio::spawn(task.run(conn));
         Ok(Client {
             inner: Arc::new(Inner {
                 commands,

@@ -16,10 +16,14 @@
 //! - [`subscription`]: the [`Subscription`] and [`DirectMessages`] streams, and routing.
 //! - [`events`]: [`Event`] and the [`Events`] stream.
 //! - [`error`]: [`ConnectError`], [`SendError`], [`SubscribeError`].
-//! - `driver` (private): the connection task; `connection` (private): connect and handshake;
-//!   `backoff` (private): reconnect delays; `unconfirmed` (private): the persistent messages
-//!   awaiting confirmation; `ack` (private): acknowledgement batches and the duplicate window;
-//!   `index` (private): the hash index both find their entries with.
+//! - `command` (private): what the handles ask of the connection task;
+//!   `task` (private): the connection task, its loop, its outgoing half (what the client
+//!   writes), its incoming half (what the broker sends) and its subscriptions;
+//!   `connector` (private): connect, handshake, first connection and reconnections;
+//!   `connection` (private): a connection's framed halves; `inbound` (private): decoding
+//!   deliveries; `backoff` (private): reconnect delays; `unconfirmed` (private): the persistent
+//!   messages awaiting confirmation; `ack` (private): acknowledgement batches and the duplicate
+//!   window; `index` (private): the hash index both find their entries with.
 //!
 //! # Persistent messages and acknowledgements
 //!
@@ -115,8 +119,9 @@
 mod ack;
 mod backoff;
 pub mod client;
+mod command;
 mod connection;
-mod driver;
+mod connector;
 pub mod error;
 pub mod events;
 mod inbound;
@@ -124,6 +129,7 @@ mod index;
 pub mod message;
 pub mod options;
 pub mod subscription;
+mod task;
 mod unconfirmed;
 
 pub use broadcast_protocol::{ErrorCode, FailureReason, Recipient, Target};

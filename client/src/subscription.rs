@@ -2,7 +2,7 @@
 //! delivery to them.
 
 use crate::Message;
-use crate::driver::Control;
+use crate::command::Control;
 use foldhash::fast::RandomState;
 use futures::Stream;
 use std::collections::HashMap;
@@ -373,7 +373,7 @@ mod tests {
             .unwrap();
         assert_eq!(direct_rx.recv().await.unwrap().msg.id, "2");
 
-        // The subscription's stream was dropped before the driver heard of it.
+        // The subscription's stream was dropped before the connection task heard of it.
         drop(sub_rx);
         deliver(
             vec![sub_tx],

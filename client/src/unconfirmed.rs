@@ -3,7 +3,9 @@
 
 use crate::SendError;
 use crate::index::HashIndex;
-use broadcast_protocol::{ClientFrame, HEADER_LEN, Target, decode_body};
+use broadcast_protocol::{
+    ClientFrame, HEADER_LEN, Target, decode_body, set_publish_resent, varint,
+};
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use tokio::sync::oneshot;
@@ -38,33 +40,14 @@ impl Unconfirmed {
     }
 }
 
-/// Reads a bincode variable-length integer: one byte below 251, else a marker and 2, 4 or 8
-/// little-endian bytes.
-fn read_varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
-    let (&first, rest) = bytes.split_first()?;
-    let width = match first {
-        0..=250 => return Some((u64::from(first), rest)),
-        251 => 2,
-        252 => 4,
-        253 => 8,
-        _ => return None,
-    };
-    let (raw, rest) = rest.split_at_checked(width)?;
-    let mut le = [0u8; 8];
-    le[..width].copy_from_slice(raw);
-    Some((u64::from_le_bytes(le), rest))
-}
-
 /// The id of the message in an encoded `ClientFrame::Publish` frame (header included).
 ///
 /// The body starts with the variant index of `ClientFrame`, then the `Publish` struct, whose
 /// first field is the id: a length and UTF-8 bytes.
 pub(crate) fn publish_id(frame: &[u8]) -> Option<&str> {
-    let body = frame.get(HEADER_LEN..)?;
-    let (_variant, rest) = read_varint(body)?;
-    let (len, rest) = read_varint(rest)?;
-    let id = rest.get(..usize::try_from(len).ok()?)?;
-    std::str::from_utf8(id).ok()
+    let mut body = varint::Reader::new(frame.get(HEADER_LEN..)?);
+    let _variant = body.varint()?;
+    body.str()
 }
 
 /// The id and target of the message in an encoded `ClientFrame::Publish` frame (header
@@ -227,14 +210,11 @@ impl UnconfirmedSet {
 }
 
 /// The same encoded `Publish` frame with `resent` set.
-///
-/// `resent` is a `bool`, the last field of `Publish`, itself the last field of
-/// `ClientFrame::Publish`: it is the last byte of the frame, one byte long.
 pub(crate) fn mark_resent(frame: &Bytes) -> Bytes {
     let mut bytes = BytesMut::from(&frame[..]);
-    if let Some(last) = bytes.last_mut() {
-        *last = 1;
-    }
+    let marked = set_publish_resent(&mut bytes);
+    // The client encoded the frame itself, as a whole `Publish` frame.
+    debug_assert!(marked, "not a Publish frame");
     bytes.freeze()
 }
 

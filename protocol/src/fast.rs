@@ -158,6 +158,59 @@ pub fn encode_accepted(id: &str, max_frame: usize) -> Result<Bytes, CodecError> 
     Ok(b.finish())
 }
 
+/// Sets `resent` in an encoded `ClientFrame::Publish` frame (header included), in place, so
+/// that a message kept since its first sending goes out again without being encoded again.
+///
+/// `resent` is a `bool`, the last field of [`Publish`], and `Publish` is all that follows the
+/// variant index in the body of `ClientFrame::Publish`: the field is the frame's last byte.
+/// Setting it changes nothing else, the frame's length included.
+///
+/// Returns false, and leaves the bytes as they are, when `frame` is plainly not a whole
+/// `Publish` frame: its header does not give the length of the rest, its body does not start
+/// with the index of `ClientFrame::Publish`, or its last byte is not a `bool`. The fields in
+/// between are not read.
+pub fn set_publish_resent(frame: &mut [u8]) -> bool {
+    let Some((header, body)) = frame.split_first_chunk_mut::<HEADER_LEN>() else {
+        return false;
+    };
+    let whole = usize::try_from(u32::from_be_bytes(*header)).ok() == Some(body.len());
+    // Index 1 is one byte: an integer up to 250 is its own encoding.
+    let publish = body.first().is_some_and(|&b| u64::from(b) == PUBLISH);
+    match body.last_mut() {
+        Some(last) if whole && publish && *last <= 1 => {
+            *last = 1;
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The id and sender of a `Deliver` frame: who sent which message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryOrigin<'a> {
+    /// As [`crate::Delivery::id`].
+    pub id: &'a str,
+    /// As [`crate::Delivery::sender`].
+    pub sender: &'a str,
+}
+
+/// Reads the id and sender of a `ServerFrame::Deliver` body, its first two fields, borrowed
+/// from it, without reading the rest of the frame: for a broker that needs to tell the sender
+/// about a delivery it encoded itself.
+///
+/// `None` when the body is not a `Deliver` frame or its first two fields are not two strings
+/// in their canonical encoding. The fields after them are not checked: a body this reads may
+/// still be malformed further on; [`decode_deliver`] checks the whole of it.
+pub fn decode_deliver_origin(body: &[u8]) -> Option<DeliveryOrigin<'_>> {
+    let mut r = Reader::new(body);
+    if r.varint()? != DELIVER {
+        return None;
+    }
+    let id = r.str()?;
+    let sender = r.str()?;
+    Some(DeliveryOrigin { id, sender })
+}
+
 /// A frame being written into a buffer of exactly its length (so that it becomes [`Bytes`]
 /// without another allocation), its header first.
 struct Frame(Vec<u8>);
@@ -587,6 +640,108 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+
+        #[test]
+        fn a_publish_frame_marked_resent_decodes_as_the_same_publish_resent(
+            id in text(), target in target(), name in prop::option::of(text()), data in data(),
+            persistent in any::<bool>(), ttl_ms in prop::option::of(number()), resent in any::<bool>(),
+        ) {
+            let p = Publish { id, target, name, data: Bytes::from(data), persistent, ttl_ms, resent };
+            let mut frame = encode_publish(&p, 1 << 20).unwrap().to_vec();
+            prop_assert!(set_publish_resent(&mut frame));
+            let want = Publish { resent: true, ..p };
+            prop_assert_eq!(&frame[..], &encode_publish(&want, 1 << 20).unwrap()[..]);
+            let body = &frame[HEADER_LEN..];
+            prop_assert_eq!(
+                crate::codec::decode_serde::<ClientFrame>(body).ok(),
+                Some(ClientFrame::Publish(want.clone()))
+            );
+            prop_assert_eq!(decode_client(body), Some(ClientFrame::Publish(want)));
+        }
+
+        #[test]
+        fn only_whole_publish_frames_are_marked_resent(
+            id in text(), data in data(), cut in 1usize..8, nonce in number(),
+        ) {
+            let p = Publish {
+                id: id.clone(), target: Target::All, name: None, data: Bytes::from(data),
+                persistent: true, ttl_ms: None, resent: false,
+            };
+            let publish = encode_publish(&p, 1 << 20).unwrap();
+            // Other client frames (a server's `Deliver` has the same index as `Publish`: the
+            // direction tells them apart, not the bytes).
+            let frame = |f: &ClientFrame| encode_frame(f, 1 << 20).unwrap().to_vec();
+            let others = [
+                // Cut short, or without its header: not a whole frame.
+                publish[..publish.len() - cut].to_vec(),
+                publish[HEADER_LEN..].to_vec(),
+                frame(&ClientFrame::Ack { tags: vec![1] }),
+                frame(&ClientFrame::Subscribe { channel: id }),
+                frame(&ClientFrame::Ping { nonce }),
+                Vec::new(),
+            ];
+            for other in others {
+                let mut bytes = other.clone();
+                prop_assert!(!set_publish_resent(&mut bytes), "{:?}", other);
+                prop_assert_eq!(bytes, other);
+            }
+        }
+
+        #[test]
+        fn the_origin_of_a_delivery_is_what_the_full_decode_reads(
+            id in text(), sender in text(), channel in prop::option::of(text()),
+            name in prop::option::of(text()), data in data(), persistent in any::<bool>(),
+            redelivered in any::<bool>(), ack_tag in prop::option::of(number()),
+        ) {
+            let d = Delivery {
+                id, sender, channel, name, data: Bytes::from(data), persistent, redelivered,
+                ack_tag,
+            };
+            let frame = encode_frame(&ServerFrame::Deliver(d.clone()), 1 << 20).unwrap();
+            let body = &frame[HEADER_LEN..];
+            let Ok(ServerFrame::Deliver(full)) = crate::decode_body::<ServerFrame>(body) else {
+                return Err(TestCaseError::fail("a Deliver frame decodes"));
+            };
+            prop_assert_eq!(
+                decode_deliver_origin(body),
+                Some(DeliveryOrigin { id: &full.id, sender: &full.sender })
+            );
+            let accepted = encode_accepted(&full.id, 1 << 20).unwrap();
+            prop_assert_eq!(full, d);
+            prop_assert_eq!(decode_deliver_origin(&accepted[HEADER_LEN..]), None);
+        }
+
+        #[test]
+        fn the_origin_read_from_damaged_bytes_agrees_with_the_full_decode(
+            id in text(), sender in text(), data in data(), ack_tag in prop::option::of(number()),
+            damage in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+            cut in any::<prop::sample::Index>(), whole in any::<bool>(),
+        ) {
+            let d = DeliveryRef {
+                id: &id, sender: &sender, channel: None, name: Some(&id), data: &data,
+                persistent: false, redelivered: true, ack_tag,
+            };
+            let frame = d.encode(1 << 20).unwrap();
+            let mut body = frame[HEADER_LEN..].to_vec();
+            for (at, byte) in &damage {
+                let i = at.index(body.len());
+                body[i] = *byte;
+            }
+            if !whole {
+                body.truncate(cut.index(body.len() + 1));
+            }
+            // Whenever both read the frame, they read the same id and sender; and whatever the
+            // checked decoder takes, the origin is read from too.
+            let origin = decode_deliver_origin(&body);
+            if let Ok(ServerFrame::Deliver(full)) = crate::codec::decode_serde::<ServerFrame>(&body) {
+                if let Some(origin) = origin {
+                    prop_assert_eq!((origin.id, origin.sender), (&*full.id, &*full.sender));
+                }
+            }
+            if let Some(fast) = decode_deliver(&body) {
+                prop_assert_eq!(origin, Some(DeliveryOrigin { id: fast.id, sender: fast.sender }));
             }
         }
 

@@ -10,8 +10,10 @@
 //!   they carry ([`Publish`], [`Delivery`], [`Target`], ...).
 //! - [`codec`]: [`FrameCodec`], a tokio-util codec that enforces the frame size limit before any
 //!   allocation, and [`encode_frame`] for frames that are encoded once and sent many times.
-//! - [`fast`]: hand-written encoders of the per-message frames (`Publish`, `Deliver`,
-//!   `Accepted`), byte for byte what [`encode_frame`] writes, several times cheaper.
+//! - [`fast`]: hand-written encoders and decoders of the per-message frames (`Publish`,
+//!   `Deliver`, `Accepted`), byte for byte what [`encode_frame`] writes, several times cheaper;
+//!   [`set_publish_resent`] and [`decode_deliver_origin`], which touch or read one field of an
+//!   encoded frame without decoding the rest.
 //! - [`names`]: validation of client, channel and message-id strings.
 //! - [`error`]: the codec error type, [`CodecError`].
 #![forbid(unsafe_code)]
@@ -27,8 +29,8 @@ mod wire;
 pub use codec::{FrameBody, FrameCodec, decode_body, encode_frame, encode_frame_sized};
 pub use error::CodecError;
 pub use fast::{
-    DeliveryNamed, DeliveryRef, decode_deliver, decode_deliver_with, encode_accepted,
-    encode_publish,
+    DeliveryNamed, DeliveryOrigin, DeliveryRef, decode_deliver, decode_deliver_origin,
+    decode_deliver_with, encode_accepted, encode_publish, set_publish_resent,
 };
 pub use frame::*;
 pub use names::{NameError, new_message_id, validate_channel, validate_client_name, validate_id};

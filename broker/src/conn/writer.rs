@@ -5,7 +5,7 @@ use super::outbound::{OutFrame, Outbound};
 use crate::encode;
 use crate::engine::Engine;
 use broadcast_protocol::{
-    DeliveryFailed, FailureReason, HEADER_LEN, Recipient, ServerFrame, decode_body,
+    DeliveryFailed, FailureReason, HEADER_LEN, Recipient, ServerFrame, decode_deliver_origin,
 };
 use bytes::BytesMut;
 use std::sync::Arc;
@@ -153,13 +153,12 @@ impl Writer {
                 continue;
             }
             // The frame is the broker's own encoding of a delivery: it decodes.
-            let Ok(ServerFrame::Deliver(d)) = decode_body::<ServerFrame>(&f.bytes[HEADER_LEN..])
-            else {
+            let Some(d) = decode_deliver_origin(&f.bytes[HEADER_LEN..]) else {
                 continue;
             };
             tracing::debug!(id = %d.id, sender = %d.sender, "not written before the close");
             let notice = DeliveryFailed {
-                id: d.id,
+                id: d.id.to_owned(),
                 recipient: Recipient::Client(self.name.to_string()),
                 reason: FailureReason::NotConnected,
                 detail: format!(
@@ -168,7 +167,7 @@ impl Writer {
                 ),
                 ack_tag: None,
             };
-            self.engine.notify(&d.sender, notice);
+            self.engine.notify(d.sender, notice);
         }
     }
 }

@@ -1,0 +1,194 @@
+//! Getting a connection: connect and handshake within the connect timeout ([`establish`]),
+//! retry the first connection ([`connect_first`]), and reconnect with backoff once the client
+//! runs ([`Connector`]).
+
+use crate::backoff::Backoff;
+use crate::connection::{Connection, frame_kind};
+use crate::inbound::{InboundCodec, Incoming};
+use crate::{ConnectError, ConnectOptions, Event};
+use broadcast_protocol::{
+    ClientFrame, CodecError, FrameCodec, Hello, MAX_FRAME_CAP, PROTOCOL_VERSION, ServerFrame,
+};
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::broadcast;
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tracing::{Instrument, Span, field};
+
+/// Connects to `addr` and performs the handshake, all within the connect timeout.
+pub(crate) async fn establish(
+    addr: &str,
+    options: &ConnectOptions,
+    name: Option<&str>,
+) -> Result<Connection, ConnectError> {
+    let span = tracing::info_span!("client_conn", name = field::Empty, addr = %addr);
+    if let Some(name) = name {
+        span.record("name", name);
+    }
+    let attempt = handshake(addr, options, name, span.clone()).instrument(span);
+    match tokio::time::timeout(options.connect_timeout, attempt).await {
+        Ok(res) => res,
+        Err(_) => Err(ConnectError::Timeout),
+    }
+}
+
+async fn handshake(
+    addr: &str,
+    options: &ConnectOptions,
+    name: Option<&str>,
+    span: Span,
+) -> Result<Connection, ConnectError> {
+    let stream = TcpStream::connect(addr).await?;
+    // Small frames (acks, pings, short messages) must not wait for Nagle's algorithm.
+    stream.set_nodelay(true)?;
+    let (read, write) = stream.into_split();
+    let mut reader = FramedRead::new(read, InboundCodec::new(options.max_frame));
+    let mut writer = FramedWrite::new(write, FrameCodec::new(options.max_frame, options.max_frame));
+    let hello = ClientFrame::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        name: name.map(str::to_owned),
+        token: None,
+        namespace: None,
+        max_frame: options.max_frame,
+        heartbeat_ms: options.heartbeat_ms(),
+    });
+    writer.send(&hello).await.map_err(codec_error)?;
+    let welcome = match reader.next().await {
+        None => {
+            return Err(ConnectError::Protocol(
+                "the broker closed the connection during the handshake".into(),
+            ));
+        }
+        Some(Err(e)) | Some(Ok(Err(e))) => return Err(codec_error(e)),
+        Some(Ok(Ok(Incoming::Frame(ServerFrame::Welcome(welcome))))) => welcome,
+        Some(Ok(Ok(Incoming::Frame(ServerFrame::Error(e))))) => {
+            return Err(ConnectError::Refused {
+                code: e.code,
+                message: e.message,
+            });
+        }
+        Some(Ok(Ok(Incoming::Frame(other)))) => {
+            return Err(ConnectError::Protocol(format!(
+                "expected Welcome, got {}",
+                frame_kind(&other)
+            )));
+        }
+        Some(Ok(Ok(Incoming::Message(_)))) => {
+            return Err(ConnectError::Protocol(
+                "expected Welcome, got Deliver".into(),
+            ));
+        }
+    };
+    if welcome.version != PROTOCOL_VERSION {
+        return Err(ConnectError::Protocol(format!(
+            "the broker speaks protocol version {}, this client {PROTOCOL_VERSION}",
+            welcome.version
+        )));
+    }
+    writer
+        .encoder_mut()
+        .set_max_encode(welcome.max_frame.min(MAX_FRAME_CAP));
+    span.record("name", welcome.name.as_str());
+    tracing::debug!(server = %welcome.server, "handshake done");
+    Ok(Connection {
+        reader,
+        writer,
+        welcome,
+        span,
+    })
+}
+
+fn codec_error(e: CodecError) -> ConnectError {
+    match e {
+        CodecError::Io(e) => ConnectError::Io(e),
+        other => ConnectError::Protocol(other.to_string()),
+    }
+}
+
+/// Makes the first connection: retries i/o failures and timeouts with backoff, honouring the
+/// attempt limit; a refusal or protocol error is returned at once, as retrying cannot help.
+pub(crate) async fn connect_first(
+    addr: &str,
+    options: &ConnectOptions,
+) -> Result<Connection, ConnectError> {
+    let mut backoff = Backoff::new(options.reconnect_initial, options.reconnect_max);
+    let max = options.max_reconnect_attempts.map(|n| n.max(1));
+    let mut attempt = 0u32;
+    loop {
+        attempt = attempt.saturating_add(1);
+        match establish(addr, options, options.name.as_deref()).await {
+            Ok(conn) => return Ok(conn),
+            Err(e @ (ConnectError::Io(_) | ConnectError::Timeout)) => {
+                if max.is_some_and(|max| attempt >= max) {
+                    tracing::warn!(%addr, attempt, error = %e, "connection attempt failed; giving up");
+                    return Err(if attempt == 1 {
+                        e
+                    } else {
+                        ConnectError::AttemptsExhausted { attempts: attempt }
+                    });
+                }
+                let delay = backoff.delay(attempt);
+                tracing::warn!(%addr, attempt, error = %e, ?delay, "connection attempt failed");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reconnects a running client to its broker after a lost connection.
+#[derive(Debug)]
+pub(crate) struct Connector {
+    addr: String,
+    options: ConnectOptions,
+    /// Kept from one lost connection to the next, so that its random delays keep varying.
+    backoff: Backoff,
+}
+
+impl Connector {
+    pub(crate) fn new(addr: String, options: ConnectOptions) -> Self {
+        let backoff = Backoff::new(options.reconnect_initial, options.reconnect_max);
+        Self {
+            addr,
+            options,
+            backoff,
+        }
+    }
+
+    /// The broker's address.
+    pub(crate) fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Waits and tries again, under the client's `name`, until a connection succeeds or the
+    /// attempts run out (`None`). Attempts are counted from one after each lost connection;
+    /// [`Event::Reconnecting`] is raised before each.
+    ///
+    /// Cancel-safe: dropped between attempts or during one, it leaves nothing behind.
+    pub(crate) async fn reconnect(
+        &mut self,
+        name: &str,
+        events: &broadcast::Sender<Event>,
+    ) -> Option<Connection> {
+        let mut attempt = 0u32;
+        loop {
+            attempt = attempt.saturating_add(1);
+            if let Some(max) = self.options.max_reconnect_attempts {
+                if attempt > max {
+                    tracing::warn!(addr = %self.addr, attempts = max, "giving up reconnecting");
+                    return None;
+                }
+            }
+            let delay = self.backoff.delay(attempt);
+            // No receiver is not an error: nobody is watching events.
+            let _ = events.send(Event::Reconnecting { attempt, delay });
+            tokio::time::sleep(delay).await;
+            match establish(&self.addr, &self.options, Some(name)).await {
+                Ok(conn) => return Some(conn),
+                Err(e) => {
+                    tracing::warn!(addr = %self.addr, attempt, error = %e, "reconnect failed");
+                }
+            }
+        }
+    }
+}
