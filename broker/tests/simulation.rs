@@ -5,8 +5,8 @@
 //! persistent or not, with and without a time to live; acknowledge late, out of order or
 //! never; the store applies writes, flushes and reports back slowly, interleaved with
 //! everything else, and sometimes fails; time jumps past times to live, acknowledgement
-//! deadlines and session expiry; and the broker crashes, to be rebuilt from only what the
-//! store had flushed. The simulated shell keeps the promises the real one keeps (the store
+//! deadlines and session expiry; connections' readers probe silent clients, some of which never
+//! answer; and the broker crashes, to be rebuilt from only what the store had flushed. The simulated shell keeps the promises the real one keeps (the store
 //! applies writes in the order the core decided them; a connection's own answers wait for
 //! room; a clean close writes what is queued).
 //!
@@ -14,16 +14,17 @@
 //! every persistent publish is answered; every confirmed message reaches each recipient the
 //! broker chose for it, or its sender is sent a notice; order per sender and recipient holds;
 //! a message handed out again is marked redelivered; nothing is handed out past its time to
-//! live; nothing reaches its sender through its own channel; and the core's queues, in-flight
-//! deliveries and confirmations return to empty.
+//! live; nothing reaches its sender through its own channel; a client that answers every ping
+//! is never closed as silent; and the core's queues, in-flight deliveries and confirmations
+//! return to empty.
 //!
 //! `SIM_SEEDS=N` runs N seeds (default 2,000), `SIM_SEED=N` replays one seed exactly and prints
 //! its schedule. A failing seed is printed with the command that replays it.
 
 use broadcast_broker::Config;
 use broadcast_broker::core::{
-    self as core, Completion, Core, DrainStep, NewConfirm, Now, OutFrame, Outlet, PushError,
-    QueueAppend, StoreOp,
+    self as core, Completion, Core, DrainStep, Liveness, NewConfirm, Now, OutFrame, Outlet,
+    PushError, QueueAppend, Silence, StoreOp,
 };
 use broadcast_broker::store::{QueueId, QueueInfo, Seq, Session, StoredEntry};
 use broadcast_protocol::{
@@ -305,6 +306,11 @@ struct Conn {
     drain: Drain,
     /// Tags received and not yet acknowledged.
     to_ack: Vec<u64>,
+    /// The reading half's count of silence, and the time since it last decided.
+    liveness: Liveness,
+    quiet: Duration,
+    /// A client that answers no ping (and so must be closed once silent long enough).
+    mute: bool,
 }
 
 #[derive(Default)]
@@ -376,6 +382,7 @@ fn config(rng: &mut StdRng) -> Config {
         session_expiry: Duration::from_millis(rng.random_range(1_000..30_000)),
         max_subscriptions: rng.random_range(1..4),
         max_target_names: 4,
+        heartbeat: Duration::from_millis(rng.random_range(100..5_000)),
         ..Config::default()
     }
 }
@@ -467,7 +474,7 @@ impl Sim {
 
     // --- clients ---------------------------------------------------------------------------
 
-    fn connect(&mut self, name: &str) {
+    fn connect(&mut self, name: &str, mute: bool) {
         let id = self.next_conn;
         self.next_conn += 1;
         let cap = if self.rng.random_bool(0.3) {
@@ -493,7 +500,9 @@ impl Sim {
             woken: Cell::new(false),
             watch: self.watch.clone(),
         }));
-        self.note(format!("connect {name} as conn {id} (queue of {cap})"));
+        self.note(format!(
+            "connect {name} as conn {id} (queue of {cap}, mute {mute})"
+        ));
         self.conns.insert(
             id,
             Conn {
@@ -501,6 +510,9 @@ impl Sim {
                 out: out.clone(),
                 drain: Drain::Idle,
                 to_ack: Vec::new(),
+                liveness: Liveness::new(self.cfg.heartbeat, Duration::ZERO),
+                quiet: Duration::ZERO,
+                mute,
             },
         );
         let old = self.core().register(Arc::from(name), out);
@@ -582,6 +594,7 @@ impl Sim {
         let Some(id) = self.clients[name].conn else {
             return;
         };
+        self.heard(id);
         let r = self.core().subscribe(&Arc::from(name), id, channel);
         self.take_ops();
         self.note(format!("{name} subscribes to {channel}: {:?}", r.is_ok()));
@@ -600,6 +613,7 @@ impl Sim {
         let Some(id) = self.clients[name].conn else {
             return;
         };
+        self.heard(id);
         self.note(format!("{name} unsubscribes from {channel}"));
         self.core().unsubscribe(&Arc::from(name), id, channel);
         self.take_ops();
@@ -669,6 +683,7 @@ impl Sim {
             return;
         };
         let out = self.conns[&conn].out.clone();
+        self.heard(conn);
         if self.rng.random_bool(0.35) {
             let msg = self.new_message(sender, false);
             self.note(format!(
@@ -917,6 +932,7 @@ impl Sim {
             }
         }
         let name = self.conns[&id].name.clone();
+        self.heard(id);
         self.note(format!("{name} acknowledges {tags:?}"));
         self.core().ack(&name, id, &tags);
         self.take_ops();
@@ -1180,10 +1196,52 @@ impl Sim {
 
     // --- time and crashes ------------------------------------------------------------------
 
+    /// A client sent its connection a frame.
+    fn heard(&mut self, conn: u64) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.liveness.heard();
+            c.quiet = Duration::ZERO;
+        }
+    }
+
+    /// Each connection's reader decides about the silence that `ms` more of it makes: it
+    /// probes (a client that answers is heard from at once) or closes a silent connection.
+    fn liveness(&mut self, ms: u64) {
+        let ids: Vec<u64> = self.conns.keys().copied().collect();
+        for id in ids {
+            let c = self.conns.get_mut(&id).expect("present");
+            c.quiet += Duration::from_millis(ms);
+            loop {
+                let c = self.conns.get_mut(&id).expect("present");
+                let wait = c.liveness.wait();
+                if c.quiet < wait {
+                    break;
+                }
+                c.quiet -= wait;
+                match c.liveness.waited(wait) {
+                    Silence::Probe if c.mute => {}
+                    Silence::Probe => c.liveness.heard(),
+                    Silence::Close => {
+                        if !c.mute {
+                            let name = c.name.clone();
+                            self.watch.violation(format!(
+                                "{name} answers every ping but conn {id} was closed as silent"
+                            ));
+                        }
+                        self.note(format!("conn {id} closed as silent"));
+                        self.close(id, false);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
     fn advance(&mut self, ms: u64) {
         self.mono += ms;
         self.wall += ms;
         self.watch.clock.set(self.wall);
+        self.liveness(ms);
         let ids: Vec<u64> = self.conns.keys().copied().collect();
         for id in ids {
             let name = self.conns[&id].name.clone();
@@ -1249,7 +1307,8 @@ impl Sim {
             0..=7 => {
                 let name = self.random_name();
                 if self.clients[&name].conn.is_none() || self.rng.random_bool(0.15) {
-                    self.connect(&name);
+                    let mute = self.rng.random_bool(0.1);
+                    self.connect(&name, mute);
                 }
             }
             8..=10 => {
@@ -1330,13 +1389,17 @@ impl Sim {
             self.crash();
         }
         self.note("settling down".into());
-        for name in NAMES {
-            if self.clients[name].conn.is_none() {
-                self.connect(name);
-            }
-        }
         let mut jumped = 0;
         for round in 0..10_000 {
+            // Everyone is (back) on a connection that answers pings.
+            for name in NAMES {
+                let mute = self.clients[name]
+                    .conn
+                    .is_none_or(|id| self.conns[&id].mute);
+                if mute {
+                    self.connect(name, false);
+                }
+            }
             let ids: Vec<u64> = self.conns.keys().copied().collect();
             for &id in &ids {
                 self.write(id, usize::MAX);

@@ -15,7 +15,7 @@ mod writer;
 pub(crate) use outbound::Outbound;
 
 use crate::config::Config;
-use crate::core::NewConfirm;
+use crate::core::{Liveness, NewConfirm, Silence};
 use crate::encode;
 use crate::engine::Engine;
 use broadcast_protocol::{
@@ -214,12 +214,10 @@ async fn run(
         )
         .instrument(tracing::Span::current()),
     );
-    let liveness = Liveness {
-        probe: cfg.heartbeat,
-        idle: 3 * cfg
-            .heartbeat
-            .max(Duration::from_millis(u64::from(hello.heartbeat_ms))),
-    };
+    let liveness = Liveness::new(
+        cfg.heartbeat,
+        Duration::from_millis(u64::from(hello.heartbeat_ms)),
+    );
     let farewell = read_loop(&mut reader, &out, &name, &ctx, liveness).await;
     ctx.engine.unregister(&name, conn_id).await;
     out.close_with(farewell);
@@ -228,30 +226,18 @@ async fn run(
     tracing::info!("disconnected");
 }
 
-/// How the reading half tells a live client from a dead one.
-#[derive(Debug, Clone, Copy)]
-struct Liveness {
-    /// After this long without a frame from the client, the broker pings it (whatever it
-    /// sends the client meanwhile: a client that only receives is probed too).
-    probe: Duration,
-    /// After this long without a frame from the client, the connection is closed.
-    idle: Duration,
-}
-
 /// Handles frames until the connection ends; returns the frame to close with, if any.
 async fn read_loop(
     reader: &mut Reader,
     out: &Outbound,
     name: &Arc<str>,
     ctx: &Context,
-    liveness: Liveness,
+    mut liveness: Liveness,
 ) -> Option<Bytes> {
     let close = out.shared.close.clone();
     let unconfirmed = Arc::new(Semaphore::new(ctx.config.max_unconfirmed));
     // A frame read ahead while gathering persistent messages, to be handled next.
     let mut carried = None;
-    // Time without a frame from the client, counted in probes.
-    let mut silent = Duration::ZERO;
     let mut nonce = 0u64;
     loop {
         if close.is_cancelled() {
@@ -263,7 +249,7 @@ async fn read_loop(
         let next = match ready {
             Some(r) => r,
             None => {
-                let wait = liveness.probe.min(liveness.idle - silent);
+                let wait = liveness.wait();
                 let r = tokio::select! {
                     biased;
                     _ = close.cancelled() => return None,
@@ -271,29 +257,30 @@ async fn read_loop(
                 };
                 match r {
                     Ok(r) => r,
-                    Err(_) => {
-                        silent += wait;
-                        if silent >= liveness.idle {
-                            tracing::info!("client silent for {:?}, closing", liveness.idle);
+                    Err(_) => match liveness.waited(wait) {
+                        Silence::Close => {
+                            tracing::info!("client silent for {:?}, closing", liveness.idle());
                             return Some(encode::error(
                                 ErrorCode::Timeout,
                                 "no frame received in time",
                                 None,
                             ));
                         }
-                        // Ask for a sign of life; a full queue means a ping could not be
-                        // read either, and the idle limit still applies.
-                        nonce += 1;
-                        let ping = encode::frame(&ServerFrame::Ping {
-                            nonce: PROBE_NONCE | nonce,
-                        });
-                        let _ = out.try_push(OutFrame::control(ping));
-                        continue;
-                    }
+                        Silence::Probe => {
+                            // Ask for a sign of life; it waits beside a full queue rather
+                            // than being dropped, so a client that reads gets it.
+                            nonce += 1;
+                            let ping = encode::frame(&ServerFrame::Ping {
+                                nonce: PROBE_NONCE | nonce,
+                            });
+                            out.push_confirmation(ping);
+                            continue;
+                        }
+                    },
                 }
             }
         };
-        silent = Duration::ZERO;
+        liveness.heard();
         let frame = match next {
             None => return None,
             Some(Err(e @ CodecError::FrameTooLarge { .. })) => {

@@ -21,6 +21,7 @@
 //! - `queues`: what each queue in the store holds, and its limits.
 //! - `notices`: delivery-failed notices for senders.
 //! - `expiry`: messages and sessions that expired.
+//! - `liveness`: when a silent connection is probed, and when it is closed.
 //! - `confirm`: confirmations; the only place one settles.
 //! - `outlet`, `ops`: what goes out to connections and to the store.
 
@@ -28,6 +29,7 @@ mod clients;
 mod confirm;
 mod delivery;
 mod expiry;
+mod liveness;
 mod notices;
 mod ops;
 mod outlet;
@@ -37,6 +39,7 @@ mod route;
 pub use clients::Subscribed;
 pub use confirm::{ConfirmId, NewConfirm};
 pub use delivery::DrainStep;
+pub use liveness::{Liveness, Silence};
 pub use ops::{Completion, QueueAppend, StoreOp};
 pub use outlet::{OutFrame, Outlet, PushError};
 pub use route::{Blocked, Routed, validate};
