@@ -2,7 +2,8 @@
 //! it one input, hands the store the writes it decided while still holding the lock (so the
 //! store applies writes in the order they were decided, and a drainer's read comes after
 //! every write it could have seen decided), and unlocks. Store completions come back through
-//! a channel, as values, and are fed to the core by one task.
+//! a channel, as values, and are fed to the core by one task (the two that come with every group
+//! of writes straight from the store threads, see [`Completions`]).
 //!
 //! The lock is a `std::sync::Mutex` held only for short, non-blocking work: the core's own,
 //! `try_push` into bounded outbound queues, and sending into store slots reserved beforehand.
@@ -17,7 +18,7 @@ use crate::handle::Observed;
 use crate::persist::{Command, Persist, Slot};
 use crate::store::{QueueStore, Seq, StoreError, StoredEntry};
 use broadcast_protocol::{DeliveryFailed, Publish};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -27,9 +28,60 @@ use tokio::time::Instant;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct StoreStopped;
 
+/// The core under its lock, shared by the engine and the store threads' [`Completions`].
+type Locked = Arc<Mutex<Core<Outbound>>>;
+
+/// Locks the core and tells it whether the store takes writes. A panic while holding the lock
+/// cannot leave the core in a state worse than stopping the broker would, so a poisoned lock is
+/// used as it is.
+fn lock<'a>(core: &'a Locked, failed: &AtomicBool) -> MutexGuard<'a, Core<Outbound>> {
+    let mut core = core.lock().unwrap_or_else(|p| p.into_inner());
+    core.set_store_failed(failed.load(Ordering::Acquire));
+    core
+}
+
+/// Where the store threads hand what they report, as values. The two that come with every
+/// group of writes and never make the core write again (entries appended, writes durable) are
+/// applied at once under the core's lock, on the store thread that reports them; the others go
+/// in order through a channel to the engine's completion task, which sends the writes they
+/// cause. Appended and durable reports only wake drainers and settle confirmations, so their
+/// order against the others does not matter.
+#[derive(Clone)]
+pub(crate) struct Completions {
+    core: Locked,
+    failed: Arc<AtomicBool>,
+    epoch: Instant,
+    rest: mpsc::UnboundedSender<Completion>,
+}
+
+impl Completions {
+    /// Hands the core a completion.
+    pub(crate) fn send(&self, done: Completion) {
+        match done {
+            Completion::Appended { .. } | Completion::Durable(_) => {
+                let now = Now {
+                    wall_ms: now_ms(),
+                    mono_ms: self.epoch.elapsed().as_millis() as u64,
+                };
+                let mut core = lock(&self.core, &self.failed);
+                core.complete(now, done);
+                debug_assert!(
+                    !core.has_ops(),
+                    "appended and durable reports write nothing"
+                );
+            }
+            other => {
+                // The task has stopped only when the broker has.
+                let _ = self.rest.send(other);
+            }
+        }
+    }
+}
+
 /// The core as the shell runs it.
 pub(crate) struct Engine {
-    core: Mutex<Core<Outbound>>,
+    core: Locked,
+    failed: Arc<AtomicBool>,
     config: Config,
     pub(crate) persist: Persist,
     observers: broadcast::Sender<Arc<Observed>>,
@@ -61,17 +113,27 @@ impl Engine {
         rt: tokio::runtime::Handle,
     ) -> Result<Arc<Self>, StoreError> {
         let core = Core::new(config.clone(), store.queues()?, store.sessions()?);
-        let (done_tx, done_rx) = mpsc::unbounded_channel();
-        let persist = Persist::start(store, done_tx)?;
+        let core: Locked = Arc::new(Mutex::new(core));
+        let failed = Arc::new(AtomicBool::new(false));
+        let epoch = Instant::now();
+        let (rest, done_rx) = mpsc::unbounded_channel();
+        let done = Completions {
+            core: core.clone(),
+            failed: failed.clone(),
+            epoch,
+            rest,
+        };
+        let persist = Persist::start(store, failed.clone(), done)?;
         let (observers, _) = broadcast::channel(1024);
         let engine = Arc::new(Self {
-            core: Mutex::new(core),
+            core,
+            failed,
             config,
             persist,
             observers,
             next_conn: AtomicU64::new(1),
             rt: rt.clone(),
-            epoch: Instant::now(),
+            epoch,
         });
         rt.spawn(completions(engine.clone(), done_rx));
         Ok(engine)
@@ -79,11 +141,7 @@ impl Engine {
 
     /// The core, locked, told whether the store takes writes.
     fn lock(&self) -> MutexGuard<'_, Core<Outbound>> {
-        // A panic while holding the lock cannot leave the core in a state worse than stopping
-        // the broker would, so a poisoned lock is used as it is.
-        let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
-        core.set_store_failed(self.persist.is_failed());
-        core
+        lock(&self.core, &self.failed)
     }
 
     /// The time as the core takes it.

@@ -1537,8 +1537,21 @@ fn encode_failed(notice: DeliveryFailed) -> Bytes {
         .expect("encodes")
 }
 
-/// Runs one seed; returns the violations and the last events before the first.
+/// Runs one seed; returns its violations (a panic in the core is one) and the last events
+/// before the first.
 fn run(seed: u64, verbose: bool) -> Result<(), String> {
+    let outcome = std::panic::catch_unwind(|| run_unguarded(seed, verbose));
+    outcome.unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("a panic");
+        Err(format!("seed {seed}: panicked: {what}"))
+    })
+}
+
+fn run_unguarded(seed: u64, verbose: bool) -> Result<(), String> {
     let mut sim = Sim::new(seed, verbose);
     let steps = sim.rng.random_range(100..400);
     for _ in 0..steps {

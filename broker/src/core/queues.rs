@@ -134,7 +134,11 @@ impl Queues {
     pub(super) fn count_enqueued(&mut self, queue: &QueueId, entry: &StoredEntry) {
         let size = entry.size();
         self.stored_bytes += size;
-        let meta = self.entry(queue);
+        // One lookup when the queue is known; its name is copied only the first time.
+        let meta = match self.map.get_mut(queue) {
+            Some(meta) => meta,
+            None => self.map.entry(queue.clone()).or_default(),
+        };
         meta.pending += 1;
         meta.bytes += size;
         meta.unapplied += 1;

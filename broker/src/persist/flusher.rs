@@ -137,7 +137,7 @@ fn report(pending: Vec<Pending>, flushed: Result<(), &String>, done: &Completion
             Pending::Done(tx) => {
                 // Completions before it first: what waits for this point sees their effects.
                 if !durable.is_empty() {
-                    let _ = done.send(Completion::Durable(std::mem::take(&mut durable)));
+                    done.send(Completion::Durable(std::mem::take(&mut durable)));
                 }
                 let _ = tx.send(());
             }
@@ -164,7 +164,7 @@ fn report(pending: Vec<Pending>, flushed: Result<(), &String>, done: &Completion
                                 (StoredEntry::Message(_), None) => {}
                             }
                         }
-                        let _ = done.send(Completion::Failed {
+                        done.send(Completion::Failed {
                             queue,
                             entries: messages,
                             notices,
@@ -176,6 +176,6 @@ fn report(pending: Vec<Pending>, flushed: Result<(), &String>, done: &Completion
         }
     }
     if !durable.is_empty() {
-        let _ = done.send(Completion::Durable(durable));
+        done.send(Completion::Durable(durable));
     }
 }

@@ -10,7 +10,7 @@
 mod flusher;
 mod worker;
 
-use crate::core::{Completion, StoreOp};
+use crate::core::StoreOp;
 use crate::store::{QueueId, QueueInfo, QueueStore, Seq, StoreError, StoredEntry};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,8 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 /// Commands waiting for the store thread at most; senders wait beyond that.
 const CHANNEL: usize = 16 * 1024;
 
-/// Where completions go.
-pub(crate) type Completions = mpsc::UnboundedSender<Completion>;
+pub(crate) use crate::engine::Completions;
 
 /// What the store thread is asked to do.
 pub(crate) enum Command {
@@ -59,8 +58,13 @@ impl std::fmt::Debug for Persist {
 pub(crate) type Slot = mpsc::OwnedPermit<Command>;
 
 impl Persist {
-    /// Starts the store and flush threads over an opened store; completions go to `done`.
-    pub(crate) fn start(store: Arc<dyn QueueStore>, done: Completions) -> Result<Self, StoreError> {
+    /// Starts the store and flush threads over an opened store; a failed write or flush sets
+    /// `failed`; completions go to `done`.
+    pub(crate) fn start(
+        store: Arc<dyn QueueStore>,
+        failed: Arc<AtomicBool>,
+        done: Completions,
+    ) -> Result<Self, StoreError> {
         let next_seq = store
             .queues()?
             .into_iter()
@@ -71,7 +75,6 @@ impl Persist {
             )
             .collect();
         let (tx, rx) = mpsc::channel(CHANNEL);
-        let failed = Arc::new(AtomicBool::new(false));
         let flusher = flusher::Flusher::start(store.clone(), failed.clone(), done.clone())?;
         let worker = worker::Worker::new(store, flusher, rx, next_seq, done, failed.clone());
         std::thread::Builder::new()

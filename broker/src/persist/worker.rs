@@ -117,7 +117,7 @@ impl Worker {
                     });
                     // Through the completions, so that the core sees it after everything this
                     // thread reported before it.
-                    let _ = self.done.send(Completion::Expired(found));
+                    self.done.send(Completion::Expired(found));
                 }
                 Command::Shutdown(_) => unreachable!("shutdown is taken out of the group first"),
             }
@@ -157,7 +157,7 @@ impl Worker {
                     self.next_seq
                         .insert(queue.clone(), first + entries.len() as u64);
                     let n = entries.len() as u64;
-                    let _ = self.done.send(Completion::Appended {
+                    self.done.send(Completion::Appended {
                         queue: queue.clone(),
                         n,
                     });
@@ -210,7 +210,7 @@ impl Worker {
                 // Reported at once, in order with everything else this thread reports: the
                 // core's counts follow where the entries are now (a crash before the flush
                 // rebuilds them from the store anyway).
-                let _ = self.done.send(Completion::Moved {
+                self.done.send(Completion::Moved {
                     from,
                     to,
                     moved: moved.ok(),
