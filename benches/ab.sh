@@ -48,9 +48,13 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 def med(w, b, k):
     v = [r[k] for r in rows if r["workload"] == w and r["broker"] == b and k in r]
     return (statistics.median(v), len(v)) if v else (None, 0)
-print(f"{'workload':<11} {'figure':<12} {'old':>12} {'new':>12} {'new/old':>8}  runs  lost(old/new)")
+print(f"{'workload':<11} {'figure':<19} {'old':>12} {'new':>12} {'new/old':>8}  runs  lost(old/new)")
 for w in dict.fromkeys(r["workload"] for r in rows):
-    keys = ["p50_us", "p99_us", "p999_us"] if w == "latency" else ["msgs_per_s"]
+    keys = {
+        "latency": ["p50_us", "p99_us", "p999_us"],
+        "fanout": ["deliveries_per_s"],
+        "offline": ["store_msgs_per_s", "drain_msgs_per_s"],
+    }.get(w, ["msgs_per_s"])
     keys += ["broker_cpu_secs", "broker_peak_rss_kib"]
     lost = tuple(sum(r.get("lost", 0) for r in rows if r["workload"] == w and r["broker"] == b)
                  for b in ("old", "new"))
@@ -59,5 +63,5 @@ for w in dict.fromkeys(r["workload"] for r in rows):
         if o is None or n is None:
             continue
         ratio = n / o if o else float("nan")
-        print(f"{w:<11} {k:<12} {o:>12,.1f} {n:>12,.1f} {ratio:>8.3f}  {n1}/{n2}  {lost[0]}/{lost[1]}")
+        print(f"{w:<11} {k:<19} {o:>12,.1f} {n:>12,.1f} {ratio:>8.3f}  {n1}/{n2}  {lost[0]}/{lost[1]}")
 PY
