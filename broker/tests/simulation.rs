@@ -940,6 +940,13 @@ impl Sim {
 
     // --- the drainer -----------------------------------------------------------------------
 
+    /// Wakes connection `id`'s drainer.
+    fn wake(&self, id: u64) {
+        if let Some(c) = self.conns.get(&id) {
+            c.out.0.woken.set(true);
+        }
+    }
+
     fn drain(&mut self, id: u64) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
@@ -956,13 +963,7 @@ impl Sim {
                 let again = self.core().drained(now, &name, id, from, decided, entries);
                 self.take_ops();
                 if again {
-                    self.conns
-                        .get_mut(&id)
-                        .expect("present")
-                        .out
-                        .0
-                        .woken
-                        .set(true);
+                    self.wake(id);
                 }
             }
             Drain::Idle => {
@@ -1404,13 +1405,7 @@ impl Sim {
             for &id in &ids {
                 self.write(id, usize::MAX);
                 self.ack(id, true);
-                self.conns
-                    .get_mut(&id)
-                    .expect("present")
-                    .out
-                    .0
-                    .woken
-                    .set(true);
+                self.wake(id);
                 self.drain(id);
             }
             self.apply_store(usize::MAX);

@@ -3,7 +3,7 @@
 
 use super::ops::{QueueAppend, StoreOp};
 use super::outlet::{OutFrame, Outlet};
-use super::{Client, Core, InflightKind, Now, Refusal, SessionState, State};
+use super::{Client, Core, InflightKind, Now, Refusal, SessionState, State, client_on};
 use crate::encode;
 use crate::maps::{HashMap, HashSet};
 use crate::store::{QueueId, Session, StoredEntry, StoredMessage};
@@ -53,7 +53,7 @@ impl<O: Outlet> Core<O> {
     /// persistent deliveries in flight go back to its queue; its subscriptions are remembered.
     pub fn unregister(&mut self, now: Now, name: &str, conn_id: u64) {
         let st = &mut self.st;
-        if st.client_on(name, conn_id).is_none() {
+        if client_on(&mut st.clients, name, conn_id).is_none() {
             return;
         }
         let Some((name, client)) = st.clients.remove_entry(name) else {
@@ -83,7 +83,7 @@ impl<O: Outlet> Core<O> {
             .map_err(|e| Refusal::new(ErrorCode::InvalidName, e.to_string()))?;
         let max_subscriptions = self.config.max_subscriptions;
         let st = &mut self.st;
-        if st.client_on(name, conn_id).is_none() {
+        if client_on(&mut st.clients, name, conn_id).is_none() {
             return Err(Refusal::new(ErrorCode::Replaced, "connection was replaced"));
         }
         let State {
@@ -148,7 +148,7 @@ impl<O: Outlet> Core<O> {
     /// Removes a subscription; removing one that does not exist is not an error.
     pub fn unsubscribe(&mut self, name: &Arc<str>, conn_id: u64, channel: &str) {
         let st = &mut self.st;
-        if st.client_on(name, conn_id).is_none() {
+        if client_on(&mut st.clients, name, conn_id).is_none() {
             return;
         }
         let Some(session) = st.sessions.get_mut(&**name) else {

@@ -9,7 +9,7 @@ use super::expiry::expired_notice;
 use super::notices::undeliverable;
 use super::ops::StoreOp;
 use super::outlet::{OutFrame, Outlet, PushError};
-use super::{Core, Inflight, InflightKind, Now, State};
+use super::{Core, Inflight, InflightKind, Now, State, client_on, client_on_ref};
 use crate::encode::{self, DeliveryRef};
 use crate::maps::HashMap;
 use crate::store::{QueueId, Seq, StoredEntry, StoredMessage};
@@ -69,11 +69,7 @@ impl<O: Outlet> Core<O> {
         let queue = QueueId::Client(name.to_owned());
         let mut seqs = Vec::new();
         let mut settled = Vec::new();
-        let Some(client) = st
-            .clients
-            .get_mut(name)
-            .filter(|c| c.out.conn_id() == conn_id)
-        else {
+        let Some(client) = client_on(&mut st.clients, name, conn_id) else {
             return;
         };
         for tag in tags {
@@ -100,7 +96,7 @@ impl<O: Outlet> Core<O> {
     /// The next step of `name`'s drainer.
     pub fn drain_step(&self, name: &str, conn_id: u64) -> DrainStep {
         let st = &self.st;
-        let Some(client) = st.clients.get(name).filter(|c| c.out.conn_id() == conn_id) else {
+        let Some(client) = client_on_ref(&st.clients, name, conn_id) else {
             return DrainStep::Gone;
         };
         let room = self
@@ -150,11 +146,7 @@ impl<O: Outlet> Core<O> {
                 }
             }
         }
-        let Some(client) = st
-            .clients
-            .get_mut(name)
-            .filter(|c| c.out.conn_id() == conn_id)
-        else {
+        let Some(client) = client_on(&mut st.clients, name, conn_id) else {
             return false;
         };
         let settled_unread = std::mem::take(&mut client.settled_unread);
@@ -250,11 +242,7 @@ impl<O: Outlet> Core<O> {
 
     /// Earliest acknowledgement deadline of `name`'s connection, in monotonic milliseconds.
     pub fn next_deadline(&self, name: &str, conn_id: u64) -> Option<u64> {
-        let client = self
-            .st
-            .clients
-            .get(name)
-            .filter(|c| c.out.conn_id() == conn_id)?;
+        let client = client_on_ref(&self.st.clients, name, conn_id)?;
         client.inflight.values().map(|i| i.deadline).min()
     }
 
@@ -268,11 +256,7 @@ impl<O: Outlet> Core<O> {
         let retry = now.mono_ms + ack_timeout;
         let mut exhausted = Vec::new();
         let mut expired = Vec::new();
-        let Some(client) = st
-            .clients
-            .get_mut(name)
-            .filter(|c| c.out.conn_id() == conn_id)
-        else {
+        let Some(client) = client_on(&mut st.clients, name, conn_id) else {
             return;
         };
         let mut late: Vec<u64> = client

@@ -309,12 +309,21 @@ pub struct Census {
     pub stored_bytes: u64,
 }
 
-impl<O: Outlet> State<O> {
-    /// The client registered as `name` on connection `conn_id`, if that connection still
-    /// holds the name.
-    fn client_on(&mut self, name: &str, conn_id: u64) -> Option<&mut Client<O>> {
-        self.clients
-            .get_mut(name)
-            .filter(|c| c.out.conn_id() == conn_id)
-    }
+/// The client registered as `name` on connection `conn_id`, if that connection still holds the
+/// name (a connection that was replaced, or has gone, acts on nothing).
+fn client_on<'a, O: Outlet>(
+    clients: &'a mut HashMap<Arc<str>, Client<O>>,
+    name: &str,
+    conn_id: u64,
+) -> Option<&'a mut Client<O>> {
+    clients.get_mut(name).filter(|c| c.out.conn_id() == conn_id)
+}
+
+/// The same, read only.
+fn client_on_ref<'a, O: Outlet>(
+    clients: &'a HashMap<Arc<str>, Client<O>>,
+    name: &str,
+    conn_id: u64,
+) -> Option<&'a Client<O>> {
+    clients.get(name).filter(|c| c.out.conn_id() == conn_id)
 }
