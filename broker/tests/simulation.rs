@@ -95,6 +95,11 @@ impl Outlet for SimOutlet {
         }
     }
 
+    fn push_notice(&self, notice: Bytes) {
+        // Beside the queue, where confirmations wait too, in order.
+        self.push_confirmation(notice);
+    }
+
     fn is_stalled(&self) -> bool {
         self.0.stalled.get()
     }
@@ -1258,14 +1263,15 @@ impl Sim {
         }
     }
 
-    /// The sweeper asks the store for expired entries, one look at a time.
+    /// The sweeper asks the store for expired entries; when the store is behind, looks may
+    /// overlap (the sweeper does not wait for the answer to the last one).
     fn sweep(&mut self) {
         let looking = self.cmds.iter().any(|c| matches!(c, Cmd::Expired))
             || self
                 .completions
                 .iter()
                 .any(|c| matches!(c, Completion::Expired(_)));
-        if !looking {
+        if !looking || self.rng.random_bool(0.3) {
             self.core().begin_expiry_scan();
             self.cmds.push_back(Cmd::Expired);
         }

@@ -267,13 +267,10 @@ async fn read_loop(
                             ));
                         }
                         Silence::Probe => {
-                            // Ask for a sign of life; it waits beside a full queue rather
-                            // than being dropped, so a client that reads gets it.
+                            // Ask for a sign of life with the writer's next write, ahead of
+                            // whatever is queued: a client that reads gets it.
                             nonce += 1;
-                            let ping = encode::frame(&ServerFrame::Ping {
-                                nonce: PROBE_NONCE | nonce,
-                            });
-                            out.push_confirmation(ping);
+                            out.probe(PROBE_NONCE | nonce);
                             continue;
                         }
                     },
@@ -400,21 +397,25 @@ async fn route_run(
     }
     let confirms = std::mem::take(confirms);
     let routed = ctx.engine.route_persistent(name, out, msgs, confirms).await;
+    let mut closed = false;
     for routed in routed {
         debug_assert!(routed.blocked.is_empty(), "persistent messages never wait");
         for notice in routed.failed {
-            if out
-                .push(OutFrame::control(encode::failed(notice)))
-                .await
-                .is_err()
-            {
-                return Handled::Close;
-            }
+            closed = closed
+                || out
+                    .push(OutFrame::control(encode::failed(notice)))
+                    .await
+                    .is_err();
         }
-        // Its notices are on their way: `Accepted` may follow them.
+        // Its notices are on their way (or the connection is closing, and every hold is
+        // released all the same): `Accepted` may follow them.
         ctx.engine.release(routed.hold);
     }
-    Handled::Continue
+    if closed {
+        Handled::Close
+    } else {
+        Handled::Continue
+    }
 }
 
 enum Handled {

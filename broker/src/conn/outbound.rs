@@ -9,7 +9,7 @@ pub(crate) use crate::core::{OutFrame, PushError};
 
 use crate::core::Outlet;
 use bytes::Bytes;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -30,6 +30,12 @@ pub(crate) struct Shared {
     /// `Accepted` frames that found the queue full; the writer sends them after its next
     /// batch. Bounded by the connection's limit of unconfirmed messages.
     pub(crate) confirmations: Mutex<Vec<Bytes>>,
+    /// Set while a notice waits in `confirmations`: confirmations then wait behind it (a
+    /// notice precedes the confirmation of the same message).
+    pub(crate) notice_waiting: AtomicBool,
+    /// Nonce of a liveness probe the writer is to send with its next write (0: none). Pings
+    /// need no order, so a probe never waits behind a full queue.
+    pub(crate) probe: AtomicU64,
     /// Set when a sender waited for room in vain; cleared when the writer makes progress.
     /// While set, deliveries that find the queue full fail at once instead of waiting.
     pub(crate) stalled: AtomicBool,
@@ -64,6 +70,8 @@ impl Outbound {
             wants_room: AtomicBool::new(false),
             stalled: AtomicBool::new(false),
             confirmations: Mutex::new(Vec::new()),
+            notice_waiting: AtomicBool::new(false),
+            probe: AtomicU64::new(0),
         });
         (
             Self {
@@ -141,6 +149,18 @@ impl Outbound {
     pub(crate) fn push_confirmation(&self, bytes: Bytes) {
         // Counted like every queued frame: the writer takes the bytes off once written.
         self.shared.queued.fetch_add(bytes.len(), Ordering::AcqRel);
+        if self.shared.notice_waiting.load(Ordering::Acquire) {
+            // Behind a notice that waits beside the queue, never ahead of it.
+            let mut stash = self
+                .shared
+                .confirmations
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if !stash.is_empty() {
+                stash.push(bytes);
+                return;
+            }
+        }
         match self.tx.try_send(OutFrame::control(bytes)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(frame)) => {
@@ -160,6 +180,38 @@ impl Outbound {
                     .fetch_sub(frame.bytes.len(), Ordering::AcqRel);
             }
         }
+    }
+
+    /// Queues a notice that the store cannot keep: at once when there is room, otherwise beside
+    /// the queue, where confirmations pushed after it wait behind it.
+    pub(crate) fn push_notice(&self, bytes: Bytes) {
+        self.shared.queued.fetch_add(bytes.len(), Ordering::AcqRel);
+        match self.tx.try_send(OutFrame::control(bytes)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(frame)) => {
+                let mut stash = self
+                    .shared
+                    .confirmations
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                stash.push(frame.bytes);
+                self.shared.notice_waiting.store(true, Ordering::Release);
+                drop(stash);
+                let _ = self.tx.try_send(OutFrame::control(Bytes::new()));
+            }
+            Err(mpsc::error::TrySendError::Closed(frame)) => {
+                self.shared
+                    .queued
+                    .fetch_sub(frame.bytes.len(), Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Asks the writer to send a `Ping` with `nonce` with its next write, whatever is queued.
+    pub(crate) fn probe(&self, nonce: u64) {
+        self.shared.probe.store(nonce, Ordering::Release);
+        // Wakes a writer that waits for frames; a busy one sees the probe after its batch.
+        let _ = self.tx.try_send(OutFrame::control(Bytes::new()));
     }
 
     /// Closes the connection after writing what is queued and then `farewell`.
@@ -193,6 +245,10 @@ impl Outlet for Outbound {
 
     fn push_confirmation(&self, accepted: Bytes) {
         Outbound::push_confirmation(self, accepted);
+    }
+
+    fn push_notice(&self, notice: Bytes) {
+        Outbound::push_notice(self, notice);
     }
 
     fn is_stalled(&self) -> bool {
@@ -232,6 +288,25 @@ mod tests {
         out.push_confirmation(Bytes::from(vec![2u8; 5]));
         assert_eq!(out.shared.queued.load(Ordering::Acquire), 42);
         assert_eq!(out.shared.confirmations.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_confirmation_waits_behind_a_notice_that_found_the_queue_full() {
+        let (out, mut rx) = Outbound::new(1, 1, 1 << 20, 1 << 20, CancellationToken::new());
+        assert_eq!(out.try_push(frame(10)), Ok(()));
+        out.push_notice(Bytes::from_static(b"notice"));
+        // Room again: a confirmation alone would take it, but it must not pass the notice.
+        rx.try_recv().unwrap();
+        out.push_confirmation(Bytes::from_static(b"accepted"));
+        let stash = out.shared.confirmations.lock().unwrap().clone();
+        assert_eq!(
+            stash,
+            vec![
+                Bytes::from_static(b"notice"),
+                Bytes::from_static(b"accepted")
+            ]
+        );
+        assert!(rx.try_recv().is_err(), "nothing went ahead of the notice");
     }
 
     #[test]

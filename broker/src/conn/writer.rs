@@ -102,8 +102,18 @@ impl Writer {
             for c in stash.drain(..) {
                 buf.extend_from_slice(&c);
             }
+            self.out
+                .shared
+                .notice_waiting
+                .store(false, Ordering::Release);
         }
+        // Every byte so far was counted as queued; a probe was not.
         let n = buf.len();
+        let probe = self.out.shared.probe.swap(0, Ordering::AcqRel);
+        if probe != 0 {
+            // The reading half asks the client for a sign of life.
+            buf.extend_from_slice(&encode::frame(&ServerFrame::Ping { nonce: probe }));
+        }
         let r = self.io.write_all(buf).await;
         self.out.shared.queued.fetch_sub(n, Ordering::AcqRel);
         self.out.shared.stalled.store(false, Ordering::Release);

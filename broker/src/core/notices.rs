@@ -120,7 +120,7 @@ impl<O: Outlet> State<O> {
             Some(c) => {
                 let frame = encode::failed(notice);
                 if let Err(PushError::Full) = c.out.try_push(OutFrame::control(frame.clone())) {
-                    c.out.push_confirmation(frame);
+                    c.out.push_notice(frame);
                 }
             }
             None => self.lost.push((sender.to_owned(), notice)),

@@ -58,10 +58,13 @@ pub trait Outlet: Clone {
     /// Queues a frame if there is room now.
     fn try_push(&self, frame: OutFrame) -> Result<(), PushError>;
 
-    /// Queues a frame that is never refused: an `Accepted` frame (bounded by the connection's
-    /// limit of unconfirmed messages), or a notice that the store cannot keep. It waits beside
-    /// the queue when the queue is full.
-    fn push_confirmation(&self, frame: Bytes);
+    /// Queues an `Accepted` frame, never refused (bounded by the connection's limit of
+    /// unconfirmed messages): it waits beside the queue when the queue is full.
+    fn push_confirmation(&self, accepted: Bytes);
+
+    /// Queues a notice that the store cannot keep, never refused: it waits beside the queue
+    /// when the queue is full, and confirmations pushed after it wait behind it.
+    fn push_notice(&self, notice: Bytes);
 
     /// True while the connection is known not to take frames (a sender waited for room in
     /// vain and nothing was written since).

@@ -41,8 +41,10 @@ pub(super) struct Queues {
     map: HashMap<QueueId, QueueMeta>,
     stored_bytes: u64,
     /// While the store looks for expired entries: the entries settled meanwhile, which its
-    /// answer may still name.
+    /// answer may still name, and how many looks are open (they may overlap when the store
+    /// is behind).
     scan: Option<HashSet<(QueueId, Seq)>>,
+    scans_open: u32,
     /// Backlogs whose entries are being moved to a subscriber, with the number of moves
     /// under way: their counts are the subscribers' until the store says what moved.
     moving: HashMap<QueueId, u32>,
@@ -148,12 +150,19 @@ impl Queues {
     /// Opens the window of a look for expired entries: entries settled from now on are
     /// remembered until [`Queues::end_scan`].
     pub(super) fn begin_scan(&mut self) {
-        self.scan = Some(HashSet::default());
+        self.scans_open += 1;
+        self.scan.get_or_insert_with(HashSet::default);
     }
 
-    /// Closes the window: the entries settled since [`Queues::begin_scan`].
+    /// Closes the window of the oldest open look: the entries settled since the first look
+    /// still open began (a superset of what settled during this one, which is safe to skip).
     pub(super) fn end_scan(&mut self) -> HashSet<(QueueId, Seq)> {
-        self.scan.take().unwrap_or_default()
+        self.scans_open = self.scans_open.saturating_sub(1);
+        if self.scans_open == 0 {
+            self.scan.take().unwrap_or_default()
+        } else {
+            self.scan.clone().unwrap_or_default()
+        }
     }
 
     /// Counts an entry settled in a queue.
