@@ -15,6 +15,8 @@
 //!   [`set_publish_resent`] and [`decode_deliver_origin`], which touch or read one field of an
 //!   encoded frame without decoding the rest.
 //! - [`names`]: validation of client, channel and message-id strings.
+//! - [`varint`]: bincode's variable-length integers and byte strings, written and read
+//!   (checked) by hand, for the fast codecs and the broker's store segments.
 //! - [`error`]: the codec error type, [`CodecError`].
 #![forbid(unsafe_code)]
 
