@@ -147,15 +147,29 @@ impl Outbound {
     /// Queues a confirmation: at once when there is room, otherwise for the writer to send
     /// after its current batch.
     pub(crate) fn push_confirmation(&self, bytes: Bytes) {
+        self.push_unrefused(bytes, false);
+    }
+
+    /// Queues a notice that the store cannot keep: at once when there is room, otherwise beside
+    /// the queue, where confirmations pushed after it wait behind it.
+    pub(crate) fn push_notice(&self, bytes: Bytes) {
+        self.push_unrefused(bytes, true);
+    }
+
+    /// Queues a frame that is never refused: into the queue when there is room (and no notice
+    /// waits beside it), otherwise beside it, for the writer to send after its current batch.
+    fn push_unrefused(&self, bytes: Bytes, notice: bool) {
         // Counted like every queued frame: the writer takes the bytes off once written.
         self.shared.queued.fetch_add(bytes.len(), Ordering::AcqRel);
-        if self.shared.notice_waiting.load(Ordering::Acquire) {
-            // Behind a notice that waits beside the queue, never ahead of it.
-            let mut stash = self
-                .shared
+        let stash = || {
+            self.shared
                 .confirmations
                 .lock()
-                .unwrap_or_else(|p| p.into_inner());
+                .unwrap_or_else(|p| p.into_inner())
+        };
+        if !notice && self.shared.notice_waiting.load(Ordering::Acquire) {
+            // Behind a notice that waits beside the queue, never ahead of it.
+            let mut stash = stash();
             if !stash.is_empty() {
                 stash.push(bytes);
                 return;
@@ -164,39 +178,13 @@ impl Outbound {
         match self.tx.try_send(OutFrame::control(bytes)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(frame)) => {
-                let mut stash = self
-                    .shared
-                    .confirmations
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
+                let mut stash = stash();
                 stash.push(frame.bytes);
+                if notice {
+                    self.shared.notice_waiting.store(true, Ordering::Release);
+                }
                 drop(stash);
                 // The writer may have emptied the queue meanwhile and be waiting: wake it.
-                let _ = self.tx.try_send(OutFrame::control(Bytes::new()));
-            }
-            Err(mpsc::error::TrySendError::Closed(frame)) => {
-                self.shared
-                    .queued
-                    .fetch_sub(frame.bytes.len(), Ordering::AcqRel);
-            }
-        }
-    }
-
-    /// Queues a notice that the store cannot keep: at once when there is room, otherwise beside
-    /// the queue, where confirmations pushed after it wait behind it.
-    pub(crate) fn push_notice(&self, bytes: Bytes) {
-        self.shared.queued.fetch_add(bytes.len(), Ordering::AcqRel);
-        match self.tx.try_send(OutFrame::control(bytes)) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(frame)) => {
-                let mut stash = self
-                    .shared
-                    .confirmations
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                stash.push(frame.bytes);
-                self.shared.notice_waiting.store(true, Ordering::Release);
-                drop(stash);
                 let _ = self.tx.try_send(OutFrame::control(Bytes::new()));
             }
             Err(mpsc::error::TrySendError::Closed(frame)) => {
