@@ -12,7 +12,7 @@
 use crate::config::Config;
 use crate::conn::Outbound;
 use crate::core::{
-    Completion, ConfirmId, Core, DrainStep, NewConfirm, Now, Refusal, Routed, StoreOp, Subscribed,
+    Completion, ConfirmId, Core, DrainStep, NewConfirm, Now, Refusal, Routed, Subscribed,
 };
 use crate::handle::Observed;
 use crate::persist::{Command, Persist, Slot};
@@ -86,7 +86,6 @@ pub(crate) struct Engine {
     pub(crate) persist: Persist,
     observers: broadcast::Sender<Arc<Observed>>,
     next_conn: AtomicU64,
-    rt: tokio::runtime::Handle,
     /// Monotonic time 0 of the core.
     epoch: Instant,
 }
@@ -132,7 +131,6 @@ impl Engine {
             persist,
             observers,
             next_conn: AtomicU64::new(1),
-            rt: rt.clone(),
             epoch,
         });
         rt.spawn(completions(engine.clone(), done_rx));
@@ -170,7 +168,9 @@ impl Engine {
         }
     }
 
-    /// Sends the writes the core decided through `slot`, under the core's lock.
+    /// Sends the writes the core decided through `slot`, under the core's lock; `done` is
+    /// answered once they are durable. Every caller reserves its slot before it locks the
+    /// core, so writes reach the store in the order they were decided.
     fn send_ops(core: &mut Core<Outbound>, slot: Option<Slot>, done: Option<oneshot::Sender<()>>) {
         Self::report_lost(core);
         let ops = core.take_ops();
@@ -178,17 +178,12 @@ impl Engine {
             Some(slot) if !ops.is_empty() || done.is_some() => {
                 slot.send(Command::Ops(ops, done));
             }
-            _ => debug_assert!(ops.is_empty(), "store writes without a slot"),
-        }
-    }
-
-    /// Sends the writes the core decided from code that cannot wait, under the core's lock.
-    fn send_detached(&self, core: &mut Core<Outbound>) {
-        Self::report_lost(core);
-        if core.has_ops() {
-            let ops = core.take_ops();
-            self.persist
-                .send_detached(Command::Ops(ops, None), &self.rt);
+            Some(_) => {}
+            None if ops.is_empty() => {}
+            None => tracing::error!(
+                writes = ops.len(),
+                "the store thread has stopped; writes are not applied"
+            ),
         }
     }
 
@@ -330,11 +325,12 @@ impl Engine {
         }
     }
 
-    /// Handles acknowledgements; returns the store writes that settle queue entries.
-    pub(crate) fn ack(&self, name: &str, conn_id: u64, tags: &[u64]) -> Option<Command> {
+    /// Handles acknowledgements.
+    pub(crate) async fn ack(&self, name: &str, conn_id: u64, tags: &[u64]) {
+        let slot = self.persist.reserve().await;
         let mut core = self.lock();
         core.ack(name, conn_id, tags);
-        core.has_ops().then(|| Command::Ops(core.take_ops(), None))
+        Self::send_ops(&mut core, slot, None);
     }
 
     /// The next step of a drainer.
@@ -343,7 +339,7 @@ impl Engine {
     }
 
     /// Hands entries read from a queue to its connection; true to read again at once.
-    pub(crate) fn drained(
+    pub(crate) async fn drained(
         &self,
         name: &str,
         conn_id: u64,
@@ -351,10 +347,11 @@ impl Engine {
         decided: u64,
         entries: Vec<(Seq, StoredEntry)>,
     ) -> bool {
+        let slot = self.persist.reserve().await;
         let now = self.now();
         let mut core = self.lock();
         let again = core.drained(now, name, conn_id, from, decided, entries);
-        self.send_detached(&mut core);
+        Self::send_ops(&mut core, slot, None);
         again
     }
 
@@ -365,19 +362,21 @@ impl Engine {
     }
 
     /// Sends again, or gives up on, a connection's late deliveries.
-    pub(crate) fn redeliver_late(&self, name: &str, conn_id: u64) {
+    pub(crate) async fn redeliver_late(&self, name: &str, conn_id: u64) {
+        let slot = self.persist.reserve().await;
         let now = self.now();
         let mut core = self.lock();
         core.redeliver_late(now, name, conn_id);
-        self.send_detached(&mut core);
+        Self::send_ops(&mut core, slot, None);
     }
 
     /// Sends a notice to a sender outside of its own request.
-    pub(crate) fn notify(&self, sender: &str, notice: DeliveryFailed) {
+    pub(crate) async fn notify(&self, sender: &str, notice: DeliveryFailed) {
+        let slot = self.persist.reserve().await;
         let now = self.now();
         let mut core = self.lock();
         core.notify(now, sender, notice);
-        self.send_detached(&mut core);
+        Self::send_ops(&mut core, slot, None);
     }
 
     /// Opens a look for expired entries.
@@ -385,12 +384,13 @@ impl Engine {
         self.lock().begin_expiry_scan();
     }
 
-    /// Forgets expired sessions; returns the store writes.
-    pub(crate) fn expire_sessions(&self) -> Vec<StoreOp> {
+    /// Forgets expired sessions.
+    pub(crate) async fn expire_sessions(&self) {
+        let slot = self.persist.reserve().await;
         let now = self.now();
         let mut core = self.lock();
         core.expire_sessions(now);
-        core.take_ops()
+        Self::send_ops(&mut core, slot, None);
     }
 }
 
@@ -398,11 +398,12 @@ impl Engine {
 async fn completions(engine: Arc<Engine>, mut rx: mpsc::UnboundedReceiver<Completion>) {
     let mut batch = Vec::with_capacity(64);
     while rx.recv_many(&mut batch, 64).await > 0 {
+        let slot = engine.persist.reserve().await;
         let now = engine.now();
         let mut core = engine.lock();
         for done in batch.drain(..) {
             core.complete(now, done);
         }
-        engine.send_detached(&mut core);
+        Engine::send_ops(&mut core, slot, None);
     }
 }

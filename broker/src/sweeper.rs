@@ -31,10 +31,7 @@ pub(crate) async fn run(engine: Arc<Engine>, every: Duration, shutdown: Cancella
         engine.persist.send(look).await;
         // Sessions expire on a scale of hours: look about once a minute.
         if rounds % (60_000 / every.as_millis().max(1) as u64).max(1) == 0 {
-            let ops = engine.expire_sessions();
-            if !ops.is_empty() {
-                engine.persist.send(Command::Ops(ops, None)).await;
-            }
+            engine.expire_sessions().await;
         }
     }
 }

@@ -30,7 +30,7 @@ pub(crate) async fn run(
                     };
                     match entries {
                         Ok(entries) => {
-                            if !engine.drained(&name, conn_id, from, decided, entries) {
+                            if !engine.drained(&name, conn_id, from, decided, entries).await {
                                 break;
                             }
                         }
@@ -47,7 +47,7 @@ pub(crate) async fn run(
             _ = close.cancelled() => return,
             _ = wake.notified() => {}
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                engine.redeliver_late(&name, conn_id);
+                engine.redeliver_late(&name, conn_id).await;
             }
         }
     }

@@ -484,9 +484,7 @@ async fn handle(
         ClientFrame::Ping { nonce } => replies.push(encode::frame(&ServerFrame::Pong { nonce })),
         ClientFrame::Pong { .. } => {}
         ClientFrame::Ack { tags } => {
-            if let Some(cmd) = engine.ack(name, out.conn_id, &tags) {
-                engine.persist.send(cmd).await;
-            }
+            engine.ack(name, out.conn_id, &tags).await;
         }
         ClientFrame::Hello(_) => replies.push(encode::error(
             ErrorCode::BadHandshake,

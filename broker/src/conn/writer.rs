@@ -70,7 +70,7 @@ impl Writer {
                 tracing::debug!("client did not take the rest of its queue in time");
             }
         }
-        self.fail_unwritten();
+        self.fail_unwritten().await;
     }
 
     async fn write_batch(&mut self, first: OutFrame, buf: &mut BytesMut) -> std::io::Result<()> {
@@ -156,7 +156,7 @@ impl Writer {
     }
 
     /// Tells the sender of every message that never left this queue.
-    fn fail_unwritten(&mut self) {
+    async fn fail_unwritten(&mut self) {
         self.rx.close();
         while let Ok(f) = self.rx.try_recv() {
             if !f.at_most_once {
@@ -177,7 +177,7 @@ impl Writer {
                 ),
                 ack_tag: None,
             };
-            self.engine.notify(d.sender, notice);
+            self.engine.notify(d.sender, notice).await;
         }
     }
 }

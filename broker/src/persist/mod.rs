@@ -3,8 +3,9 @@
 //! done (`flusher`), while the store thread applies the next group.
 //!
 //! Async code talks to the store thread through [`Persist`], a bounded channel. The engine
-//! reserves a slot before it locks the core and sends the core's writes through it under the
-//! lock, without waiting. What the store reports back goes to the engine as
+//! reserves a slot before it locks the core, on every path, and sends the core's writes
+//! through it under the lock without waiting: writes reach the store in the order they were
+//! decided. What the store reports back goes to the engine as
 //! [`Completion`] values.
 
 mod flusher;
@@ -98,23 +99,6 @@ impl Persist {
     pub(crate) async fn send(&self, cmd: Command) {
         if self.tx.send(cmd).await.is_err() {
             tracing::error!("the store thread has stopped");
-        }
-    }
-
-    /// Sends a command from code that cannot wait: at once when there is room, otherwise from
-    /// a task of `rt` that waits for room.
-    pub(crate) fn send_detached(&self, cmd: Command, rt: &tokio::runtime::Handle) {
-        match self.tx.try_send(cmd) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(cmd)) => {
-                let tx = self.tx.clone();
-                rt.spawn(async move {
-                    let _ = tx.send(cmd).await;
-                });
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                tracing::error!("the store thread has stopped");
-            }
         }
     }
 
