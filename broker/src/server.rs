@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 pub struct Broker {
     addr: SocketAddr,
     handle: BrokerHandle,
-    task: JoinHandle<()>,
+    task: JoinHandle<Result<(), BrokerError>>,
 }
 
 impl Broker {
@@ -88,8 +88,9 @@ impl Broker {
             if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
                 tracing::warn!("connections still open after {grace:?}; stopping anyway");
             }
-            // Everything the connections left for the store is written before the end.
-            engine.persist.shutdown().await;
+            // Everything the connections left for the store is written before the end; a
+            // final flush that fails is the broker's failure too.
+            engine.persist.shutdown().await.map_err(BrokerError::Store)
         });
         tracing::info!(%addr, "broker listening");
         Ok(Self { addr, handle, task })
@@ -108,9 +109,10 @@ impl Broker {
     /// Waits until the broker has shut down.
     ///
     /// # Errors
-    /// [`BrokerError::Stopped`] if the broker task ended abnormally.
+    /// [`BrokerError::Store`] if the store's final flush failed (what it took last may not be
+    /// on disk); [`BrokerError::Stopped`] if the broker task ended abnormally.
     pub async fn wait(self) -> Result<(), BrokerError> {
-        self.task.await.map_err(|_| BrokerError::Stopped)
+        self.task.await.map_err(|_| BrokerError::Stopped)?
     }
 }
 

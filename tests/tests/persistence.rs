@@ -679,6 +679,24 @@ async fn a_recipient_that_neither_reads_nor_acknowledges_does_not_hold_up_the_se
 }
 
 #[tokio::test]
+async fn a_final_flush_that_fails_is_not_a_clean_stop() -> R {
+    let store = Arc::new(FailingStore::new());
+    let mut b = TestBroker::start_with_store(store.clone() as Arc<dyn QueueStore>, |_| {}).await?;
+    let mut alice = connect(b.addr(), "alice").await?;
+    send_accepted(&mut alice, &client("bob"), 1).await?;
+    store.fail();
+    // A supervisor must see that what the store took last may not be on disk.
+    let Err(e) = b.stop().await else {
+        bail!("the broker stopped cleanly although its final flush failed");
+    };
+    ensure!(
+        format!("{e:#}").contains("injected failure"),
+        "the error names the store's failure: {e:#}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_failing_store_refuses_persistent_messages_while_other_traffic_flows() -> R {
     let store = Arc::new(FailingStore::new());
     let b = TestBroker::start_with_store(store.clone() as Arc<dyn QueueStore>, |_| {}).await?;

@@ -36,8 +36,9 @@ pub(crate) enum Command {
     },
     /// Looks for entries whose time to live ran out; what it finds is a completion.
     Expired { now_ms: u64, max: usize },
-    /// Flushes, closes the store and stops the thread, then answers.
-    Shutdown(oneshot::Sender<()>),
+    /// Flushes, closes the store and stops the thread, then answers with the final flush's
+    /// outcome.
+    Shutdown(oneshot::Sender<Result<(), StoreError>>),
 }
 
 /// Handle on the store thread. Cheap to clone.
@@ -122,10 +123,16 @@ impl Persist {
     }
 
     /// Flushes, closes the store and stops the store thread.
-    pub(crate) async fn shutdown(&self) {
+    ///
+    /// # Errors
+    /// The final flush failed (what the store took last may not be on disk), or the store
+    /// thread had already stopped.
+    pub(crate) async fn shutdown(&self) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Shutdown(reply)).await;
-        let _ = rx.await;
+        rx.await.map_err(|_| {
+            StoreError::Io("the store thread had stopped before the shutdown".into())
+        })?
     }
 }
 

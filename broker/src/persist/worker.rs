@@ -66,13 +66,14 @@ impl Worker {
         }
         // Everything handed to the flush thread is flushed and reported before it stops.
         self.flusher.stop();
-        if let Err(e) = self.store.flush() {
+        let flushed = self.store.flush();
+        if let Err(e) = &flushed {
             tracing::error!(error = %e, "final store flush failed");
         }
         // Close the store before answering, so that it can be opened again at once.
         drop(self);
         if let Some(reply) = stop {
-            let _ = reply.send(());
+            let _ = reply.send(flushed);
         }
     }
 
