@@ -40,6 +40,25 @@ fn lock<'a>(core: &'a Locked, failed: &AtomicBool) -> MutexGuard<'a, Core<Outbou
     core
 }
 
+/// The time as the core takes it: the wall clock, and milliseconds on a monotonic clock since
+/// the engine started.
+#[derive(Debug, Clone, Copy)]
+struct Clock(Instant);
+
+impl Clock {
+    fn now(self) -> Now {
+        Now {
+            wall_ms: now_ms(),
+            mono_ms: self.0.elapsed().as_millis() as u64,
+        }
+    }
+
+    /// The instant of a core deadline in monotonic milliseconds.
+    fn instant(self, mono_ms: u64) -> Instant {
+        self.0 + Duration::from_millis(mono_ms)
+    }
+}
+
 /// Where the store threads hand what they report, as values. The two that come with every
 /// group of writes and never make the core write again (entries appended, writes durable) are
 /// applied at once under the core's lock, on the store thread that reports them; the others go
@@ -50,7 +69,7 @@ fn lock<'a>(core: &'a Locked, failed: &AtomicBool) -> MutexGuard<'a, Core<Outbou
 pub(crate) struct Completions {
     core: Locked,
     failed: Arc<AtomicBool>,
-    epoch: Instant,
+    clock: Clock,
     rest: mpsc::UnboundedSender<Completion>,
 }
 
@@ -59,12 +78,8 @@ impl Completions {
     pub(crate) fn send(&self, done: Completion) {
         match done {
             Completion::Appended { .. } | Completion::Durable(_) => {
-                let now = Now {
-                    wall_ms: now_ms(),
-                    mono_ms: self.epoch.elapsed().as_millis() as u64,
-                };
                 let mut core = lock(&self.core, &self.failed);
-                core.complete(now, done);
+                core.complete(self.clock.now(), done);
                 debug_assert!(
                     !core.has_ops(),
                     "appended and durable reports write nothing"
@@ -86,8 +101,7 @@ pub(crate) struct Engine {
     pub(crate) persist: Persist,
     observers: broadcast::Sender<Arc<Observed>>,
     next_conn: AtomicU64,
-    /// Monotonic time 0 of the core.
-    epoch: Instant,
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Engine {
@@ -111,18 +125,24 @@ impl Engine {
         store: Arc<dyn QueueStore>,
         rt: tokio::runtime::Handle,
     ) -> Result<Arc<Self>, StoreError> {
-        let core = Core::new(config.clone(), store.queues()?, store.sessions()?);
-        let core: Locked = Arc::new(Mutex::new(core));
+        // The queues are read once: the core counts their entries, the store thread numbers
+        // what it appends to them.
+        let queues = store.queues()?;
         let failed = Arc::new(AtomicBool::new(false));
-        let epoch = Instant::now();
+        let clock = Clock(Instant::now());
         let (rest, done_rx) = mpsc::unbounded_channel();
+        let core: Locked = Arc::new(Mutex::new(Core::new(
+            config.clone(),
+            queues.clone(),
+            store.sessions()?,
+        )));
         let done = Completions {
             core: core.clone(),
             failed: failed.clone(),
-            epoch,
+            clock,
             rest,
         };
-        let persist = Persist::start(store, failed.clone(), done)?;
+        let persist = Persist::start(store, &queues, failed.clone(), done)?;
         let (observers, _) = broadcast::channel(1024);
         let engine = Arc::new(Self {
             core,
@@ -131,7 +151,7 @@ impl Engine {
             persist,
             observers,
             next_conn: AtomicU64::new(1),
-            epoch,
+            clock,
         });
         rt.spawn(completions(engine.clone(), done_rx));
         Ok(engine)
@@ -143,16 +163,21 @@ impl Engine {
     }
 
     /// The time as the core takes it.
-    pub(crate) fn now(&self) -> Now {
-        Now {
-            wall_ms: now_ms(),
-            mono_ms: self.epoch.elapsed().as_millis() as u64,
-        }
+    fn now(&self) -> Now {
+        self.clock.now()
     }
 
-    /// The monotonic instant of a core deadline.
-    fn instant(&self, mono_ms: u64) -> Instant {
-        self.epoch + Duration::from_millis(mono_ms)
+    /// Gives the core an input at the current time, under its lock, and hands the store what
+    /// it decided through a slot reserved before the lock (so that writes reach the store in
+    /// the order they were decided). Without a slot the store has stopped and the writes are
+    /// reported as not applied.
+    async fn decide<R>(&self, input: impl FnOnce(&mut Core<Outbound>, Now) -> R) -> R {
+        let slot = self.persist.reserve().await;
+        let now = self.now();
+        let mut core = self.lock();
+        let r = input(&mut core, now);
+        Self::send_ops(&mut core, slot, None);
+        r
     }
 
     /// Reports the notices the core could neither deliver nor keep.
@@ -228,13 +253,8 @@ impl Engine {
 
     /// Removes a connection unless its name was taken over.
     pub(crate) async fn unregister(&self, name: &str, conn_id: u64) {
-        let Some(slot) = self.persist.reserve().await else {
-            return;
-        };
-        let now = self.now();
-        let mut core = self.lock();
-        core.unregister(now, name, conn_id);
-        Self::send_ops(&mut core, Some(slot), None);
+        self.decide(|core, now| core.unregister(now, name, conn_id))
+            .await;
     }
 
     /// Subscribes; the receiver resolves once the subscription is durable.
@@ -309,13 +329,9 @@ impl Engine {
         for msg in msgs {
             self.notify_observers(sender, msg);
         }
-        let slot = self.persist.reserve().await;
         // One clock read for the run: its messages arrived together.
-        let now = self.now();
-        let mut core = self.lock();
-        let routed = core.route_persistent(now, sender, out, msgs, confirms);
-        Self::send_ops(&mut core, slot, None);
-        routed
+        self.decide(|core, now| core.route_persistent(now, sender, out, msgs, confirms))
+            .await
     }
 
     /// Releases routing's hold on a confirmation whose notices are sent, if it has one.
@@ -327,10 +343,7 @@ impl Engine {
 
     /// Handles acknowledgements.
     pub(crate) async fn ack(&self, name: &str, conn_id: u64, tags: &[u64]) {
-        let slot = self.persist.reserve().await;
-        let mut core = self.lock();
-        core.ack(name, conn_id, tags);
-        Self::send_ops(&mut core, slot, None);
+        self.decide(|core, _| core.ack(name, conn_id, tags)).await;
     }
 
     /// The next step of a drainer.
@@ -347,36 +360,26 @@ impl Engine {
         decided: u64,
         entries: Vec<(Seq, StoredEntry)>,
     ) -> bool {
-        let slot = self.persist.reserve().await;
-        let now = self.now();
-        let mut core = self.lock();
-        let again = core.drained(now, name, conn_id, from, decided, entries);
-        Self::send_ops(&mut core, slot, None);
-        again
+        self.decide(|core, now| core.drained(now, name, conn_id, from, decided, entries))
+            .await
     }
 
     /// Earliest acknowledgement deadline of a connection.
     pub(crate) fn next_deadline(&self, name: &str, conn_id: u64) -> Option<Instant> {
         let deadline = self.lock().next_deadline(name, conn_id)?;
-        Some(self.instant(deadline))
+        Some(self.clock.instant(deadline))
     }
 
     /// Sends again, or gives up on, a connection's late deliveries.
     pub(crate) async fn redeliver_late(&self, name: &str, conn_id: u64) {
-        let slot = self.persist.reserve().await;
-        let now = self.now();
-        let mut core = self.lock();
-        core.redeliver_late(now, name, conn_id);
-        Self::send_ops(&mut core, slot, None);
+        self.decide(|core, now| core.redeliver_late(now, name, conn_id))
+            .await;
     }
 
     /// Sends a notice to a sender outside of its own request.
     pub(crate) async fn notify(&self, sender: &str, notice: DeliveryFailed) {
-        let slot = self.persist.reserve().await;
-        let now = self.now();
-        let mut core = self.lock();
-        core.notify(now, sender, notice);
-        Self::send_ops(&mut core, slot, None);
+        self.decide(|core, now| core.notify(now, sender, notice))
+            .await;
     }
 
     /// Opens a look for expired entries.
@@ -386,11 +389,7 @@ impl Engine {
 
     /// Forgets expired sessions.
     pub(crate) async fn expire_sessions(&self) {
-        let slot = self.persist.reserve().await;
-        let now = self.now();
-        let mut core = self.lock();
-        core.expire_sessions(now);
-        Self::send_ops(&mut core, slot, None);
+        self.decide(|core, now| core.expire_sessions(now)).await;
     }
 }
 
@@ -398,12 +397,12 @@ impl Engine {
 async fn completions(engine: Arc<Engine>, mut rx: mpsc::UnboundedReceiver<Completion>) {
     let mut batch = Vec::with_capacity(64);
     while rx.recv_many(&mut batch, 64).await > 0 {
-        let slot = engine.persist.reserve().await;
-        let now = engine.now();
-        let mut core = engine.lock();
-        for done in batch.drain(..) {
-            core.complete(now, done);
-        }
-        Engine::send_ops(&mut core, slot, None);
+        engine
+            .decide(|core, now| {
+                for done in batch.drain(..) {
+                    core.complete(now, done);
+                }
+            })
+            .await;
     }
 }

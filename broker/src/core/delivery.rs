@@ -201,7 +201,7 @@ impl<O: Outlet> Core<O> {
                     FailureReason::TooLarge,
                     format!("{name} accepts frames of at most {max_frame} bytes"),
                 );
-                st.give_up(now, &self.config, name, seq, &entry, notice);
+                st.give_up(now, name, seq, &entry, notice);
                 return true;
             }
             match client.out.try_push(OutFrame::control(bytes)) {
@@ -231,9 +231,8 @@ impl<O: Outlet> Core<O> {
         }
         if !expired.is_empty() {
             let seqs = expired.iter().map(|(seq, _)| *seq).collect();
-            let ttl = self.config.default_ttl.as_millis() as u64;
             for (seq, entry) in expired {
-                st.expire_entry(now.wall_ms.saturating_add(ttl), &queue, seq, entry);
+                st.expire_entry(now, &queue, seq, entry);
             }
             st.ops.push(StoreOp::Settle(queue, seqs));
         }
@@ -303,17 +302,15 @@ impl<O: Outlet> Core<O> {
         if !exhausted.is_empty() || !expired.is_empty() {
             client.out.wake();
         }
-        let ttl = cfg.default_ttl.as_millis() as u64;
         let queue = QueueId::Client(name.to_owned());
         for i in expired {
             match i.what {
                 InflightKind::Live { entry, confirm } => {
                     let notice = expired_notice(&queue, &entry.id);
-                    let expires = now.wall_ms.saturating_add(ttl);
-                    st.notify_before(expires, &entry.sender, notice, Some(confirm));
+                    st.notify_before(now, &entry.sender, notice, Some(confirm));
                 }
                 InflightKind::Queued { seq, entry } => {
-                    st.expire_entry(now.wall_ms.saturating_add(ttl), &queue, seq, entry);
+                    st.expire_entry(now, &queue, seq, entry);
                     st.ops.push(StoreOp::Settle(queue.clone(), vec![seq]));
                 }
             }
@@ -329,12 +326,11 @@ impl<O: Outlet> Core<O> {
                         FailureReason::AttemptsExhausted,
                         detail,
                     );
-                    let expires = now.wall_ms.saturating_add(ttl);
-                    st.notify_before(expires, &entry.sender, notice, Some(confirm));
+                    st.notify_before(now, &entry.sender, notice, Some(confirm));
                 }
                 InflightKind::Queued { seq, entry } => {
                     let notice = notice_for(name, &entry, FailureReason::AttemptsExhausted, detail);
-                    st.give_up(now, cfg, name, seq, &entry, notice);
+                    st.give_up(now, name, seq, &entry, notice);
                 }
             }
         }
@@ -358,7 +354,6 @@ impl<O: Outlet> State<O> {
     fn give_up(
         &mut self,
         now: Now,
-        cfg: &crate::config::Config,
         name: &str,
         seq: Seq,
         entry: &StoredEntry,
@@ -369,8 +364,7 @@ impl<O: Outlet> State<O> {
         self.ops.push(StoreOp::Settle(queue, vec![seq]));
         match (notice, entry) {
             (Some(n), StoredEntry::Message(m)) => {
-                let ttl = cfg.default_ttl.as_millis() as u64;
-                self.notify(now.wall_ms.saturating_add(ttl), &m.sender, n);
+                self.notify(now, &m.sender, n);
             }
             _ => {
                 tracing::warn!(client = %name, seq, "a delivery-failed notice could not be delivered and was dropped")

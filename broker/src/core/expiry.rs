@@ -19,7 +19,6 @@ impl<O: Outlet> Core<O> {
     /// waiting for its acknowledgement and those settled since the look began, and tells each
     /// sender.
     pub fn expire(&mut self, now: Now, found: Vec<(QueueId, Seq, StoredEntry)>) {
-        let ttl = self.config.default_ttl.as_millis() as u64;
         let st = &mut self.st;
         let settled_meanwhile = st.queues.end_scan();
         // Settled per queue, in the order the queues first came up.
@@ -45,7 +44,7 @@ impl<O: Outlet> Core<O> {
                     settle.push((queue.clone(), vec![seq]));
                 }
             }
-            st.expire_entry(now.wall_ms.saturating_add(ttl), &queue, seq, entry);
+            st.expire_entry(now, &queue, seq, entry);
         }
         for (queue, seqs) in settle {
             st.ops.push(StoreOp::Settle(queue, seqs));
@@ -77,16 +76,9 @@ impl<O: Outlet> Core<O> {
 }
 
 impl<O: Outlet> State<O> {
-    /// Counts an entry of `queue` whose time to live ran out as settled and tells its sender
-    /// (a queued notice then expires at `notice_expires_at_ms`); the caller settles it in the
-    /// store.
-    pub(super) fn expire_entry(
-        &mut self,
-        notice_expires_at_ms: u64,
-        queue: &QueueId,
-        seq: Seq,
-        entry: StoredEntry,
-    ) {
+    /// Counts an entry of `queue` whose time to live ran out at `now` as settled and tells its
+    /// sender; the caller settles it in the store.
+    pub(super) fn expire_entry(&mut self, now: Now, queue: &QueueId, seq: Seq, entry: StoredEntry) {
         self.queues.count_settled(queue, seq, entry.size());
         if let QueueId::Client(name) = queue {
             if let Some(c) = self.clients.get_mut(name.as_str()) {
@@ -97,7 +89,7 @@ impl<O: Outlet> State<O> {
         match entry {
             StoredEntry::Message(m) => {
                 let notice = expired_notice(queue, &m.id);
-                self.notify(notice_expires_at_ms, &m.sender, notice);
+                self.notify(now, &m.sender, notice);
             }
             StoredEntry::Notice { notice, .. } => {
                 tracing::warn!(%queue, id = %notice.id, "a delivery-failed notice expired before its sender came back");

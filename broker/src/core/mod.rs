@@ -139,6 +139,8 @@ struct State<O: Outlet> {
     /// Notices that could be neither handed to their sender (away) nor kept (the store
     /// failed), not yet taken by the shell.
     lost: Vec<(String, DeliveryFailed)>,
+    /// How long a notice waits in its sender's queue (the default time to live).
+    notice_ttl_ms: u64,
 }
 
 /// Tags of deliveries made straight from a sender have the top bit set; tags of deliveries
@@ -174,6 +176,7 @@ impl<O: Outlet> Core<O> {
             ops: Vec::new(),
             store_failed: false,
             lost: Vec::new(),
+            notice_ttl_ms: config.default_ttl.as_millis() as u64,
         };
         for s in sessions {
             let name: Arc<str> = Arc::from(s.name);
@@ -192,11 +195,6 @@ impl<O: Outlet> Core<O> {
             st.sessions.insert(name, session);
         }
         Self { config, st }
-    }
-
-    /// The configuration it decides with.
-    pub fn config(&self) -> &Config {
-        &self.config
     }
 
     /// Store writes decided since the last call, in order. The shell hands them to the store
@@ -273,9 +271,7 @@ impl<O: Outlet> Core<O> {
             stored_bytes: self.st.queues.stored_bytes(),
         }
     }
-}
 
-impl<O: Outlet> Core<O> {
     /// Each queue the core counts entries in, with its unsettled entries and their bytes, in
     /// queue order (tests compare it with what the store holds).
     pub fn queue_census(&self) -> Vec<(QueueId, u64, u64)> {

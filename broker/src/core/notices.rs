@@ -32,16 +32,14 @@ pub(super) fn undeliverable(
 impl<O: Outlet> Core<O> {
     /// Sends `notice` to `sender` outside of its own request (see the module documentation).
     pub fn notify(&mut self, now: Now, sender: &str, notice: DeliveryFailed) {
-        let ttl = self.config.default_ttl.as_millis() as u64;
-        self.st
-            .notify(now.wall_ms.saturating_add(ttl), sender, notice);
+        self.st.notify(now, sender, notice);
     }
 }
 
 impl<O: Outlet> State<O> {
-    /// Sends a notice to a sender; a queued notice expires at `expires_at_ms`.
-    pub(super) fn notify(&mut self, expires_at_ms: u64, sender: &str, notice: DeliveryFailed) {
-        self.notify_before(expires_at_ms, sender, notice, None);
+    /// Sends a notice to a sender at `now`.
+    pub(super) fn notify(&mut self, now: Now, sender: &str, notice: DeliveryFailed) {
+        self.notify_before(now, sender, notice, None);
     }
 
     /// Sends a notice to a sender, then settles `confirm` (the sender's own confirmation of
@@ -50,7 +48,7 @@ impl<O: Outlet> State<O> {
     /// waits in the sender's queue.
     pub(super) fn notify_before(
         &mut self,
-        expires_at_ms: u64,
+        now: Now,
         sender: &str,
         notice: DeliveryFailed,
         confirm: Option<ConfirmId>,
@@ -72,9 +70,10 @@ impl<O: Outlet> State<O> {
             return self.settle(confirm);
         }
         let queue = QueueId::Client(sender.to_owned());
+        // A queued notice waits for its sender as long as a message would by default.
         let entry = StoredEntry::Notice {
             notice,
-            expires_at_ms,
+            expires_at_ms: now.wall_ms.saturating_add(self.notice_ttl_ms),
         };
         self.queues.count_enqueued(&queue, &entry);
         if let Some(c) = self.clients.get_mut(sender) {

@@ -14,7 +14,7 @@ mod worker;
 use crate::core::StoreOp;
 use crate::store::{QueueId, QueueInfo, QueueStore, Seq, StoreError, StoredEntry};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use tokio::sync::{mpsc, oneshot};
 
 /// Commands waiting for the store thread at most; senders wait beyond that.
@@ -42,39 +42,27 @@ pub(crate) enum Command {
 }
 
 /// Handle on the store thread. Cheap to clone.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub(crate) struct Persist {
     tx: mpsc::Sender<Command>,
-    failed: Arc<AtomicBool>,
-}
-
-impl std::fmt::Debug for Persist {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Persist")
-            .field("failed", &self.is_failed())
-            .finish()
-    }
 }
 
 /// A reserved slot in the store thread's channel.
 pub(crate) type Slot = mpsc::OwnedPermit<Command>;
 
 impl Persist {
-    /// Starts the store and flush threads over an opened store; a failed write or flush sets
-    /// `failed`; completions go to `done`.
+    /// Starts the store and flush threads over an opened store whose queues are `queues` (as
+    /// [`QueueStore::queues`] reported them); a failed write or flush sets `failed`;
+    /// completions go to `done`.
     pub(crate) fn start(
         store: Arc<dyn QueueStore>,
+        queues: &[QueueInfo],
         failed: Arc<AtomicBool>,
         done: Completions,
     ) -> Result<Self, StoreError> {
-        let next_seq = store
-            .queues()?
-            .into_iter()
-            .map(
-                |QueueInfo {
-                     queue, next_seq, ..
-                 }| (queue, next_seq),
-            )
+        let next_seq = queues
+            .iter()
+            .map(|q| (q.queue.clone(), q.next_seq))
             .collect();
         let (tx, rx) = mpsc::channel(CHANNEL);
         let flusher = flusher::Flusher::start(store.clone(), failed.clone(), done.clone())?;
@@ -83,12 +71,7 @@ impl Persist {
             .name("broadcast-store".into())
             .spawn(move || worker.run())
             .map_err(|e| StoreError::Io(format!("cannot start the store thread: {e}")))?;
-        Ok(Self { tx, failed })
-    }
-
-    /// True once a write or flush has failed: the store takes no more persistent messages.
-    pub(crate) fn is_failed(&self) -> bool {
-        self.failed.load(Ordering::Acquire)
+        Ok(Self { tx })
     }
 
     /// Reserves a slot, waiting while the store thread is behind.
