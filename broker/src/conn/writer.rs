@@ -109,7 +109,11 @@ impl Writer {
         }
         // Every byte so far was counted as queued; a probe was not.
         let n = buf.len();
-        let probe = self.out.shared.probe.swap(0, Ordering::AcqRel);
+        // Read before it is taken: a batch with no probe (nearly all) writes nothing here.
+        let probe = match self.out.shared.probe.load(Ordering::Acquire) {
+            0 => 0,
+            _ => self.out.shared.probe.swap(0, Ordering::AcqRel),
+        };
         if probe != 0 {
             // The reading half asks the client for a sign of life.
             buf.extend_from_slice(&encode::frame(&ServerFrame::Ping { nonce: probe }));
