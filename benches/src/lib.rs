@@ -11,6 +11,8 @@
 //! - [`server`]: a broker to measure: one already running, one started in this process, or the
 //!   real broker binary started as a child process (whose peak memory is then read).
 //! - [`report`]: the JSON lines and the field-by-field median of several runs.
+//! - [`soak`]: the soak scenarios (memory, disk and storage faults over time), which the
+//!   `soak` binary runs against the broker binary.
 //! - [`procfs`]: peak resident memory and CPU time of a process, from `/proc`.
 #![forbid(unsafe_code)]
 
@@ -18,4 +20,5 @@ pub mod payload;
 pub mod procfs;
 pub mod report;
 pub mod server;
+pub mod soak;
 pub mod workloads;

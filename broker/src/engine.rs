@@ -70,10 +70,20 @@ pub(crate) struct Completions {
     core: Locked,
     failed: Arc<AtomicBool>,
     clock: Clock,
-    rest: mpsc::UnboundedSender<Completion>,
+    rest: mpsc::UnboundedSender<(Completion, Option<Then>)>,
 }
 
+/// What runs once the core has taken a completion and the writes it caused are on their way to
+/// the store.
+pub(crate) type Then = Box<dyn FnOnce() + Send>;
+
 impl Completions {
+    /// Hands the core a completion that goes through the completion task, and runs `then`
+    /// once the core has taken it and the writes it caused are on their way to the store.
+    pub(crate) fn send_then(&self, done: Completion, then: Then) {
+        let _ = self.rest.send((done, Some(then)));
+    }
+
     /// Hands the core a completion.
     pub(crate) fn send(&self, done: Completion) {
         match done {
@@ -87,7 +97,7 @@ impl Completions {
             }
             other => {
                 // The task has stopped only when the broker has.
-                let _ = self.rest.send(other);
+                let _ = self.rest.send((other, None));
             }
         }
     }
@@ -394,15 +404,24 @@ impl Engine {
 }
 
 /// Feeds the store's completions to the core, as many as are waiting under one lock.
-async fn completions(engine: Arc<Engine>, mut rx: mpsc::UnboundedReceiver<Completion>) {
+async fn completions(
+    engine: Arc<Engine>,
+    mut rx: mpsc::UnboundedReceiver<(Completion, Option<Then>)>,
+) {
     let mut batch = Vec::with_capacity(64);
+    let mut then = Vec::new();
     while rx.recv_many(&mut batch, 64).await > 0 {
         engine
             .decide(|core, now| {
-                for done in batch.drain(..) {
+                for (done, after) in batch.drain(..) {
                     core.complete(now, done);
+                    then.extend(after);
                 }
             })
             .await;
+        // The writes decided are in the store's channel now.
+        for after in then.drain(..) {
+            after();
+        }
     }
 }

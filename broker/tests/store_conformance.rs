@@ -345,33 +345,48 @@ fn expired_returns_only_expired_unsettled_entries<F: Fixture>() {
     f.store()
         .append(&b, 0, &[notice(0, 500), message(1, 10, 5000)])
         .unwrap();
-    assert!(f.store().expired(499, 100).unwrap().is_empty());
-    assert_eq!(f.store().expired(999, 100).unwrap().len(), 1);
-    let expired = f.store().expired(1050, 100).unwrap();
+    assert!(f.store().expired(499, None, 100).unwrap().is_empty());
+    assert_eq!(f.store().expired(999, None, 100).unwrap().len(), 1);
+    let expired = f.store().expired(1050, None, 100).unwrap();
     let got: Vec<(QueueId, Seq)> = expired.iter().map(|(q, s, _)| (q.clone(), *s)).collect();
     let mut want: Vec<(QueueId, Seq)> = (0..=5).map(|s| (a.clone(), s)).collect();
     want.push((b.clone(), 0));
     assert_eq!(got, want);
     assert_eq!(expired[6].2, notice(0, 500));
-    assert_eq!(f.store().expired(1050, 3).unwrap().len(), 3);
+    assert_eq!(f.store().expired(1050, None, 3).unwrap().len(), 3);
     // Not settled by asking.
-    assert_eq!(f.store().expired(1050, 100).unwrap().len(), 7);
+    assert_eq!(f.store().expired(1050, None, 100).unwrap().len(), 7);
     f.store().settle(&a, &[0, 2, 4]).unwrap();
     f.store().settle(&b, &[0]).unwrap();
     f.reopen();
     let got: Vec<Seq> = f
         .store()
-        .expired(1050, 100)
+        .expired(1050, None, 100)
         .unwrap()
         .iter()
         .map(|(_, s, _)| *s)
         .collect();
     assert_eq!(got, vec![1, 3, 5]);
     assert_eq!(
-        f.store().expired(u64::MAX, usize::MAX).unwrap().len(),
+        f.store().expired(u64::MAX, None, usize::MAX).unwrap().len(),
         197 + 1
     );
-    assert!(f.store().expired(u64::MAX, 0).unwrap().is_empty());
+    assert!(f.store().expired(u64::MAX, None, 0).unwrap().is_empty());
+    // Going on after an entry: the rest of its queue, then the queues after it.
+    let after = |q: &QueueId, s: Seq| -> Vec<(QueueId, Seq)> {
+        f.store()
+            .expired(1050, Some(&(q.clone(), s)), 100)
+            .unwrap()
+            .into_iter()
+            .map(|(q, s, _)| (q, s))
+            .collect()
+    };
+    assert_eq!(after(&a, 3), vec![(a.clone(), 5)]);
+    assert_eq!(after(&a, 5), Vec::<(QueueId, Seq)>::new());
+    assert_eq!(
+        after(&client("0"), 999),
+        vec![(a.clone(), 1), (a.clone(), 3), (a.clone(), 5)]
+    );
 }
 
 fn drop_queue_removes_everything<F: Fixture>() {
@@ -437,14 +452,14 @@ fn everything_survives_reopening<F: Fixture>() {
     let queues = f.store().queues().unwrap();
     let read_a = f.store().read(&a, 0, usize::MAX).unwrap();
     let read_n = f.store().read(&n, 0, usize::MAX).unwrap();
-    let expired = f.store().expired(75, 10).unwrap();
+    let expired = f.store().expired(75, None, 10).unwrap();
     let sessions = f.store().sessions().unwrap();
     f.reopen();
     f.reopen();
     assert_eq!(f.store().queues().unwrap(), queues);
     assert_eq!(f.store().read(&a, 0, usize::MAX).unwrap(), read_a);
     assert_eq!(f.store().read(&n, 0, usize::MAX).unwrap(), read_n);
-    assert_eq!(f.store().expired(75, 10).unwrap(), expired);
+    assert_eq!(f.store().expired(75, None, 10).unwrap(), expired);
     assert_eq!(f.store().sessions().unwrap(), sessions);
     assert_eq!(read_a.len(), 96);
 }
@@ -597,6 +612,7 @@ enum Op {
     Expired {
         now: u64,
         max: usize,
+        after: Option<(usize, u64)>,
     },
     Drop {
         queue: usize,
@@ -615,7 +631,8 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0..3usize, prop::collection::vec(any::<u64>(), 0..80))
             .prop_map(|(queue, picks)| Op::Settle { queue, picks }),
         2 => (0..3usize, any::<u64>(), 0..100usize).prop_map(|(queue, from, max)| Op::Read { queue, from, max }),
-        1 => (0..200u64, 0..50usize).prop_map(|(now, max)| Op::Expired { now, max }),
+        1 => (0..200u64, 0..50usize, prop::option::of((0..3usize, 0..200u64)))
+            .prop_map(|(now, max, after)| Op::Expired { now, max, after }),
         1 => (0..3usize).prop_map(|queue| Op::Drop { queue }),
         1 => Just(Op::Reopen),
     ]
@@ -673,7 +690,8 @@ fn check_against_model<F: Fixture>(ops: &[Op]) -> Result<(), TestCaseError> {
                     });
                 prop_assert_eq!(f.store().read(id, from, *max).unwrap(), want);
             }
-            Op::Expired { now, max } => {
+            Op::Expired { now, max, after } => {
+                let after = after.map(|(q, seq)| (ids[q].clone(), seq));
                 let want: Vec<(QueueId, Seq, StoredEntry)> = model
                     .iter()
                     .flat_map(|(id, (_, e))| {
@@ -681,9 +699,10 @@ fn check_against_model<F: Fixture>(ops: &[Op]) -> Result<(), TestCaseError> {
                             .filter(|(_, e)| e.expires_at_ms() <= *now)
                             .map(move |(s, e)| (id.clone(), *s, e.clone()))
                     })
+                    .filter(|(id, s, _)| after.as_ref().is_none_or(|a| (id, s) > (&a.0, &a.1)))
                     .take(*max)
                     .collect();
-                prop_assert_eq!(f.store().expired(*now, *max).unwrap(), want);
+                prop_assert_eq!(f.store().expired(*now, after.as_ref(), *max).unwrap(), want);
             }
             Op::Drop { queue } => {
                 f.store().drop_queue(&ids[*queue]).unwrap();

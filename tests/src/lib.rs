@@ -582,9 +582,10 @@ impl QueueStore for FailingStore {
     fn expired(
         &self,
         now_ms: u64,
+        after: Option<&(QueueId, Seq)>,
         max: usize,
     ) -> Result<Vec<(QueueId, Seq, StoredEntry)>, StoreError> {
-        self.inner.expired(now_ms, max)
+        self.inner.expired(now_ms, after, max)
     }
 
     fn queues(&self) -> Result<Vec<QueueInfo>, StoreError> {

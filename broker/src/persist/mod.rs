@@ -34,8 +34,16 @@ pub(crate) enum Command {
         max: usize,
         reply: oneshot::Sender<Result<Vec<(Seq, StoredEntry)>, StoreError>>,
     },
-    /// Looks for entries whose time to live ran out; what it finds is a completion.
-    Expired { now_ms: u64, max: usize },
+    /// Looks for at most `max` entries whose time to live ran out, after `after` in queue and
+    /// seq order. What it finds is a completion; once the core has taken it and its
+    /// settlements are on their way to the store, `next` is answered with where the next look
+    /// goes on from: the last entry found when `max` were found, else `None`.
+    Expired {
+        now_ms: u64,
+        after: Option<(QueueId, Seq)>,
+        max: usize,
+        next: oneshot::Sender<Option<(QueueId, Seq)>>,
+    },
     /// Flushes, closes the store and stops the thread, then answers with the final flush's
     /// outcome.
     Shutdown(oneshot::Sender<Result<(), StoreError>>),

@@ -110,15 +110,27 @@ impl Worker {
                     wrote |= self.write_appends(&mut appends, &mut index, &mut pending);
                     let _ = reply.send(self.store.read(&queue, from, max));
                 }
-                Command::Expired { now_ms, max } => {
+                Command::Expired {
+                    now_ms,
+                    after,
+                    max,
+                    next,
+                } => {
                     wrote |= self.write_appends(&mut appends, &mut index, &mut pending);
-                    let found = self.store.expired(now_ms, max).unwrap_or_else(|e| {
-                        tracing::error!(error = %e, "cannot look for expired messages");
-                        Vec::new()
-                    });
+                    let entries =
+                        (self.store.expired(now_ms, after.as_ref(), max)).unwrap_or_else(|e| {
+                            tracing::error!(error = %e, "cannot look for expired messages");
+                            Vec::new()
+                        });
+                    let cursor = (entries.len() == max)
+                        .then(|| entries.last().map(|(q, seq, _)| (q.clone(), *seq)))
+                        .flatten();
                     // Through the completions, so that the core sees it after everything this
                     // thread reported before it.
-                    self.done.send(Completion::Expired(found));
+                    let taken = Box::new(move || {
+                        let _ = next.send(cursor);
+                    });
+                    self.done.send_then(Completion::Expired(entries), taken);
                 }
                 Command::Shutdown(_) => unreachable!("shutdown is taken out of the group first"),
             }

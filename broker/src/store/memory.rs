@@ -1,6 +1,8 @@
 //! [`MemoryStore`]: the same semantics as [`super::SledStore`], kept in memory.
 
-use super::{QueueId, QueueInfo, QueueStore, Seq, Session, StoreError, StoredEntry, append_end};
+use super::{
+    QueueId, QueueInfo, QueueStore, Seq, Session, StoreError, StoredEntry, append_end, from_cursor,
+};
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
@@ -94,15 +96,14 @@ impl QueueStore for MemoryStore {
     fn expired(
         &self,
         now_ms: u64,
+        after: Option<&(QueueId, Seq)>,
         max: usize,
     ) -> Result<Vec<(QueueId, Seq, StoredEntry)>, StoreError> {
         let state = self.state()?;
-        Ok(state
-            .queues
-            .iter()
-            .flat_map(|(queue, q)| {
+        Ok(from_cursor(&state.queues, after)
+            .flat_map(|(queue, q, from)| {
                 q.entries
-                    .iter()
+                    .range(from..)
                     .filter(move |(_, entry)| entry.expires_at_ms() <= now_ms)
                     .map(move |(&seq, entry)| (queue.clone(), seq, entry.clone()))
             })

@@ -228,13 +228,15 @@ pub trait QueueStore: Send + Sync + 'static {
     ) -> Result<Vec<(Seq, StoredEntry)>, StoreError>;
 
     /// Unsettled entries of any queue whose `expires_at_ms` is at most `now_ms`, at most `max`,
-    /// in queue order then seq order. Does not settle them.
+    /// in queue order then seq order, from the start or only those that come after `after`
+    /// in that order. Does not settle them.
     ///
     /// # Errors
     /// Storage failures, [`StoreError::Corrupt`] for entries that cannot be decoded.
     fn expired(
         &self,
         now_ms: u64,
+        after: Option<&(QueueId, Seq)>,
         max: usize,
     ) -> Result<Vec<(QueueId, Seq, StoredEntry)>, StoreError>;
 
@@ -279,6 +281,23 @@ pub trait QueueStore: Send + Sync + 'static {
     /// # Errors
     /// Storage failures.
     fn flush(&self) -> Result<(), StoreError>;
+}
+
+/// The queues of `queues` from the queue of `after` on (all without it), each with the least
+/// seq wanted from it.
+fn from_cursor<'a, V>(
+    queues: &'a std::collections::BTreeMap<QueueId, V>,
+    after: Option<&(QueueId, Seq)>,
+) -> impl Iterator<Item = (&'a QueueId, &'a V, Seq)> + 'a {
+    use std::ops::Bound;
+    let start = after.map_or(Bound::Unbounded, |(q, _)| Bound::Included(q.clone()));
+    let after = after.cloned();
+    queues
+        .range((start, Bound::Unbounded))
+        .filter_map(move |(queue, v)| match &after {
+            Some((q, seq)) if q == queue => Some((queue, v, seq.checked_add(1)?)),
+            _ => Some((queue, v, 0)),
+        })
 }
 
 /// Seqs of an append: `first_seq..first_seq + len`, checked against the queue's next seq.

@@ -18,7 +18,9 @@
 //! on open).
 
 use super::codec::{self, EncodedSegment, EntryMeta, Mask, QueueRecord};
-use super::{QueueId, QueueInfo, QueueStore, Seq, Session, StoreError, StoredEntry, append_end};
+use super::{
+    QueueId, QueueInfo, QueueStore, Seq, Session, StoreError, StoredEntry, append_end, from_cursor,
+};
 use sled::{Batch, Db};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -511,6 +513,7 @@ impl QueueStore for SledStore {
     fn expired(
         &self,
         now_ms: u64,
+        after: Option<&(QueueId, Seq)>,
         max: usize,
     ) -> Result<Vec<(QueueId, Seq, StoredEntry)>, StoreError> {
         let index = self.index()?;
@@ -518,15 +521,20 @@ impl QueueStore for SledStore {
         if max == 0 {
             return Ok(out);
         }
-        for (queue, state) in &index.queues {
-            for (&first, segment) in &state.segments {
-                if segment.min_expiry > now_ms {
+        for (queue, state, from) in from_cursor(&index.queues, after) {
+            let start = state.segment_of(from).map_or(from, |(first, _)| first);
+            for (&first, segment) in state.segments.range(start..) {
+                if segment.min_expiry > now_ms || first + segment.len() <= from {
                     continue;
                 }
                 let entries = self.load_segment(queue, first, segment.len())?;
                 for (i, entry) in entries.into_iter().enumerate() {
-                    if !segment.is_settled(i) && segment.metas[i].expires_at_ms <= now_ms {
-                        out.push((queue.clone(), first + i as u64, entry));
+                    let seq = first + i as u64;
+                    if seq >= from
+                        && !segment.is_settled(i)
+                        && segment.metas[i].expires_at_ms <= now_ms
+                    {
+                        out.push((queue.clone(), seq, entry));
                         if out.len() == max {
                             return Ok(out);
                         }

@@ -319,7 +319,7 @@ fn a_damaged_segment_body_is_corrupt_on_read() {
     store.db().insert(&key, value).unwrap();
     let err = store.read(&alice(), 0, 10).unwrap_err();
     assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
-    let err = store.expired(u64::MAX, 10).unwrap_err();
+    let err = store.expired(u64::MAX, None, 10).unwrap_err();
     assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
     store.db().remove(&key).unwrap();
     let err = store.read(&alice(), 0, 10).unwrap_err();

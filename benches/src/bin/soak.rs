@@ -1,0 +1,80 @@
+//! `soak`: runs the broker binary through the soak scenarios (ghost names, expiry, queue
+//! depth, ...) and prints one JSON line of figures per scenario.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use broadcast_bench::soak;
+use clap::{Parser, Subcommand};
+
+/// Soak scenarios against the broker binary: memory, disk and storage faults.
+#[derive(Debug, Parser)]
+#[command(about)]
+struct Args {
+    /// The broker binary.
+    #[arg(long, default_value = "target/release/broadcast-broker")]
+    broker: PathBuf,
+    /// Where the scenarios keep their data directories (a temporary directory by default).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Rounds of messages with a 1 s time to live to names that never connect.
+    Ghosts {
+        /// Names addressed per round.
+        #[arg(long, default_value_t = 100_000)]
+        names: u64,
+        /// Rounds.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+    },
+    /// Messages that all expire: how soon after the last time to live ran out every sender
+    /// knows.
+    Expiry {
+        /// Messages.
+        #[arg(long, default_value_t = 100_000)]
+        count: u64,
+        /// Recipients they are spread over.
+        #[arg(long, default_value_t = 1_000)]
+        names: u64,
+        /// Time to live, in seconds; sending must take less.
+        #[arg(long, default_value_t = 10)]
+        ttl: u64,
+    },
+    /// Messages queued for one absent recipient: memory queued, after a restart, drained.
+    Queued {
+        /// Messages.
+        #[arg(long, default_value_t = 1_000_000)]
+        count: u64,
+        /// Extra broker arguments.
+        #[arg(long, allow_hyphen_values = true, num_args = 0..)]
+        broker_args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let tmp = tempfile::tempdir()?;
+    let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    let rt = tokio::runtime::Runtime::new()?;
+    let out = rt.block_on(async {
+        match &args.scenario {
+            Scenario::Ghosts { names, rounds } => {
+                soak::ghosts(&args.broker, &dir, *names, *rounds).await
+            }
+            Scenario::Expiry { count, names, ttl } => {
+                soak::expiry(&args.broker, &dir, *count, *names, *ttl).await
+            }
+            Scenario::Queued { count, broker_args } => {
+                let extra: Vec<&str> = broker_args.iter().map(String::as_str).collect();
+                soak::queued(&args.broker, &dir, *count, &extra).await
+            }
+        }
+    })?;
+    println!("{out}");
+    Ok(())
+}
