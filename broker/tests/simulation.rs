@@ -289,6 +289,7 @@ enum AfterFlush {
         QueueId,
         Vec<(core::ConfirmId, String, String)>,
         Vec<(Option<core::ConfirmId>, DeliveryFailed)>,
+        Option<(u64, u64)>,
     ),
 }
 
@@ -1042,7 +1043,10 @@ impl Sim {
                     });
                     return;
                 }
-                StoreOp::Settle(..) | StoreOp::PutSession(_) | StoreOp::RemoveSession(_) => {
+                StoreOp::Settle(..)
+                | StoreOp::PutSession(_)
+                | StoreOp::RemoveSession(_)
+                | StoreOp::Forget(_) => {
                     return;
                 }
                 StoreOp::Append(_) => {}
@@ -1060,6 +1064,8 @@ impl Sim {
                         self.fail_next_write = false;
                         self.store_failed = true;
                         self.note(format!("append to {queue} fails"));
+                        let bytes = entries.iter().map(StoredEntry::size).sum();
+                        let not_stored = Some((entries.len() as u64, bytes));
                         let failed = entries
                             .iter()
                             .zip(&confirms)
@@ -1079,7 +1085,7 @@ impl Sim {
                             })
                             .collect();
                         self.after_flush
-                            .push(AfterFlush::Failed(queue, failed, notices));
+                            .push(AfterFlush::Failed(queue, failed, notices, not_stored));
                         continue;
                     }
                     for e in &entries {
@@ -1118,6 +1124,20 @@ impl Sim {
             }
             StoreOp::RemoveSession(name) => {
                 self.applied.sessions.remove(&name);
+            }
+            StoreOp::Forget(queue) => {
+                if self.verbose {
+                    eprintln!("    store: forget {queue}");
+                }
+                match self.applied.queues.remove(&queue) {
+                    Some((_, entries)) if !entries.is_empty() => {
+                        self.watch.violation(format!(
+                            "{queue} was forgotten while it held {} entries",
+                            entries.len()
+                        ));
+                    }
+                    _ => {}
+                }
             }
             StoreOp::Move {
                 from,
@@ -1159,12 +1179,13 @@ impl Sim {
         for done in std::mem::take(&mut self.after_flush) {
             match done {
                 AfterFlush::Confirms(ids) => durable.extend(ids),
-                AfterFlush::Failed(queue, entries, notices) => {
+                AfterFlush::Failed(queue, entries, notices, not_stored) => {
                     self.completions.push_back(Completion::Failed {
                         queue,
                         entries,
                         notices,
                         error: "simulated write failure".into(),
+                        not_stored,
                     });
                 }
             }

@@ -898,3 +898,60 @@ async fn a_non_persistent_message_is_never_stored() -> R {
     let mut bob = connect(b.addr(), "bob").await?;
     nothing_older_waits(&mut alice, &mut bob).await
 }
+
+#[tokio::test]
+async fn queues_left_empty_are_forgotten_so_names_used_once_take_no_room() -> R {
+    let store = Arc::new(broadcast_broker::store::MemoryStore::new());
+    let b = TestBroker::start_with_store(store.clone() as Arc<dyn QueueStore>, |c| {
+        c.expiry_interval = Duration::from_millis(20)
+    })
+    .await?;
+    let mut alice = connect(b.addr(), "alice").await?;
+    // Bob takes his message and leaves.
+    let to_bob = send_accepted(&mut alice, &client("bob"), 1).await?;
+    let mut bob = connect(b.addr(), "bob").await?;
+    let got = bob.delivery().await?;
+    ensure!(got.id == to_bob[0], "{got:?}");
+    bob.ack(got.ack_tag).await?;
+    bob.sync().await?;
+    drop(bob);
+    until_gone(&mut alice, "bob").await?;
+    // Fifty names that never connect, and a channel nobody subscribes to: every message expires.
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        let msg = with_ttl(
+            client(&format!("ghost-{i}")),
+            b"boo",
+            Duration::from_millis(50),
+        );
+        ids.push(alice.publish_message(msg).await?);
+    }
+    let msg = with_ttl(channel("empty-hall"), b"echo", Duration::from_millis(50));
+    ids.push(alice.publish_message(msg).await?);
+    let (mut accepted, mut expired) = (HashSet::new(), HashSet::new());
+    while accepted.len() < ids.len() || expired.len() < ids.len() {
+        match alice.next().await? {
+            ServerFrame::Accepted { id } => accepted.insert(id),
+            ServerFrame::DeliveryFailed(f) if f.reason == FailureReason::Expired => {
+                expired.insert(f.id)
+            }
+            other => bail!("unexpected {other:?}"),
+        };
+    }
+    // A message confirmed after the last expiry: the store has applied everything before it.
+    send_accepted(&mut alice, &client("carol"), 1).await?;
+    let queues: Vec<String> = store
+        .queues()?
+        .into_iter()
+        .map(|q| q.queue.to_string())
+        .collect();
+    ensure!(
+        queues == [r#"queue of client "carol""#],
+        "queues left in the store: {queues:?}"
+    );
+    // A forgotten name starts anew and gets what is sent to it.
+    let again = send_accepted(&mut alice, &client("ghost-7"), 2).await?;
+    let mut ghost = connect(b.addr(), "ghost-7").await?;
+    receive_in_order(&mut ghost, &again, "alice").await?;
+    Ok(())
+}

@@ -60,6 +60,7 @@ impl<O: Outlet> Core<O> {
             return;
         };
         st.requeue(&name, &client);
+        st.queues.check_idle(QueueId::Client(name.to_string()));
         if let Some(s) = st.sessions.get_mut(&name) {
             s.last_seen_ms = now.wall_ms;
             if s.channels.is_empty() {

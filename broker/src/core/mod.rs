@@ -200,6 +200,8 @@ impl<O: Outlet> Core<O> {
     /// Store writes decided since the last call, in order. The shell hands them to the store
     /// before the core decides anything else.
     pub fn take_ops(&mut self) -> Vec<StoreOp> {
+        // Queues this input left empty are forgotten after the writes that emptied them.
+        self.st.forget_idle();
         std::mem::take(&mut self.st.ops)
     }
 
@@ -211,7 +213,7 @@ impl<O: Outlet> Core<O> {
 
     /// Whether store writes wait to be taken.
     pub fn has_ops(&self) -> bool {
-        !self.st.ops.is_empty()
+        !self.st.ops.is_empty() || self.st.queues.may_be_idle()
     }
 
     /// Tells the core whether the store takes writes: while it does not, persistent messages
@@ -240,7 +242,11 @@ impl<O: Outlet> Core<O> {
                 entries,
                 notices,
                 error,
+                not_stored,
             } => {
+                if let Some((n, bytes)) = not_stored {
+                    self.st.queues.count_not_stored(&queue, n, bytes);
+                }
                 for (id, sender, msg_id) in entries {
                     self.st.store_write_failed(&queue, &sender, &msg_id, &error);
                     self.st.confirms.settle(id);

@@ -70,6 +70,10 @@ pub enum StoreOp {
     PutSession(Session),
     /// Forgets a client's session.
     RemoveSession(String),
+    /// Drops a queue that holds nothing and has no connected recipient, with its numbering:
+    /// a name addressed once takes no room once its messages are gone. A later entry starts
+    /// the queue anew.
+    Forget(QueueId),
     /// Moves every unsettled entry of `from` to the end of `to` (a channel's backlog to a
     /// new subscriber), except those sent by `except_from`: a message never reaches its
     /// sender through its own channel, so those keep waiting in `from`.
@@ -108,6 +112,9 @@ pub enum Completion {
         notices: Vec<(Option<ConfirmId>, DeliveryFailed)>,
         /// What went wrong.
         error: String,
+        /// Entries and bytes of the append when the store did not take it at all (the append
+        /// itself failed, rather than the flush after it): the core stops counting them.
+        not_stored: Option<(u64, u64)>,
     },
     /// The store looked for entries whose time to live ran out (asked for after
     /// [`crate::core::Core::begin_expiry_scan`]) and found these.

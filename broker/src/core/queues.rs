@@ -2,6 +2,9 @@
 //! entries and bytes are unsettled, how many were decided but not yet appended, which were
 //! handed out before, and the limits a new entry must stay within.
 
+use super::State;
+use super::ops::StoreOp;
+use super::outlet::Outlet;
 use crate::config::Config;
 use crate::maps::{HashMap, HashSet};
 use crate::store::{QueueId, QueueInfo, Seq, StoredEntry};
@@ -48,6 +51,8 @@ pub(super) struct Queues {
     /// Backlogs whose entries are being moved to a subscriber, with the number of moves
     /// under way: their counts are the subscribers' until the store says what moved.
     moving: HashMap<QueueId, u32>,
+    /// Queues that may have been left empty since they were last looked at.
+    maybe_idle: Vec<QueueId>,
 }
 
 impl Queues {
@@ -62,9 +67,39 @@ impl Queues {
                 hwm: q.next_seq.saturating_sub(1),
                 ..QueueMeta::default()
             };
+            if q.pending == 0 {
+                queues.maybe_idle.push(q.queue.clone());
+            }
             queues.map.insert(q.queue, meta);
         }
         queues
+    }
+
+    /// Notes that `queue` may have been left empty.
+    pub(super) fn check_idle(&mut self, queue: QueueId) {
+        self.maybe_idle.push(queue);
+    }
+
+    /// Whether some queue may have been left empty since the last [`Queues::take_idle`].
+    pub(super) fn may_be_idle(&self) -> bool {
+        !self.maybe_idle.is_empty()
+    }
+
+    /// Removes the counters of the queues noted since the last call that hold nothing, are
+    /// not being moved, and for which `keep` is false; returns them.
+    pub(super) fn take_idle(&mut self, keep: impl Fn(&QueueId) -> bool) -> Vec<QueueId> {
+        let mut idle = Vec::new();
+        for queue in std::mem::take(&mut self.maybe_idle) {
+            let empty = self
+                .map
+                .get(&queue)
+                .is_some_and(|m| !m.holds_entries() && m.bytes == 0 && m.attempts.is_empty());
+            if empty && !self.moving.contains_key(&queue) && !keep(&queue) {
+                self.map.remove(&queue);
+                idle.push(queue);
+            }
+        }
+        idle
     }
 
     pub(super) fn get(&self, queue: &QueueId) -> Option<&QueueMeta> {
@@ -175,6 +210,20 @@ impl Queues {
             meta.pending = meta.pending.saturating_sub(1);
             meta.bytes = meta.bytes.saturating_sub(size);
             meta.attempts.remove(&seq);
+            if meta.pending == 0 {
+                self.maybe_idle.push(queue.clone());
+            }
+        }
+    }
+
+    /// Stops counting `n` entries of `bytes` decided for `queue` that the store did not take.
+    pub(super) fn count_not_stored(&mut self, queue: &QueueId, n: u64, bytes: u64) {
+        self.stored_bytes = self.stored_bytes.saturating_sub(bytes);
+        if let Some(meta) = self.map.get_mut(queue) {
+            meta.pending = meta.pending.saturating_sub(n);
+            meta.bytes = meta.bytes.saturating_sub(bytes);
+            meta.unapplied = meta.unapplied.saturating_sub(n);
+            self.maybe_idle.push(queue.clone());
         }
     }
 
@@ -200,14 +249,31 @@ impl Queues {
             }
         }
         let (n, bytes) = moved.unwrap_or((0, 0));
-        if let Some(from) = self.map.get_mut(from) {
-            from.pending = from.pending.saturating_sub(n);
-            from.bytes = from.bytes.saturating_sub(bytes);
+        if let Some(meta) = self.map.get_mut(from) {
+            meta.pending = meta.pending.saturating_sub(n);
+            meta.bytes = meta.bytes.saturating_sub(bytes);
+            self.maybe_idle.push(from.clone());
         }
         let meta = self.entry(to);
         meta.moves_in = meta.moves_in.saturating_sub(1);
         meta.pending += n;
         meta.bytes += bytes;
         meta.decided += n;
+    }
+}
+
+impl<O: Outlet> State<O> {
+    /// Forgets the queues left empty whose recipient is not connected: their counters here,
+    /// and (through [`StoreOp::Forget`]) their record and numbering in the store.
+    pub(super) fn forget_idle(&mut self) {
+        if !self.queues.may_be_idle() {
+            return;
+        }
+        let clients = &self.clients;
+        let idle = self.queues.take_idle(|queue| match queue {
+            QueueId::Client(name) => clients.contains_key(name.as_str()),
+            QueueId::Backlog(_) => false,
+        });
+        self.ops.extend(idle.into_iter().map(StoreOp::Forget));
     }
 }

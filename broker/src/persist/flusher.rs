@@ -151,6 +151,10 @@ fn report(pending: Vec<Pending>, flushed: Result<(), &String>, done: &Completion
                 match error {
                     None => durable.extend(confirms.into_iter().flatten()),
                     Some(error) => {
+                        let not_stored = result.is_err().then(|| {
+                            let bytes = entries.iter().map(StoredEntry::size).sum();
+                            (entries.len() as u64, bytes)
+                        });
                         let mut messages = Vec::new();
                         let mut notices = Vec::new();
                         for (entry, confirm) in entries.into_iter().zip(confirms) {
@@ -169,6 +173,7 @@ fn report(pending: Vec<Pending>, flushed: Result<(), &String>, done: &Completion
                             entries: messages,
                             notices,
                             error: error.clone(),
+                            not_stored,
                         });
                     }
                 }

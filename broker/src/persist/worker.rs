@@ -211,6 +211,14 @@ impl Worker {
                     tracing::error!(client = %name, error = %e, "cannot forget a session");
                 }
             }
+            StoreOp::Forget(queue) => match self.store.drop_queue(&queue) {
+                // Numbered anew from now on, as the store would number it when opened.
+                Ok(()) => {
+                    self.next_seq.remove(&queue);
+                }
+                // The queue keeps its numbering, so later appends still follow it.
+                Err(e) => tracing::error!(%queue, error = %e, "cannot drop an empty queue"),
+            },
             StoreOp::Move {
                 from,
                 to,

@@ -562,12 +562,19 @@ impl QueueStore for SledStore {
     fn drop_queue(&self, queue: &QueueId) -> Result<(), StoreError> {
         let mut index = self.index()?;
         let mut batch = Batch::default();
+        let mut segments = 0;
         // Scan rather than trust the index, so that no segment of the queue can survive it.
         for key in self.db.scan_prefix(codec::segments_prefix(queue)).keys() {
             batch.remove(key.map_err(io)?);
+            segments += 1;
         }
-        batch.remove(codec::queue_key(queue));
-        self.db.apply_batch(batch).map_err(io)?;
+        if segments == 0 {
+            // An empty queue (the usual case) is its record alone: one write, not a batch.
+            self.db.remove(codec::queue_key(queue)).map_err(io)?;
+        } else {
+            batch.remove(codec::queue_key(queue));
+            self.db.apply_batch(batch).map_err(io)?;
+        }
         index.queues.remove(queue);
         Ok(())
     }
