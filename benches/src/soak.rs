@@ -167,6 +167,8 @@ struct Sender {
     client: Client,
     events: broadcast_client::Events,
     accepted: u64,
+    /// Ids of the messages confirmed, when asked for.
+    accepted_ids: Option<HashSet<String>>,
     failed: std::collections::HashMap<FailureReason, u64>,
     /// When the last delivery failure arrived.
     last_failure: Option<Instant>,
@@ -184,6 +186,7 @@ impl Sender {
             client,
             events,
             accepted: 0,
+            accepted_ids: None,
             failed: Default::default(),
             last_failure: None,
         })
@@ -195,7 +198,12 @@ impl Sender {
 
     fn take(&mut self, event: Event) -> Result<()> {
         match event {
-            Event::Accepted { .. } => self.accepted += 1,
+            Event::Accepted { id } => {
+                self.accepted += 1;
+                if let Some(ids) = &mut self.accepted_ids {
+                    ids.insert(id);
+                }
+            }
             Event::DeliveryFailed { reason, .. } => {
                 *self.failed.entry(reason).or_default() += 1;
                 self.last_failure = Some(Instant::now());
@@ -395,4 +403,212 @@ pub async fn queued(binary: &Path, dir: &Path, count: u64, args: &[&str]) -> Res
         "received": ids.len(), "lost": count - ids.len() as u64,
         "duplicates": received - ids.len() as u64,
     }))
+}
+
+/// A FUSE file system (`lazyfs.py`) over a backing directory that keeps what was not synced
+/// in memory: killing it is a power cut.
+struct LazyFs {
+    script: PathBuf,
+    backing: PathBuf,
+    mount: PathBuf,
+    child: Option<Child>,
+}
+
+impl LazyFs {
+    fn new(script: &Path, dir: &Path) -> Result<Self> {
+        let (backing, mount) = (dir.join("backing"), dir.join("mnt"));
+        std::fs::create_dir_all(&backing)?;
+        std::fs::create_dir_all(&mount)?;
+        Ok(Self {
+            script: script.to_path_buf(),
+            backing,
+            mount,
+            child: None,
+        })
+    }
+
+    fn mounted(&self) -> bool {
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        let path = self.mount.to_string_lossy();
+        mounts.lines().any(|l| l.split(' ').nth(1) == Some(&*path))
+    }
+
+    /// Mounts the file system and waits until it is mounted.
+    fn mount(&mut self) -> Result<()> {
+        let child = Command::new("/usr/bin/python3")
+            .arg(&self.script)
+            .arg(&self.backing)
+            .arg(&self.mount)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("cannot start lazyfs.py (needs /usr/bin/python3 with fusepy, and FUSE)")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.mounted() {
+            if Instant::now() > deadline {
+                bail!("lazyfs did not mount {}", self.mount.display());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    /// The power cut: kills the file system, losing what it held unsynced, and unmounts it.
+    fn cut(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        if self.mounted() {
+            let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LazyFs {
+    fn drop(&mut self) {
+        let _ = self.cut();
+    }
+}
+
+/// Power cuts: the broker's data directory on [`LazyFs`]; each round sends persistent
+/// messages to a recipient that is away for a while, then cuts the power (the broker is
+/// killed and the file system loses everything not synced), restarts on what was synced, and
+/// counts the confirmed messages that the recipient does not get.
+///
+/// # Errors
+/// When the file system or the broker cannot be started at all.
+pub async fn power_cut(
+    binary: &Path,
+    script: &Path,
+    dir: &Path,
+    cuts: u32,
+    sync: &str,
+) -> Result<Value> {
+    let mut fs = LazyFs::new(script, &dir.join("powercut"))?;
+    let data = fs.mount.join("data");
+    let args = ["--store-sync", sync];
+    let mut confirmed_total = 0u64;
+    let mut lost = 0u64;
+    let mut duplicates = 0u64;
+    let mut unreadable = 0u32;
+    let mut previous: Option<(String, HashSet<String>)> = None;
+    // A fixed sequence of load durations, from 50 to 750 ms.
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    for cut in 0..=cuts {
+        fs.mount()?;
+        let mut broker = match Broker::start(binary, &data, &args) {
+            Ok(b) => b,
+            Err(e) => {
+                // The store did not survive the cut: everything confirmed in it is lost.
+                eprintln!("powercut: the broker does not start after cut {cut}: {e:#}");
+                unreadable += 1;
+                if let Some((_, ids)) = previous.take() {
+                    lost += ids.len() as u64;
+                }
+                fs.cut()?;
+                std::fs::remove_dir_all(&fs.backing)?;
+                std::fs::create_dir_all(&fs.backing)?;
+                continue;
+            }
+        };
+        if let Some((name, ids)) = previous.take() {
+            let (got, dups) = receive_ids(broker.addr(), &name, &ids).await?;
+            let missing = ids.len() as u64 - got;
+            lost += missing;
+            duplicates += dups;
+            eprintln!(
+                "powercut: after cut {cut}: {} confirmed, {missing} lost, {dups} duplicates",
+                ids.len()
+            );
+        }
+        if cut == cuts {
+            broker.stop()?;
+            fs.cut()?;
+            break;
+        }
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let load = Duration::from_millis(50 + seed % 700);
+        let name = format!("away-{cut}");
+        let ids = send_until(broker.addr(), &name, load).await?;
+        confirmed_total += ids.len() as u64;
+        broker.kill()?;
+        fs.cut()?;
+        previous = Some((name, ids));
+    }
+    Ok(json!({
+        "scenario": "powercut", "sync": sync, "cuts": cuts, "confirmed": confirmed_total,
+        "lost": lost, "duplicates": duplicates, "store_unreadable_after_cuts": unreadable,
+    }))
+}
+
+/// Sends persistent messages to `to` for `load`, then returns the ids confirmed so far,
+/// without waiting for the rest.
+async fn send_until(addr: &str, to: &str, load: Duration) -> Result<HashSet<String>> {
+    let client = ConnectOptions::new()
+        .name(format!("{to}-sender"))
+        .event_buffer(1 << 20)
+        .close_timeout(Duration::from_millis(10))
+        .connect(addr)
+        .await?;
+    let mut sender = Sender {
+        events: client.events(),
+        client,
+        accepted: 0,
+        accepted_ids: Some(HashSet::new()),
+        failed: Default::default(),
+        last_failure: None,
+    };
+    let stop = tokio::time::Instant::now() + load;
+    let mut sent = 0u64;
+    while tokio::time::Instant::now() < stop {
+        if sent - sender.accepted < 1024 {
+            sender
+                .client
+                .send(OutgoingMessage::to_client(to, format!("message {sent}")))
+                .await?;
+            sent += 1;
+            continue;
+        }
+        match tokio::time::timeout_at(stop, sender.events.next()).await {
+            Ok(Some(event)) => sender.take(event)?,
+            Ok(None) => bail!("events ended"),
+            Err(_) => break,
+        }
+    }
+    while let Some(Some(event)) = futures::FutureExt::now_or_never(sender.events.next()) {
+        sender.take(event)?;
+    }
+    let ids = sender.accepted_ids.take().unwrap_or_default();
+    // The cut comes now; the client is left to fail against the dead broker.
+    drop(sender);
+    Ok(ids)
+}
+
+/// Connects as `name` and receives until every id of `ids` came, or nothing came for 5 s;
+/// returns how many of them came and how many came more than once.
+async fn receive_ids(addr: &str, name: &str, ids: &HashSet<String>) -> Result<(u64, u64)> {
+    let client = ConnectOptions::new().name(name).connect(addr).await?;
+    let mut inbox = client.direct_messages().context("direct stream taken")?;
+    let mut seen = HashSet::new();
+    let mut dups = 0;
+    while !ids.iter().all(|id| seen.contains(id)) {
+        match tokio::time::timeout(Duration::from_secs(5), inbox.next()).await {
+            Ok(Some(m)) => {
+                if !seen.insert(m.id) {
+                    dups += 1;
+                }
+            }
+            _ => break,
+        }
+    }
+    client.close().await;
+    Ok((
+        ids.iter().filter(|id| seen.contains(*id)).count() as u64,
+        dups,
+    ))
 }

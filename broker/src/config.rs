@@ -1,5 +1,6 @@
 //! Broker configuration.
 
+pub use crate::store::SyncMode;
 use broadcast_protocol::{FRAME_ENVELOPE, MAX_FRAME_CAP, MIN_FRAME};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -54,6 +55,12 @@ pub struct Config {
     pub backlog_max_messages: u64,
     /// Most bytes in the whole store. Default 8 GiB.
     pub store_max_bytes: u64,
+    /// How far the store makes a persistent message durable before it is confirmed: synced
+    /// to the device, surviving a power cut (the default), or written to the operating
+    /// system, surviving the broker's crash but not a power cut.
+    pub store_sync: SyncMode,
+    /// Most bytes of the store that are kept cached in memory. Default 64 MiB.
+    pub store_cache_bytes: u64,
     /// How long a disconnected client's subscriptions are remembered. Default 24 h.
     pub session_expiry: Duration,
     /// How often expired messages and sessions are looked for. Default 1 s.
@@ -87,6 +94,8 @@ impl Default for Config {
             queue_max_bytes: 1 << 30,
             backlog_max_messages: 10_000,
             store_max_bytes: 8 << 30,
+            store_sync: SyncMode::Device,
+            store_cache_bytes: 64 << 20,
             session_expiry: Duration::from_secs(24 * 3600),
             expiry_interval: Duration::from_secs(1),
             slow_consumer_wait: Duration::from_secs(1),
@@ -177,6 +186,9 @@ impl Config {
         }
         if self.store_max_bytes < self.queue_max_bytes {
             return err("store_max_bytes", "must be at least queue_max_bytes");
+        }
+        if self.store_cache_bytes < 1 << 20 {
+            return err("store_cache_bytes", "must be at least 1 MiB");
         }
         if self.expiry_interval < Duration::from_millis(10) {
             return err("expiry_interval", "must be at least 10 ms");

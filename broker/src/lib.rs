@@ -36,7 +36,7 @@ pub mod server;
 pub mod store;
 mod sweeper;
 
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, SyncMode};
 pub use error::BrokerError;
 pub use handle::{BrokerHandle, Observed};
 pub use server::Broker;

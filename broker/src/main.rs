@@ -1,7 +1,7 @@
 //! `broadcast-broker`: runs the Broadcast message broker.
 
 use anyhow::Context as _;
-use broadcast_broker::{Broker, Config};
+use broadcast_broker::{Broker, Config, SyncMode};
 use clap::Parser;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -57,6 +57,14 @@ struct Args {
     /// Most bytes in the whole store.
     #[arg(long, default_value_t = 8 << 30)]
     store_max_bytes: u64,
+    /// How far a persistent message is made durable before it is confirmed: `device` (synced
+    /// to the disk: survives a power cut) or `os` (written to the operating system: survives
+    /// the broker's crash, not a power cut).
+    #[arg(long, default_value = "device", value_parser = sync_mode)]
+    store_sync: SyncMode,
+    /// MiB of the store kept cached in memory.
+    #[arg(long, default_value_t = 64)]
+    store_cache_mib: u64,
     /// Seconds a sender waits for room at a slower recipient before a non-persistent message
     /// to it fails as too slow.
     #[arg(long, default_value = "1", value_parser = secs)]
@@ -64,6 +72,15 @@ struct Args {
     /// Log filter (tracing-subscriber syntax); `RUST_LOG` overrides it.
     #[arg(long, default_value = "info")]
     log: String,
+}
+
+/// Parses a sync mode.
+fn sync_mode(s: &str) -> Result<SyncMode, String> {
+    match s {
+        "device" => Ok(SyncMode::Device),
+        "os" => Ok(SyncMode::Os),
+        _ => Err(format!("{s:?} is not a sync mode (device or os)")),
+    }
 }
 
 /// Parses a number of seconds, fractions allowed.
@@ -95,6 +112,8 @@ fn main() -> anyhow::Result<()> {
         queue_max_bytes: args.queue_max_bytes,
         backlog_max_messages: args.backlog_max_messages,
         store_max_bytes: args.store_max_bytes,
+        store_sync: args.store_sync,
+        store_cache_bytes: args.store_cache_mib.saturating_mul(1 << 20),
         slow_consumer_wait: args.slow_consumer_wait_secs,
         ..Config::default()
     };

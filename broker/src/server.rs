@@ -5,7 +5,7 @@ use crate::conn::{Context, listener};
 use crate::engine::Engine;
 use crate::error::BrokerError;
 use crate::handle::BrokerHandle;
-use crate::store::{QueueStore, SledStore};
+use crate::store::{QueueStore, SledOptions, SledStore};
 use crate::sweeper;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,7 +43,11 @@ impl Broker {
             source,
         })?;
         let dir = config.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || SledStore::open(&dir))
+        let options = SledOptions {
+            sync: config.store_sync,
+            cache_bytes: config.store_cache_bytes,
+        };
+        let store = tokio::task::spawn_blocking(move || SledStore::open_with(&dir, &options))
             .await
             .map_err(|_| BrokerError::Stopped)??;
         Self::start_with_store(config, Arc::new(store), listener, shutdown).await

@@ -181,3 +181,68 @@ async fn the_binary_refuses_to_start_on_an_address_in_use_and_names_it() -> anyh
     drop(taken);
     Ok(())
 }
+
+/// Sends a persistent message to `to` and returns the frames up to its `Accepted`.
+async fn send_persistent(conn: &mut Conn, to: &str, id: &str) -> anyhow::Result<Vec<ServerFrame>> {
+    let msg = broadcast_protocol::Publish {
+        id: id.to_owned(),
+        target: broadcast_protocol::Target::Client(to.to_owned()),
+        name: None,
+        data: bytes::Bytes::from_static(b"keep me"),
+        persistent: true,
+        ttl_ms: None,
+        resent: false,
+    };
+    conn.send(&ClientFrame::Publish(msg)).await?;
+    let mut frames = Vec::new();
+    loop {
+        match tokio::time::timeout(WAIT, conn.next()).await {
+            Err(_) => bail!("no Accepted for {id} within {WAIT:?}: {frames:?}"),
+            Ok(Some(Ok(Ok(ServerFrame::Accepted { id: a })))) if a == id => return Ok(frames),
+            Ok(Some(Ok(Ok(frame)))) => frames.push(frame),
+            Ok(other) => bail!("the connection ended: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_data_directory_deleted_under_the_broker_stops_confirmations_and_fails_the_exit()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data_dir = dir.path().join("data");
+    let addr = free_addr()?;
+    let mut broker = Broker::spawn(addr, &data_dir)?;
+    let mut conn = connect_when_ready(addr, "alice").await?;
+    let frames = send_persistent(&mut conn, "bob", "kept-1").await?;
+    assert!(frames.is_empty(), "stored without a notice: {frames:?}");
+
+    std::fs::remove_dir_all(&data_dir)?;
+    // Not stored: the sender is told, and its confirmation follows the notice.
+    let frames = send_persistent(&mut conn, "bob", "lost-2").await?;
+    assert!(
+        frames.iter().any(|f| matches!(f, ServerFrame::DeliveryFailed(f)
+            if f.id == "lost-2" && f.reason == broadcast_protocol::FailureReason::StoreUnavailable)),
+        "{frames:?}"
+    );
+    // And refused from then on.
+    let frames = send_persistent(&mut conn, "bob", "refused-3").await?;
+    assert!(
+        frames.iter().any(|f| matches!(f, ServerFrame::DeliveryFailed(f)
+            if f.id == "refused-3" && f.reason == broadcast_protocol::FailureReason::StoreUnavailable)),
+        "{frames:?}"
+    );
+
+    Command::new("kill")
+        .args(["-TERM", &broker.pid()?])
+        .status()?;
+    let (status, stderr) = broker.exit().await?;
+    assert!(
+        !status.success(),
+        "a clean exit after losing the data directory: {stderr}"
+    );
+    assert!(
+        stderr.contains("no longer the one the store opened"),
+        "the log says why: {stderr}"
+    );
+    Ok(())
+}

@@ -532,6 +532,7 @@ pub fn bin_path(name: &str) -> anyhow::Result<PathBuf> {
 pub struct FailingStore {
     inner: MemoryStore,
     failing: AtomicBool,
+    lost: AtomicBool,
 }
 
 impl FailingStore {
@@ -545,7 +546,13 @@ impl FailingStore {
         self.failing.store(true, Ordering::SeqCst);
     }
 
-    fn check(&self) -> Result<(), StoreError> {
+    /// From now on, [`QueueStore::check`] fails as for a data directory deleted under the
+    /// broker, while writes and flushes still succeed (into files nobody will read).
+    pub fn lose_directory(&self) {
+        self.lost.store(true, Ordering::SeqCst);
+    }
+
+    fn injected(&self) -> Result<(), StoreError> {
         if self.failing.load(Ordering::SeqCst) {
             Err(StoreError::Io("injected failure: the disk is gone".into()))
         } else {
@@ -561,12 +568,12 @@ impl QueueStore for FailingStore {
         first_seq: Seq,
         entries: &[StoredEntry],
     ) -> Result<(), StoreError> {
-        self.check()?;
+        self.injected()?;
         self.inner.append(queue, first_seq, entries)
     }
 
     fn settle(&self, queue: &QueueId, seqs: &[Seq]) -> Result<(), StoreError> {
-        self.check()?;
+        self.injected()?;
         self.inner.settle(queue, seqs)
     }
 
@@ -593,17 +600,17 @@ impl QueueStore for FailingStore {
     }
 
     fn drop_queue(&self, queue: &QueueId) -> Result<(), StoreError> {
-        self.check()?;
+        self.injected()?;
         self.inner.drop_queue(queue)
     }
 
     fn put_session(&self, session: &Session) -> Result<(), StoreError> {
-        self.check()?;
+        self.injected()?;
         self.inner.put_session(session)
     }
 
     fn remove_session(&self, name: &str) -> Result<(), StoreError> {
-        self.check()?;
+        self.injected()?;
         self.inner.remove_session(name)
     }
 
@@ -612,7 +619,16 @@ impl QueueStore for FailingStore {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.check()?;
+        self.injected()?;
         self.inner.flush()
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        if self.lost.load(Ordering::SeqCst) {
+            return Err(StoreError::Io(
+                "injected failure: the directory is gone".into(),
+            ));
+        }
+        self.injected()
     }
 }

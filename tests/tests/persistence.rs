@@ -955,3 +955,36 @@ async fn queues_left_empty_are_forgotten_so_names_used_once_take_no_room() -> R 
     receive_in_order(&mut ghost, &again, "alice").await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_store_that_can_no_longer_make_writes_durable_is_noticed_without_a_write() -> R {
+    let store = Arc::new(FailingStore::new());
+    let b = TestBroker::start_with_store(store.clone() as Arc<dyn QueueStore>, |_| {}).await?;
+    let mut alice = connect(b.addr(), "alice").await?;
+    send_accepted(&mut alice, &client("bob"), 1).await?;
+    // Flushes still succeed; only the broker's own look at the store tells.
+    store.lose_directory();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let id = alice.publish(client("bob"), b"kept?", true).await?;
+        let mut refused = false;
+        loop {
+            match alice.next().await? {
+                ServerFrame::Accepted { id: a } if a == id => break,
+                ServerFrame::DeliveryFailed(f)
+                    if f.id == id && f.reason == FailureReason::StoreUnavailable =>
+                {
+                    refused = true
+                }
+                other => bail!("unexpected {other:?}"),
+            }
+        }
+        if refused {
+            return Ok(());
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "persistent messages still confirmed {WAIT:?} after the store lost its directory"
+        );
+    }
+}

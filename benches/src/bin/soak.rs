@@ -54,6 +54,18 @@ enum Scenario {
         #[arg(long, allow_hyphen_values = true, num_args = 0..)]
         broker_args: Vec<String>,
     },
+    /// Power cuts under persistent load, on a file system that loses what was not synced.
+    Powercut {
+        /// Power cuts.
+        #[arg(long, default_value_t = 20)]
+        cuts: u32,
+        /// The broker's `--store-sync`: `device` (the default) or `os`.
+        #[arg(long, default_value = "device")]
+        sync: String,
+        /// The FUSE file system that loses unsynced writes.
+        #[arg(long, default_value = "benches/powercut/lazyfs.py")]
+        lazyfs: PathBuf,
+    },
 }
 
 fn main() -> Result<()> {
@@ -72,6 +84,9 @@ fn main() -> Result<()> {
             Scenario::Queued { count, broker_args } => {
                 let extra: Vec<&str> = broker_args.iter().map(String::as_str).collect();
                 soak::queued(&args.broker, &dir, *count, &extra).await
+            }
+            Scenario::Powercut { cuts, sync, lazyfs } => {
+                soak::power_cut(&args.broker, lazyfs, &dir, *cuts, sync).await
             }
         }
     })?;

@@ -10,8 +10,9 @@ use crate::core::{Completion, ConfirmId};
 use crate::store::{QueueId, QueueStore, StoredEntry};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Groups handed over and not yet flushed, at most; the store thread waits beyond that.
@@ -107,9 +108,29 @@ impl Drop for Flusher {
     }
 }
 
+/// How often the flush thread checks that the store can still make writes durable.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+
 fn run(store: &dyn QueueStore, rx: &Receiver<Group>, failed: &AtomicBool, done: &Completions) {
     let mut groups = Vec::new();
-    while let Ok(first) = rx.recv() {
+    let mut checked = Instant::now();
+    loop {
+        // A store that can no longer make writes durable is noticed within a period, also
+        // while nothing is written.
+        if checked.elapsed() >= CHECK_EVERY {
+            checked = Instant::now();
+            if !failed.load(Ordering::Acquire) {
+                if let Err(e) = store.check() {
+                    tracing::error!(error = %e, "the store cannot make writes durable; persistent messages are refused");
+                    failed.store(true, Ordering::Release);
+                }
+            }
+        }
+        let first = match rx.recv_timeout(CHECK_EVERY) {
+            Ok(group) => group,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
         groups.push(first);
         groups.extend(rx.try_iter());
         let wrote = groups.iter().any(|g| g.wrote);

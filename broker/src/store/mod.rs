@@ -9,6 +9,7 @@
 //! or given up) one by one; settled entries are never returned again.
 
 mod codec;
+mod durable;
 mod memory;
 mod segment;
 mod sled;
@@ -16,8 +17,9 @@ mod sled;
 #[cfg(test)]
 mod tests;
 
+pub use self::durable::SyncMode;
 pub use self::memory::MemoryStore;
-pub use self::sled::SledStore;
+pub use self::sled::{SledOptions, SledStore};
 
 use broadcast_protocol::{DeliveryFailed, Recipient};
 use bytes::Bytes;
@@ -281,6 +283,16 @@ pub trait QueueStore: Send + Sync + 'static {
     /// # Errors
     /// Storage failures.
     fn flush(&self) -> Result<(), StoreError>;
+
+    /// Checks, without writing, that what the store takes can still be made durable (for a
+    /// store on disk: that its directory is still the one it opened). The broker calls it
+    /// when it has not flushed for a while.
+    ///
+    /// # Errors
+    /// Why the store can no longer make writes durable.
+    fn check(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// The queues of `queues` from the queue of `after` on (all without it), each with the least

@@ -18,6 +18,7 @@
 //! on open).
 
 use super::codec::{self, EncodedSegment, EntryMeta, Mask, QueueRecord};
+use super::durable::{DataDir, SyncMode};
 use super::{
     QueueId, QueueInfo, QueueStore, Seq, Session, StoreError, StoredEntry, append_end, from_cursor,
 };
@@ -36,6 +37,25 @@ pub struct SledStore {
     db: Db,
     path: PathBuf,
     index: Mutex<Index>,
+    data_dir: Mutex<DataDir>,
+}
+
+/// Settings of a [`SledStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SledOptions {
+    /// How far a flush makes writes durable. Default [`SyncMode::Device`].
+    pub sync: SyncMode,
+    /// Most bytes of the database that sled keeps cached in memory. Default 64 MiB.
+    pub cache_bytes: u64,
+}
+
+impl Default for SledOptions {
+    fn default() -> Self {
+        Self {
+            sync: SyncMode::Device,
+            cache_bytes: 64 << 20,
+        }
+    }
 }
 
 /// Every queue's segments, by queue.
@@ -173,12 +193,16 @@ const LOCK_RETRY: Duration = Duration::from_millis(10);
 ///
 /// sled closes its files from background threads some time after the last `Db` handle is
 /// dropped, so reopening a directory right after closing it can find the lock still held.
-fn open_db(dir: &Path) -> sled::Result<Db> {
+fn open_db(dir: &Path, options: &SledOptions) -> sled::Result<Db> {
     let deadline = Instant::now() + LOCK_WAIT;
     loop {
         // No background flusher: the store thread flushes every group of writes itself, and
         // a second flushing thread would only contend with it for sled's locks.
-        match sled::Config::new().path(dir).flush_every_ms(None).open() {
+        let config = sled::Config::new()
+            .path(dir)
+            .flush_every_ms(None)
+            .cache_capacity(options.cache_bytes);
+        match config.open() {
             // sled reports the lock as an `Other` I/O error; its message is the only sign.
             Err(sled::Error::Io(e))
                 if e.to_string().contains("could not acquire lock")
@@ -215,11 +239,19 @@ impl SledStore {
     /// [`StoreError::Open`], naming `dir`, when the directory is locked by another open store,
     /// cannot be read or written, or holds data that is not a valid store.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, &SledOptions::default())
+    }
+
+    /// Opens the store in `dir` with these settings; see [`SledStore::open`].
+    ///
+    /// # Errors
+    /// As [`SledStore::open`].
+    pub fn open_with(dir: &Path, options: &SledOptions) -> Result<Self, StoreError> {
         let open_error = |reason: String| StoreError::Open {
             path: dir.to_path_buf(),
             reason,
         };
-        let db = open_db(dir).map_err(|e| open_error(e.to_string()))?;
+        let db = open_db(dir, options).map_err(|e| open_error(e.to_string()))?;
         match db
             .get(codec::FORMAT_KEY)
             .map_err(|e| open_error(e.to_string()))?
@@ -242,10 +274,13 @@ impl SledStore {
             None => return Err(open_error("not a message store".to_owned())),
         }
         let index = load(&db).map_err(|e| open_error(e.to_string()))?;
+        db.flush().map_err(|e| open_error(e.to_string()))?;
+        let data_dir = DataDir::open(dir, options.sync).map_err(|e| open_error(e.to_string()))?;
         Ok(SledStore {
             db,
             path: dir.to_path_buf(),
             index: Mutex::new(index),
+            data_dir: Mutex::new(data_dir),
         })
     }
 
@@ -602,6 +637,16 @@ impl QueueStore for SledStore {
 
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map_err(io)?;
-        Ok(())
+        self.data_dir
+            .lock()
+            .map_err(|_| StoreError::Io("the data directory's lock was poisoned".to_owned()))?
+            .sync()
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        self.data_dir
+            .lock()
+            .map_err(|_| StoreError::Io("the data directory's lock was poisoned".to_owned()))?
+            .check()
     }
 }

@@ -444,3 +444,40 @@ fn a_segment_header_claiming_huge_sizes_opens_without_overflow() {
     store.settle(&alice(), &[0]).unwrap();
     assert_eq!(store.queues().unwrap()[0].pending, 1);
 }
+
+#[test]
+fn a_data_directory_deleted_or_replaced_fails_the_next_flush_naming_it() {
+    for replace in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        let store = SledStore::open(&path).unwrap();
+        store.append(&alice(), 1, &[message(1, 10)]).unwrap();
+        store.flush().unwrap();
+        std::fs::remove_dir_all(&path).unwrap();
+        if replace {
+            std::fs::create_dir_all(&path).unwrap();
+            std::fs::write(path.join("db"), b"someone else's").unwrap();
+        }
+        store.append(&alice(), 2, &[message(2, 10)]).unwrap();
+        let err = store.flush().unwrap_err().to_string();
+        assert!(
+            err.contains("no longer the one the store opened") && err.contains("data"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_store_synced_to_the_os_only_flushes_and_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SledOptions {
+        sync: SyncMode::Os,
+        ..SledOptions::default()
+    };
+    let store = SledStore::open_with(dir.path(), &options).unwrap();
+    store.append(&alice(), 1, &[message(1, 10)]).unwrap();
+    store.flush().unwrap();
+    drop(store);
+    let store = SledStore::open_with(dir.path(), &SledOptions::default()).unwrap();
+    assert_eq!(store.read(&alice(), 0, 10).unwrap().len(), 1);
+}
