@@ -717,6 +717,8 @@ async fn fanin(run: &Run, p: &Params) -> Result<Value> {
         let (go, per, size) = (go.clone(), p.per_connection, p.size);
         let (c, to) = (c.clone(), rx_name.clone());
         tasks.push(tokio::spawn(async move {
+            // Watching from before the first send: every loss is reported to its sender.
+            let watch = FailureWatch::spawn(&c, deadline);
             go.wait().await;
             let guard = watchdog(&c, deadline);
             let first = i as u64 * per;
@@ -724,17 +726,24 @@ async fn fanin(run: &Run, p: &Params) -> Result<Value> {
                 OutgoingMessage::to_client(to.as_str(), message(first + j, size)).persistent(false)
             })
             .await?;
+            // By the time the flush returns, every failure is among the sender's events.
             c.flush().await?;
             guard.abort();
-            anyhow::Ok(())
+            watch.finish().await
         }));
     }
     go.wait().await;
     let t0 = Instant::now();
     let mut failures = Vec::new();
+    let mut told = Failures::default();
     for task in tasks {
-        if let Err(e) = task.await? {
-            failures.push(e);
+        match task.await? {
+            Ok(f) => {
+                told.failed += f.failed;
+                told.server_errors += f.server_errors;
+                told.lagged += f.lagged;
+            }
+            Err(e) => failures.push(e),
         }
     }
     let r = rx.await?;
@@ -746,14 +755,17 @@ async fn fanin(run: &Run, p: &Params) -> Result<Value> {
     if let Some(e) = failures.into_iter().next() {
         return Err(e.context("a fan-in sender failed"));
     }
-    Ok(json!({
+    let mut out = json!({
         "connections": p.connections, "per_connection": p.per_connection, "size": p.size,
         "sent": expect, "received": r.unique, "lost": expect.saturating_sub(r.unique),
         "duplicates": r.duplicates(),
         "msgs_per_s": rate(r.unique, elapsed),
         "connect_secs": setup.as_secs_f64(),
         "connects_per_s": rate(p.connections as u64, setup),
-    }))
+    });
+    // `lost` beside the notices that explain it (each too slow, not connected, ...).
+    sender_fields(&mut out, &told);
+    Ok(out)
 }
 
 // ---- 6. persistent (this broker only) ---------------------------------------

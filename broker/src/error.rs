@@ -11,10 +11,10 @@ pub enum BrokerError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// The listener failed.
-    #[error("listener failed: {0}")]
+    #[error("listener failed")]
     Listener(#[source] std::io::Error),
     /// The data directory cannot be created or used.
-    #[error("data directory {}: {source}", path.display())]
+    #[error("cannot use the data directory {}", path.display())]
     DataDir {
         /// The directory.
         path: PathBuf,

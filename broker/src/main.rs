@@ -4,6 +4,7 @@ use anyhow::Context as _;
 use broadcast_broker::{Broker, Config, SyncMode};
 use clap::Parser;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -91,8 +92,19 @@ fn secs(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(v).map_err(|_| format!("{s:?} is not a positive number of seconds"))
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+/// Runs the broker; an error is reported on one line (with its causes), never as a
+/// backtrace, and the process exits with status 1.
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("broadcast-broker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log));
     tracing_subscriber::fmt()

@@ -38,6 +38,12 @@ impl Broker {
         shutdown: CancellationToken,
     ) -> Result<Self, BrokerError> {
         config.validate()?;
+        if config.data_dir.exists() && !config.data_dir.is_dir() {
+            return Err(BrokerError::DataDir {
+                path: config.data_dir.clone(),
+                source: std::io::Error::other("it exists and is not a directory"),
+            });
+        }
         std::fs::create_dir_all(&config.data_dir).map_err(|source| BrokerError::DataDir {
             path: config.data_dir.clone(),
             source,

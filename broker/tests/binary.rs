@@ -246,3 +246,44 @@ async fn a_data_directory_deleted_under_the_broker_stops_confirmations_and_fails
     );
     Ok(())
 }
+
+/// Runs the binary with `args` to its exit (it must not start), with backtraces asked for;
+/// returns its status and stderr.
+fn refused(args: &[&str]) -> anyhow::Result<(ExitStatus, String)> {
+    let out = Command::new(env!("CARGO_BIN_EXE_broadcast-broker"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::null())
+        .output()?;
+    Ok((
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+#[test]
+fn bad_settings_and_data_directories_are_reported_in_one_line_without_a_backtrace()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x")?;
+    let file = file.display().to_string();
+    for (args, says) in [
+        (
+            vec!["--queue-max-bytes", "10"],
+            "invalid setting `queue_max_bytes`",
+        ),
+        (
+            vec!["--data-dir", file.as_str()],
+            "it exists and is not a directory",
+        ),
+    ] {
+        let (status, stderr) = refused(&args)?;
+        assert!(!status.success(), "{args:?} started");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(!stderr.contains("acktrace"), "{args:?}: {stderr}");
+    }
+    Ok(())
+}
