@@ -172,6 +172,8 @@ struct Sender {
     failed: std::collections::HashMap<FailureReason, u64>,
     /// When the last delivery failure arrived.
     last_failure: Option<Instant>,
+    /// Ids of the messages the store refused.
+    refused_ids: HashSet<String>,
 }
 
 impl Sender {
@@ -189,6 +191,7 @@ impl Sender {
             accepted_ids: None,
             failed: Default::default(),
             last_failure: None,
+            refused_ids: HashSet::new(),
         })
     }
 
@@ -204,7 +207,10 @@ impl Sender {
                     ids.insert(id);
                 }
             }
-            Event::DeliveryFailed { reason, .. } => {
+            Event::DeliveryFailed { reason, id, .. } => {
+                if reason == FailureReason::StoreUnavailable {
+                    self.refused_ids.insert(id);
+                }
                 *self.failed.entry(reason).or_default() += 1;
                 self.last_failure = Some(Instant::now());
             }
@@ -223,11 +229,11 @@ impl Sender {
         window: u64,
         mut make: impl FnMut(u64) -> OutgoingMessage,
     ) -> Result<()> {
-        let start = self.accepted + self.failed(FailureReason::StoreUnavailable);
+        // Every persistent message is answered with `Accepted`, after any notice about it.
+        let start = self.accepted;
         let mut sent = 0;
         while sent < count {
-            let done = self.accepted + self.failed(FailureReason::StoreUnavailable) - start;
-            if sent - done < window {
+            if sent - (self.accepted - start) < window {
                 self.client.send(make(sent)).await?;
                 sent += 1;
                 continue;
@@ -235,10 +241,8 @@ impl Sender {
             let event = self.events.next().await.context("events ended")?;
             self.take(event)?;
         }
-        self.wait_until(Duration::from_secs(120), |s| {
-            s.accepted + s.failed(FailureReason::StoreUnavailable) - start >= count
-        })
-        .await
+        self.wait_until(Duration::from_secs(120), |s| s.accepted - start >= count)
+            .await
     }
 
     /// Takes events until `done` holds, for at most `limit`.
@@ -562,6 +566,7 @@ async fn send_until(addr: &str, to: &str, load: Duration) -> Result<HashSet<Stri
         accepted_ids: Some(HashSet::new()),
         failed: Default::default(),
         last_failure: None,
+        refused_ids: HashSet::new(),
     };
     let stop = tokio::time::Instant::now() + load;
     let mut sent = 0u64;
@@ -611,4 +616,123 @@ async fn receive_ids(addr: &str, name: &str, ids: &HashSet<String>) -> Result<(u
         ids.iter().filter(|id| seen.contains(*id)).count() as u64,
         dups,
     ))
+}
+
+/// A full disk: the store on a small tmpfs with a ballast file; persistent messages until the
+/// store refuses them; the recipient drains and acknowledges while the disk is full; the
+/// ballast is deleted and the time until persistent messages are confirmed again is measured;
+/// then everything is drained across a restart, counting losses and duplicates.
+///
+/// # Errors
+/// When the tmpfs cannot be mounted (needs root) or the broker fails.
+pub async fn disk_full(binary: &Path, dir: &Path, size_mib: u64) -> Result<Value> {
+    let mount = dir.join("full");
+    std::fs::create_dir_all(&mount)?;
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
+        .arg(&mount)
+        .status()?
+        .success();
+    if !ok {
+        bail!("cannot mount a tmpfs on {} (needs root)", mount.display());
+    }
+    let result = disk_full_on(binary, &mount, size_mib).await;
+    let _ = Command::new("umount").arg("-l").arg(&mount).status();
+    result
+}
+
+async fn disk_full_on(binary: &Path, mount: &Path, size_mib: u64) -> Result<Value> {
+    let ballast = mount.join("ballast");
+    std::fs::write(&ballast, vec![0u8; (size_mib as usize / 4) << 20])?;
+    let data = mount.join("data");
+    let reserve = (size_mib / 16).max(1).to_string();
+    let mut broker = Broker::start(binary, &data, &["--store-min-free-mib", &reserve])?;
+    let mut sender = Sender::connect(broker.addr(), "df-sender", 1 << 20).await?;
+    sender.accepted_ids = Some(HashSet::new());
+    let payload = vec![b'x'; 1000];
+    // Until the store refuses: batches of 1,000.
+    let mut batches = 0;
+    while sender.failed(FailureReason::StoreUnavailable) == 0 {
+        batches += 1;
+        if batches > 10_000 {
+            bail!("the disk never filled");
+        }
+        sender
+            .send_confirmed(1000, 1000, |_| {
+                OutgoingMessage::to_client("df-recipient", payload.clone())
+            })
+            .await?;
+    }
+    let refused = sender.failed(FailureReason::StoreUnavailable);
+    // Confirmed without a notice: stored.
+    let confirmed: HashSet<String> = sender
+        .accepted_ids
+        .take()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|id| !sender.refused_ids.contains(id))
+        .collect();
+    eprintln!("diskfull: {} confirmed, then refused", confirmed.len());
+
+    // The recipient drains what it can while the disk is full, acknowledging each message.
+    let receiver = ConnectOptions::new()
+        .name("df-recipient")
+        .connect(broker.addr())
+        .await?;
+    let mut inbox = receiver.direct_messages().context("direct stream taken")?;
+    let mut seen = HashSet::new();
+    let mut received = 0u64;
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(3), inbox.next()).await {
+        received += 1;
+        seen.insert(m.id);
+    }
+    let drained_while_full = seen.len();
+    receiver.flush().await?;
+    eprintln!("diskfull: {drained_while_full} drained while full; freeing space");
+
+    // Space returns.
+    std::fs::remove_file(&ballast)?;
+    let freed = Instant::now();
+    let mut heal_secs = None;
+    while freed.elapsed() < Duration::from_secs(60) {
+        let before = sender.failed(FailureReason::StoreUnavailable);
+        sender
+            .send_confirmed(1, 1, |_| OutgoingMessage::to_client("df-probe", "probe"))
+            .await?;
+        if sender.failed(FailureReason::StoreUnavailable) == before {
+            heal_secs = Some(freed.elapsed().as_secs_f64());
+            break;
+        }
+    }
+    eprintln!("diskfull: healed after {heal_secs:?} s");
+    // The rest, then a restart: what was acknowledged stays gone, nothing confirmed is lost.
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(3), inbox.next()).await {
+        received += 1;
+        seen.insert(m.id);
+    }
+    receiver.close().await;
+    sender.client.close().await;
+    let stop_status = broker.stop()?;
+    broker.restart()?;
+    let receiver = ConnectOptions::new()
+        .name("df-recipient")
+        .connect(broker.addr())
+        .await?;
+    let mut inbox = receiver.direct_messages().context("direct stream taken")?;
+    let mut after_restart = 0u64;
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(3), inbox.next()).await {
+        after_restart += 1;
+        received += 1;
+        seen.insert(m.id);
+    }
+    receiver.close().await;
+    broker.stop()?;
+    let lost = confirmed.iter().filter(|id| !seen.contains(*id)).count();
+    Ok(json!({
+        "scenario": "diskfull", "tmpfs_mib": size_mib, "confirmed": confirmed.len(),
+        "refused": refused, "drained_while_full": drained_while_full,
+        "heal_secs": heal_secs, "redelivered_after_restart": after_restart,
+        "lost": lost, "duplicates": received - seen.len() as u64,
+        "stop_status": stop_status.code(),
+    }))
 }

@@ -61,6 +61,10 @@ pub struct Config {
     pub store_sync: SyncMode,
     /// Most bytes of the store that are kept cached in memory. Default 64 MiB.
     pub store_cache_bytes: u64,
+    /// Free bytes kept in reserve on the store's file system: below it persistent messages
+    /// are refused (`StoreUnavailable`) until space returns, so that acknowledgements can
+    /// still be written. Default 64 MiB; 0 turns the reserve off.
+    pub store_min_free_bytes: u64,
     /// How long a disconnected client's subscriptions are remembered. Default 24 h.
     pub session_expiry: Duration,
     /// How often expired messages and sessions are looked for. Default 1 s.
@@ -96,6 +100,7 @@ impl Default for Config {
             store_max_bytes: 8 << 30,
             store_sync: SyncMode::Device,
             store_cache_bytes: 64 << 20,
+            store_min_free_bytes: 64 << 20,
             session_expiry: Duration::from_secs(24 * 3600),
             expiry_interval: Duration::from_secs(1),
             slow_consumer_wait: Duration::from_secs(1),

@@ -66,6 +66,10 @@ struct Args {
     /// MiB of the store kept cached in memory.
     #[arg(long, default_value_t = 64)]
     store_cache_mib: u64,
+    /// MiB kept free on the store's file system: below it persistent messages are refused
+    /// until space returns (0: no reserve).
+    #[arg(long, default_value_t = 64)]
+    store_min_free_mib: u64,
     /// Seconds a sender waits for room at a slower recipient before a non-persistent message
     /// to it fails as too slow.
     #[arg(long, default_value = "1", value_parser = secs)]
@@ -126,6 +130,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         store_max_bytes: args.store_max_bytes,
         store_sync: args.store_sync,
         store_cache_bytes: args.store_cache_mib.saturating_mul(1 << 20),
+        store_min_free_bytes: args.store_min_free_mib.saturating_mul(1 << 20),
         slow_consumer_wait: args.slow_consumer_wait_secs,
         ..Config::default()
     };

@@ -52,6 +52,7 @@ impl Broker {
         let options = SledOptions {
             sync: config.store_sync,
             cache_bytes: config.store_cache_bytes,
+            min_free_bytes: config.store_min_free_bytes,
         };
         let store = tokio::task::spawn_blocking(move || SledStore::open_with(&dir, &options))
             .await

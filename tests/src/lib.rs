@@ -546,6 +546,11 @@ impl FailingStore {
         self.failing.store(true, Ordering::SeqCst);
     }
 
+    /// From now on, writes and flushes succeed again, as when space returns to a full disk.
+    pub fn recover(&self) {
+        self.failing.store(false, Ordering::SeqCst);
+    }
+
     /// From now on, [`QueueStore::check`] fails as for a data directory deleted under the
     /// broker, while writes and flushes still succeed (into files nobody will read).
     pub fn lose_directory(&self) {

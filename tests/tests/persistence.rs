@@ -988,3 +988,69 @@ async fn a_store_that_can_no_longer_make_writes_durable_is_noticed_without_a_wri
         );
     }
 }
+
+/// Sends persistent messages to `to` until one is confirmed without a `StoreUnavailable`
+/// notice, within WAIT; returns its id.
+async fn until_stored(alice: &mut RawClient, to: &str) -> anyhow::Result<String> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let id = alice.publish(client(to), b"stored?", true).await?;
+        let mut refused = false;
+        loop {
+            match alice.next().await? {
+                ServerFrame::Accepted { id: a } if a == id => break,
+                ServerFrame::DeliveryFailed(f)
+                    if f.id == id && f.reason == FailureReason::StoreUnavailable =>
+                {
+                    refused = true
+                }
+                other => bail!("unexpected {other:?}"),
+            }
+        }
+        if !refused {
+            return Ok(id);
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "persistent messages still refused {WAIT:?} after the store recovered"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_store_that_recovers_takes_writes_again_and_no_acknowledgement_made_meanwhile_is_lost()
+-> R {
+    let store = Arc::new(FailingStore::new());
+    let mut b = TestBroker::start_with_store(store.clone() as Arc<dyn QueueStore>, |_| {}).await?;
+    let mut alice = connect(b.addr(), "alice").await?;
+    let kept = send_accepted(&mut alice, &client("bob"), 3).await?;
+
+    store.fail();
+    // Bob takes his messages and acknowledges them while the store takes no writes.
+    let mut bob = connect(b.addr(), "bob").await?;
+    let got = receive_in_order(&mut bob, &kept, "alice").await?;
+    bob.ack(tags(&got)).await?;
+    bob.sync().await?;
+    let id = alice.publish(client("carol"), b"refused", true).await?;
+    let f = alice.failure().await?;
+    ensure!(
+        (f.id.as_str(), f.reason) == (id.as_str(), FailureReason::StoreUnavailable),
+        "{f:?}"
+    );
+    accepted(&mut alice, &[id]).await?;
+
+    // Space returns: the store takes writes again, without a restart.
+    store.recover();
+    let stored = until_stored(&mut alice, "carol").await?;
+
+    // Across a restart, bob's acknowledgements held and carol's message was kept.
+    drop(bob);
+    b.restart().await?;
+    let mut alice = connect(b.addr(), "alice").await?;
+    let mut bob = connect(b.addr(), "bob").await?;
+    nothing_older_waits(&mut alice, &mut bob).await?;
+    let mut carol = connect(b.addr(), "carol").await?;
+    let d = carol.delivery().await?;
+    ensure!(d.id == stored, "{d:?}");
+    Ok(())
+}

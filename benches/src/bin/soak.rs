@@ -54,6 +54,13 @@ enum Scenario {
         #[arg(long, allow_hyphen_values = true, num_args = 0..)]
         broker_args: Vec<String>,
     },
+    /// A full disk: the store on a small tmpfs (needs root) fills, drains, and heals.
+    Diskfull {
+        /// Size of the tmpfs, in MiB (a quarter of it is ballast, deleted to free space;
+        /// the broker keeps a sixteenth free).
+        #[arg(long, default_value_t = 128)]
+        size_mib: u64,
+    },
     /// Power cuts under persistent load, on a file system that loses what was not synced.
     Powercut {
         /// Power cuts.
@@ -85,6 +92,7 @@ fn main() -> Result<()> {
                 let extra: Vec<&str> = broker_args.iter().map(String::as_str).collect();
                 soak::queued(&args.broker, &dir, *count, &extra).await
             }
+            Scenario::Diskfull { size_mib } => soak::disk_full(&args.broker, &dir, *size_mib).await,
             Scenario::Powercut { cuts, sync, lazyfs } => {
                 soak::power_cut(&args.broker, lazyfs, &dir, *cuts, sync).await
             }

@@ -112,8 +112,9 @@ pub enum Completion {
         notices: Vec<(Option<ConfirmId>, DeliveryFailed)>,
         /// What went wrong.
         error: String,
-        /// Entries and bytes of the append when the store did not take it at all (the append
-        /// itself failed, rather than the flush after it): the core stops counting them.
+        /// Entries and bytes of the append, which the store does not keep: the append failed,
+        /// or the flush after it did and the store undoes the append when it heals. The core
+        /// stops counting them.
         not_stored: Option<(u64, u64)>,
     },
     /// The store looked for entries whose time to live ran out (asked for after

@@ -9,7 +9,7 @@ use super::{Completions, release_retired};
 use crate::core::{Completion, ConfirmId};
 use crate::store::{QueueId, QueueStore, StoredEntry};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -35,6 +35,8 @@ pub(super) enum Pending {
 
 /// One group of writes applied by the store thread.
 struct Group {
+    /// The store thread's number of the group.
+    number: u64,
     /// False when the group only read, so nothing needs flushing.
     wrote: bool,
     pending: Vec<Pending>,
@@ -50,16 +52,19 @@ pub(super) struct Flusher {
 
 impl Flusher {
     /// Starts the flush thread over `store`; a failed flush sets `failed`.
+    /// The flush thread sets `durable` to the number of each group it made durable before
+    /// it reports the group.
     pub(super) fn start(
         store: Arc<dyn QueueStore>,
         failed: Arc<AtomicBool>,
+        durable: Arc<AtomicU64>,
         done: Completions,
     ) -> Result<Self, crate::store::StoreError> {
         let (tx, rx) = sync_channel(BEHIND);
         let (thread_failed, thread_done) = (failed.clone(), done.clone());
         let thread = std::thread::Builder::new()
             .name("broadcast-flush".into())
-            .spawn(move || run(&*store, &rx, &thread_failed, &thread_done))
+            .spawn(move || run(&*store, &rx, &thread_failed, &durable, &thread_done))
             .map_err(|e| {
                 crate::store::StoreError::Io(format!("cannot start the flush thread: {e}"))
             })?;
@@ -72,11 +77,15 @@ impl Flusher {
     }
 
     /// Hands over a group of applied writes; waits while the flush thread is far behind.
-    pub(super) fn submit(&self, wrote: bool, pending: Vec<Pending>) {
+    pub(super) fn submit(&self, number: u64, wrote: bool, pending: Vec<Pending>) {
         if !wrote && pending.is_empty() {
             return;
         }
-        let group = Group { wrote, pending };
+        let group = Group {
+            number,
+            wrote,
+            pending,
+        };
         if let Some(tx) = &self.tx {
             if let Err(e) = tx.send(group) {
                 // The flush thread is gone (it panicked): nothing handed over can be reported
@@ -88,6 +97,13 @@ impl Flusher {
                 report(e.0.pending, Err(&error), &self.done);
             }
         }
+    }
+
+    /// Waits until everything handed over so far has been flushed (or failed) and reported.
+    pub(super) fn wait(&self, number: u64) {
+        let (tx, rx) = oneshot::channel();
+        self.submit(number, false, vec![Pending::Done(tx)]);
+        let _ = rx.blocking_recv();
     }
 
     /// Flushes everything handed over, reports it, and stops the thread; the thread's hold
@@ -111,7 +127,13 @@ impl Drop for Flusher {
 /// How often the flush thread checks that the store can still make writes durable.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
-fn run(store: &dyn QueueStore, rx: &Receiver<Group>, failed: &AtomicBool, done: &Completions) {
+fn run(
+    store: &dyn QueueStore,
+    rx: &Receiver<Group>,
+    failed: &AtomicBool,
+    durable: &AtomicU64,
+    done: &Completions,
+) {
     let mut groups = Vec::new();
     let mut checked = Instant::now();
     loop {
@@ -139,9 +161,15 @@ fn run(store: &dyn QueueStore, rx: &Receiver<Group>, failed: &AtomicBool, done: 
         } else {
             Ok(())
         };
-        if let Err(e) = &flushed {
-            tracing::error!(error = %e, "store flush failed; persistent messages are refused");
-            failed.store(true, Ordering::Release);
+        match &flushed {
+            Ok(()) => {
+                let last = groups.iter().map(|g| g.number).max().unwrap_or(0);
+                durable.fetch_max(last, Ordering::AcqRel);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store flush failed; persistent messages are refused until the store heals");
+                failed.store(true, Ordering::Release);
+            }
         }
         let pending = groups.drain(..).flat_map(|g| g.pending).collect();
         report(pending, flushed.as_ref().map(|_| ()), done);
@@ -172,10 +200,9 @@ fn report(pending: Vec<Pending>, flushed: Result<(), &String>, done: &Completion
                 match error {
                     None => durable.extend(confirms.into_iter().flatten()),
                     Some(error) => {
-                        let not_stored = result.is_err().then(|| {
-                            let bytes = entries.iter().map(StoredEntry::size).sum();
-                            (entries.len() as u64, bytes)
-                        });
+                        // Not kept either way: a store that heals undoes the append.
+                        let bytes = entries.iter().map(StoredEntry::size).sum();
+                        let not_stored = Some((entries.len() as u64, bytes));
                         let mut messages = Vec::new();
                         let mut notices = Vec::new();
                         for (entry, confirm) in entries.into_iter().zip(confirms) {

@@ -9,12 +9,13 @@
 //! [`Completion`] values.
 
 mod flusher;
+mod journal;
 mod worker;
 
 use crate::core::StoreOp;
 use crate::store::{QueueId, QueueInfo, QueueStore, Seq, StoreError, StoredEntry};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use tokio::sync::{mpsc, oneshot};
 
 /// Commands waiting for the store thread at most; senders wait beyond that.
@@ -73,8 +74,11 @@ impl Persist {
             .map(|q| (q.queue.clone(), q.next_seq))
             .collect();
         let (tx, rx) = mpsc::channel(CHANNEL);
-        let flusher = flusher::Flusher::start(store.clone(), failed.clone(), done.clone())?;
-        let worker = worker::Worker::new(store, flusher, rx, next_seq, done, failed.clone());
+        let durable = Arc::new(AtomicU64::new(0));
+        let flusher =
+            flusher::Flusher::start(store.clone(), failed.clone(), durable.clone(), done.clone())?;
+        let journal = journal::Journal::new(durable);
+        let worker = worker::Worker::new(store, flusher, journal, rx, next_seq, done, failed);
         std::thread::Builder::new()
             .name("broadcast-store".into())
             .spawn(move || worker.run())

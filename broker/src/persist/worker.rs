@@ -2,30 +2,39 @@
 //! and answers reads; what waits on a write goes to the flush thread with its group.
 
 use super::flusher::{Flusher, Pending};
+use super::journal::{Entry, Journal};
 use super::{Command, Completions, release_retired};
 use crate::core::{Completion, QueueAppend, StoreOp};
 use crate::maps::HashMap;
 use crate::store::{QueueId, QueueStore, Seq, StoreError, StoredEntry};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Commands applied together before one flush.
 const GROUP: usize = 8 * 1024;
 
+/// How often a failed store is asked to heal.
+const HEAL_EVERY: Duration = Duration::from_secs(1);
+
 pub(super) struct Worker {
     store: Arc<dyn QueueStore>,
     flusher: Flusher,
+    journal: Journal,
     rx: mpsc::Receiver<Command>,
     next_seq: HashMap<QueueId, Seq>,
     done: Completions,
     failed: Arc<AtomicBool>,
+    /// When the store was last asked to heal.
+    healed_at: Instant,
 }
 
 impl Worker {
     pub(super) fn new(
         store: Arc<dyn QueueStore>,
         flusher: Flusher,
+        journal: Journal,
         rx: mpsc::Receiver<Command>,
         next_seq: HashMap<QueueId, Seq>,
         done: Completions,
@@ -34,10 +43,12 @@ impl Worker {
         Self {
             store,
             flusher,
+            journal,
             rx,
             next_seq,
             done,
             failed,
+            healed_at: Instant::now(),
         }
     }
 
@@ -78,6 +89,12 @@ impl Worker {
     }
 
     fn apply(&mut self, group: &mut Vec<Command>) {
+        // A failed store is asked to heal about once a second; the sweeper's looks bring a
+        // command at least that often.
+        if self.failed.load(Ordering::Acquire) && self.healed_at.elapsed() >= HEAL_EVERY {
+            self.heal();
+        }
+        let number = self.journal.begin_group();
         let mut pending = Vec::new();
         let mut wrote = false;
         // Appends of the whole group are gathered per queue, so that each queue gets one
@@ -136,8 +153,62 @@ impl Worker {
             }
         }
         wrote |= self.write_appends(&mut appends, &mut index, &mut pending);
-        self.flusher.submit(wrote, pending);
+        self.flusher.submit(number, wrote, pending);
         release_retired();
+    }
+
+    /// Asks the failed store to heal (reopen on what it made durable), then redoes what it
+    /// took since its last durable flush and undoes the appends whose senders were told they
+    /// failed; once that is durable, the store takes writes again.
+    fn heal(&mut self) {
+        self.healed_at = Instant::now();
+        if self.journal.overflowed() {
+            tracing::error!(
+                "the store failed for too long to be healed; restart the broker to recover it"
+            );
+            return;
+        }
+        // Every group handed over before is reported (as failed) first, so that no flush of
+        // the reopened store confirms a write made before it.
+        self.flusher.wait(self.journal.begin_group());
+        if let Err(e) = self.store.heal() {
+            tracing::warn!(error = %e, "the store is still failing");
+            return;
+        }
+        let entries = self.journal.take();
+        let redone = entries.iter().try_for_each(|(_, entry)| self.redo(entry));
+        if let Err(e) = redone.and_then(|()| self.store.flush()) {
+            tracing::warn!(error = %e, "the store reopened but cannot take writes yet");
+            self.journal.put_back(entries);
+            return;
+        }
+        self.journal.clear();
+        self.failed.store(false, Ordering::Release);
+        tracing::info!("the store takes writes again");
+    }
+
+    /// Applies a write of the journal again.
+    fn redo(&mut self, entry: &Entry) -> Result<(), StoreError> {
+        match entry {
+            Entry::Undo { queue, first, n } => {
+                let seqs: Vec<Seq> = (*first..first + n).collect();
+                self.store.settle(queue, &seqs)
+            }
+            Entry::Redo(StoreOp::Settle(queue, seqs)) => self.store.settle(queue, seqs),
+            Entry::Redo(StoreOp::PutSession(s)) => self.store.put_session(s),
+            Entry::Redo(StoreOp::RemoveSession(name)) => self.store.remove_session(name),
+            Entry::Redo(StoreOp::Forget(queue)) => {
+                self.store.drop_queue(queue)?;
+                self.next_seq.remove(queue);
+                Ok(())
+            }
+            Entry::Redo(StoreOp::Move {
+                from,
+                to,
+                except_from,
+            }) => self.move_queue(from, to, except_from).map(|_| ()),
+            Entry::Redo(StoreOp::Append(_)) => Ok(()),
+        }
     }
 
     /// Writes the appends gathered so far; returns whether anything was written.
@@ -170,6 +241,11 @@ impl Worker {
                     self.next_seq
                         .insert(queue.clone(), first + entries.len() as u64);
                     let n = entries.len() as u64;
+                    self.journal.push(Entry::Undo {
+                        queue: queue.clone(),
+                        first,
+                        n,
+                    });
                     self.done.send(Completion::Appended {
                         queue: queue.clone(),
                         n,
@@ -193,28 +269,31 @@ impl Worker {
     }
 
     /// Applies one write that is not an append; returns whether it wrote.
+    /// Applies one write that is not an append, and keeps it in the journal until it is
+    /// durable (a failed one too: a store that heals applies it then); returns whether it
+    /// wrote.
     fn apply_op(&mut self, op: StoreOp) -> bool {
-        match op {
+        match &op {
             StoreOp::Append(_) => unreachable!("appends are gathered by the caller"),
             StoreOp::Settle(queue, seqs) => {
-                if let Err(e) = self.store.settle(&queue, &seqs) {
+                if let Err(e) = self.store.settle(queue, seqs) {
                     tracing::error!(%queue, error = %e, "store settle failed");
                 }
             }
             StoreOp::PutSession(s) => {
-                if let Err(e) = self.store.put_session(&s) {
+                if let Err(e) = self.store.put_session(s) {
                     tracing::error!(client = %s.name, error = %e, "cannot remember a session");
                 }
             }
             StoreOp::RemoveSession(name) => {
-                if let Err(e) = self.store.remove_session(&name) {
+                if let Err(e) = self.store.remove_session(name) {
                     tracing::error!(client = %name, error = %e, "cannot forget a session");
                 }
             }
-            StoreOp::Forget(queue) => match self.store.drop_queue(&queue) {
+            StoreOp::Forget(queue) => match self.store.drop_queue(queue) {
                 // Numbered anew from now on, as the store would number it when opened.
                 Ok(()) => {
-                    self.next_seq.remove(&queue);
+                    self.next_seq.remove(queue);
                 }
                 // The queue keeps its numbering, so later appends still follow it.
                 Err(e) => tracing::error!(%queue, error = %e, "cannot drop an empty queue"),
@@ -224,7 +303,7 @@ impl Worker {
                 to,
                 except_from,
             } => {
-                let moved = self.move_queue(&from, &to, &except_from);
+                let moved = self.move_queue(from, to, except_from);
                 if let Err(e) = &moved {
                     tracing::error!(%from, %to, error = %e, "cannot move a backlog");
                 }
@@ -232,12 +311,17 @@ impl Worker {
                 // core's counts follow where the entries are now (a crash before the flush
                 // rebuilds them from the store anyway).
                 self.done.send(Completion::Moved {
-                    from,
-                    to,
-                    moved: moved.ok(),
+                    from: from.clone(),
+                    to: to.clone(),
+                    moved: moved.as_ref().ok().copied(),
                 });
+                if moved.is_err() {
+                    // Nothing moved, as the core now counts it: nothing to redo.
+                    return true;
+                }
             }
         }
+        self.journal.push(Entry::Redo(op));
         true
     }
 

@@ -51,6 +51,8 @@ impl FileId {
 pub(super) struct DataDir {
     path: PathBuf,
     mode: SyncMode,
+    /// Free bytes the store keeps in reserve on its file system.
+    min_free: u64,
     dir: FileId,
     log: File,
     log_id: FileId,
@@ -85,7 +87,7 @@ fn sync_path(path: &Path) -> Result<(), StoreError> {
 
 impl DataDir {
     /// Takes note of the store sled has opened in `path`, and syncs it whole once.
-    pub(super) fn open(path: &Path, mode: SyncMode) -> Result<Self, StoreError> {
+    pub(super) fn open(path: &Path, mode: SyncMode, min_free: u64) -> Result<Self, StoreError> {
         let dir = std::fs::metadata(path).map_err(|e| io_error("read", path, &e))?;
         let log_path = path.join("db");
         let log = File::open(&log_path).map_err(|e| io_error("open", &log_path, &e))?;
@@ -96,6 +98,7 @@ impl DataDir {
         let mut data_dir = Self {
             path: path.to_path_buf(),
             mode,
+            min_free,
             dir: FileId::of(&dir),
             log,
             log_id,
@@ -110,12 +113,21 @@ impl DataDir {
                 }
             }
         }
-        data_dir.sync()?;
+        // Not the space check: a broker on a nearly full disk starts, and delivers.
+        data_dir.check_identity()?;
+        data_dir.sync_files()?;
         Ok(data_dir)
     }
 
-    /// Fails unless the directory and the log file at their paths are the ones opened.
+    /// Fails unless the directory and the log file at their paths are the ones opened and
+    /// the file system keeps its reserve of free space.
     pub(super) fn check(&self) -> Result<(), StoreError> {
+        self.check_identity()?;
+        self.check_space()
+    }
+
+    /// Fails unless the directory and the log file at their paths are the ones opened.
+    fn check_identity(&self) -> Result<(), StoreError> {
         let gone = |what: &str| {
             StoreError::Io(format!(
                 "the data directory {} is no longer the one the store opened ({what}): \
@@ -135,9 +147,34 @@ impl DataDir {
         }
     }
 
+    /// Fails when the file system has less free space than the store keeps in reserve: the
+    /// store stops taking messages before the disk is full, so that acknowledgements can
+    /// still be written.
+    fn check_space(&self) -> Result<(), StoreError> {
+        if self.min_free == 0 {
+            return Ok(());
+        }
+        let free =
+            fs2::available_space(&self.path).map_err(|e| io_error("measure", &self.path, &e))?;
+        if free < self.min_free {
+            return Err(StoreError::Io(format!(
+                "the file system of {} has {} MiB free, less than the {} MiB the store keeps in reserve",
+                self.path.display(),
+                free >> 20,
+                self.min_free >> 20
+            )));
+        }
+        Ok(())
+    }
+
     /// Makes what sled has flushed durable as the mode asks, after checking the directory.
     pub(super) fn sync(&mut self) -> Result<(), StoreError> {
         self.check()?;
+        self.sync_files()
+    }
+
+    /// Syncs the log, new blob files and changed directories, as the mode asks.
+    fn sync_files(&mut self) -> Result<(), StoreError> {
         if self.mode == SyncMode::Os {
             return Ok(());
         }

@@ -293,6 +293,17 @@ pub trait QueueStore: Send + Sync + 'static {
     fn check(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    /// Tries to make a store that failed take writes again, as it was made durable last:
+    /// writes taken and not flushed before the failure may be gone (the broker applies them
+    /// again). The broker asks about once a second while the store is failed.
+    ///
+    /// # Errors
+    /// Why the store still cannot take writes.
+    fn heal(&self) -> Result<(), StoreError> {
+        self.check()?;
+        self.flush()
+    }
 }
 
 /// The queues of `queues` from the queue of `after` on (all without it), each with the least

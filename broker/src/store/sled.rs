@@ -25,7 +25,7 @@ use super::{
 use sled::{Batch, Db};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 /// A [`QueueStore`] in a sled database in one directory.
@@ -34,7 +34,9 @@ use std::time::{Duration, Instant};
 /// second). Only one `SledStore` can have a directory open at a time.
 #[derive(Debug)]
 pub struct SledStore {
-    db: Db,
+    /// The database; `None` only while [`QueueStore::heal`] reopens it.
+    db: RwLock<Option<Db>>,
+    options: SledOptions,
     path: PathBuf,
     index: Mutex<Index>,
     data_dir: Mutex<DataDir>,
@@ -47,6 +49,9 @@ pub struct SledOptions {
     pub sync: SyncMode,
     /// Most bytes of the database that sled keeps cached in memory. Default 64 MiB.
     pub cache_bytes: u64,
+    /// Free bytes kept in reserve on the store's file system: with less free, flushes fail
+    /// (persistent messages are refused) until space returns. Default 64 MiB; 0 for none.
+    pub min_free_bytes: u64,
 }
 
 impl Default for SledOptions {
@@ -54,6 +59,7 @@ impl Default for SledOptions {
         Self {
             sync: SyncMode::Device,
             cache_bytes: 64 << 20,
+            min_free_bytes: 64 << 20,
         }
     }
 }
@@ -215,6 +221,39 @@ fn open_db(dir: &Path, options: &SledOptions) -> sled::Result<Db> {
     }
 }
 
+/// Opens the database in `dir`, checks or sets its format, and reads its index.
+fn open_store(dir: &Path, options: &SledOptions) -> Result<(Db, Index), StoreError> {
+    let open_error = |reason: String| StoreError::Open {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    let db = open_db(dir, options).map_err(|e| open_error(e.to_string()))?;
+    match db
+        .get(codec::FORMAT_KEY)
+        .map_err(|e| open_error(e.to_string()))?
+    {
+        Some(format) if &*format == codec::FORMAT => {}
+        // Format 1 differs only in how segments are laid out, and both layouts are read:
+        // the store is marked as format 2 before a segment of that layout is written.
+        Some(format) if &*format == codec::FORMAT_1 => {
+            db.insert(codec::FORMAT_KEY, codec::FORMAT)
+                .and_then(|_| db.flush())
+                .map_err(|e| open_error(e.to_string()))?;
+        }
+        Some(format) => {
+            return Err(open_error(format!("unknown store format {:?}", &*format)));
+        }
+        None if db.is_empty() => {
+            db.insert(codec::FORMAT_KEY, codec::FORMAT)
+                .map_err(|e| open_error(e.to_string()))?;
+        }
+        None => return Err(open_error("not a message store".to_owned())),
+    }
+    let index = load(&db).map_err(|e| open_error(e.to_string()))?;
+    db.flush().map_err(|e| open_error(e.to_string()))?;
+    Ok((db, index))
+}
+
 fn io(e: sled::Error) -> StoreError {
     match e {
         sled::Error::Corruption { .. } => StoreError::Corrupt(e.to_string()),
@@ -247,41 +286,29 @@ impl SledStore {
     /// # Errors
     /// As [`SledStore::open`].
     pub fn open_with(dir: &Path, options: &SledOptions) -> Result<Self, StoreError> {
-        let open_error = |reason: String| StoreError::Open {
-            path: dir.to_path_buf(),
-            reason,
-        };
-        let db = open_db(dir, options).map_err(|e| open_error(e.to_string()))?;
-        match db
-            .get(codec::FORMAT_KEY)
-            .map_err(|e| open_error(e.to_string()))?
-        {
-            Some(format) if &*format == codec::FORMAT => {}
-            // Format 1 differs only in how segments are laid out, and both layouts are read:
-            // the store is marked as format 2 before a segment of that layout is written.
-            Some(format) if &*format == codec::FORMAT_1 => {
-                db.insert(codec::FORMAT_KEY, codec::FORMAT)
-                    .and_then(|_| db.flush())
-                    .map_err(|e| open_error(e.to_string()))?;
+        let (db, index) = open_store(dir, options)?;
+        let data_dir = DataDir::open(dir, options.sync, options.min_free_bytes).map_err(|e| {
+            StoreError::Open {
+                path: dir.to_path_buf(),
+                reason: e.to_string(),
             }
-            Some(format) => {
-                return Err(open_error(format!("unknown store format {:?}", &*format)));
-            }
-            None if db.is_empty() => {
-                db.insert(codec::FORMAT_KEY, codec::FORMAT)
-                    .map_err(|e| open_error(e.to_string()))?;
-            }
-            None => return Err(open_error("not a message store".to_owned())),
-        }
-        let index = load(&db).map_err(|e| open_error(e.to_string()))?;
-        db.flush().map_err(|e| open_error(e.to_string()))?;
-        let data_dir = DataDir::open(dir, options.sync).map_err(|e| open_error(e.to_string()))?;
+        })?;
         Ok(SledStore {
-            db,
+            db: RwLock::new(Some(db)),
+            options: *options,
             path: dir.to_path_buf(),
             index: Mutex::new(index),
             data_dir: Mutex::new(data_dir),
         })
+    }
+
+    /// A handle on the database.
+    fn db(&self) -> Result<Db, StoreError> {
+        self.db
+            .read()
+            .ok()
+            .and_then(|db| db.clone())
+            .ok_or_else(|| StoreError::Io("the store is being reopened".to_owned()))
     }
 
     /// The directory the store is in.
@@ -296,7 +323,7 @@ impl SledStore {
     #[doc(hidden)]
     pub fn segment_count(&self) -> Result<usize, StoreError> {
         let mut count = 0;
-        for item in self.db.scan_prefix([codec::SEGMENT]) {
+        for item in self.db()?.scan_prefix([codec::SEGMENT]) {
             item.map_err(io)?;
             count += 1;
         }
@@ -305,8 +332,8 @@ impl SledStore {
 
     /// The database, for tests that look at or damage what is stored.
     #[cfg(test)]
-    pub(super) fn db(&self) -> &Db {
-        &self.db
+    pub(super) fn raw_db(&self) -> Db {
+        self.db().expect("the store is open")
     }
 
     fn index(&self) -> Result<MutexGuard<'_, Index>, StoreError> {
@@ -322,7 +349,11 @@ impl SledStore {
     /// effort: after a write error sled usually refuses every write.
     fn forget_segments(&self, queue: &QueueId, segments: &[EncodedSegment]) {
         for segment in segments {
-            if let Err(e) = self.db.remove(codec::segment_key(queue, segment.first)) {
+            let removed = self.db().and_then(|db| {
+                db.remove(codec::segment_key(queue, segment.first))
+                    .map_err(io)
+            });
+            if let Err(e) = removed {
                 tracing::warn!(%queue, first = segment.first, error = %e,
                     "cannot delete a segment of a failed append");
             }
@@ -336,7 +367,7 @@ impl SledStore {
         len: u64,
     ) -> Result<Vec<StoredEntry>, StoreError> {
         let value = self
-            .db
+            .db()?
             .get(codec::segment_key(queue, first))
             .map_err(io)?
             .ok_or_else(|| missing_segment(queue, first))?;
@@ -430,13 +461,14 @@ impl QueueStore for SledStore {
             entries.len(),
         )?;
         let segments = codec::encode_segments(first_seq, entries)?;
+        let db = self.db()?;
         // Only the segments are written: the new entries are unsettled, and the next seq
         // follows from the segments when the store is opened, so the queue's record does not
         // change. The writes are not one sled batch (a batch makes sled write its log buffer
         // out twice, which costs more than the writes); every prefix of them is a valid store.
         for (i, segment) in segments.iter().enumerate() {
             let key = codec::segment_key(queue, segment.first);
-            if let Err(e) = self.db.insert(key, &segment.value[..]) {
+            if let Err(e) = db.insert(key, &segment.value[..]) {
                 self.forget_segments(queue, &segments[..i]);
                 return Err(io(e));
             }
@@ -477,13 +509,13 @@ impl QueueStore for SledStore {
         // The record first, then the segments it settles in full are deleted: a segment left
         // behind (by a crash or a failed delete) is settled by the record, and deleted when
         // the store is next opened.
-        self.db
-            .insert(codec::queue_key(queue), codec::encode(&record)?)
+        let db = self.db()?;
+        db.insert(codec::queue_key(queue), codec::encode(&record)?)
             .map_err(io)?;
         let mut deleted = Ok(());
         for (&first, &mask) in &changed {
             if state.segments[&first].is_full(mask) {
-                if let Err(e) = self.db.remove(codec::segment_key(queue, first)) {
+                if let Err(e) = db.remove(codec::segment_key(queue, first)) {
                     deleted = deleted.and(Err(io(e)));
                 }
             }
@@ -599,36 +631,37 @@ impl QueueStore for SledStore {
         let mut batch = Batch::default();
         let mut segments = 0;
         // Scan rather than trust the index, so that no segment of the queue can survive it.
-        for key in self.db.scan_prefix(codec::segments_prefix(queue)).keys() {
+        let db = self.db()?;
+        for key in db.scan_prefix(codec::segments_prefix(queue)).keys() {
             batch.remove(key.map_err(io)?);
             segments += 1;
         }
         if segments == 0 {
             // An empty queue (the usual case) is its record alone: one write, not a batch.
-            self.db.remove(codec::queue_key(queue)).map_err(io)?;
+            db.remove(codec::queue_key(queue)).map_err(io)?;
         } else {
             batch.remove(codec::queue_key(queue));
-            self.db.apply_batch(batch).map_err(io)?;
+            db.apply_batch(batch).map_err(io)?;
         }
         index.queues.remove(queue);
         Ok(())
     }
 
     fn put_session(&self, session: &Session) -> Result<(), StoreError> {
-        self.db
+        self.db()?
             .insert(codec::session_key(&session.name), codec::encode(session)?)
             .map_err(io)?;
         Ok(())
     }
 
     fn remove_session(&self, name: &str) -> Result<(), StoreError> {
-        self.db.remove(codec::session_key(name)).map_err(io)?;
+        self.db()?.remove(codec::session_key(name)).map_err(io)?;
         Ok(())
     }
 
     fn sessions(&self) -> Result<Vec<Session>, StoreError> {
         let mut sessions = Vec::new();
-        for item in self.db.scan_prefix([codec::SESSION]) {
+        for item in self.db()?.scan_prefix([codec::SESSION]) {
             let (_, value) = item.map_err(io)?;
             sessions.push(codec::decode(&value, "session")?);
         }
@@ -636,11 +669,35 @@ impl QueueStore for SledStore {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map_err(io)?;
+        self.db()?.flush().map_err(io)?;
         self.data_dir
             .lock()
             .map_err(|_| StoreError::Io("the data directory's lock was poisoned".to_owned()))?
             .sync()
+    }
+
+    fn heal(&self) -> Result<(), StoreError> {
+        // Never over a directory that is not the one opened: that would start an empty store
+        // where the confirmed messages were.
+        self.check()?;
+        // Failed for want of space only: the database itself is fine.
+        if self.flush().is_ok() {
+            return Ok(());
+        }
+        // sled refuses every write after its first failed one: the database is reopened on
+        // what it made durable, and the index read anew from it (only with the reserve of
+        // free space there, checked above: sled writes as it opens).
+        let mut index = self.index()?;
+        let mut db = self
+            .db
+            .write()
+            .map_err(|_| StoreError::Io("the store's handle was poisoned".to_owned()))?;
+        drop(db.take());
+        let (reopened, fresh) = open_store(&self.path, &self.options)?;
+        *db = Some(reopened);
+        *index = fresh;
+        drop((db, index));
+        self.flush()
     }
 
     fn check(&self) -> Result<(), StoreError> {

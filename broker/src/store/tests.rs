@@ -188,7 +188,11 @@ fn the_queue_record_is_small_after_settling_in_order() {
     let entries: Vec<StoredEntry> = (0..200).map(|s| message(s, 10)).collect();
     store.append(&alice(), 0, &entries).unwrap();
     let record = || -> QueueRecord {
-        let value = store.db().get(codec::queue_key(&alice())).unwrap().unwrap();
+        let value = store
+            .raw_db()
+            .get(codec::queue_key(&alice()))
+            .unwrap()
+            .unwrap();
         codec::decode(&value, "record").unwrap()
     };
     store
@@ -239,14 +243,18 @@ fn a_store_cut_between_the_writes_of_an_append_or_a_settlement_opens_whole() {
     store.append(&alice(), 0, &entries[..100]).unwrap();
     assert!(
         store
-            .db()
+            .raw_db()
             .get(codec::queue_key(&alice()))
             .unwrap()
             .is_none()
     );
     store.settle(&alice(), &[0]).unwrap();
     store.append(&alice(), 100, &entries[100..]).unwrap();
-    let record = store.db().get(codec::queue_key(&alice())).unwrap().unwrap();
+    let record = store
+        .raw_db()
+        .get(codec::queue_key(&alice()))
+        .unwrap()
+        .unwrap();
     let record: QueueRecord = codec::decode(&record, "record").unwrap();
     assert_eq!((record.next_seq, record.acked_below), (100, 1));
     let store = reopen(store, &dir);
@@ -266,7 +274,7 @@ fn a_store_cut_between_the_writes_of_an_append_or_a_settlement_opens_whole() {
         .chain(codec::encode_segments(100, &entries[100..228]).unwrap())
     {
         store
-            .db()
+            .raw_db()
             .insert(codec::segment_key(&alice(), segment.first), segment.value)
             .unwrap();
     }
@@ -283,7 +291,7 @@ fn a_damaged_segment_header_fails_open_naming_the_directory() {
     let store = SledStore::open(dir.path()).unwrap();
     store.append(&alice(), 0, &[message(0, 10)]).unwrap();
     store
-        .db()
+        .raw_db()
         .insert(codec::segment_key(&alice(), 0), &[0xff, 0xff][..])
         .unwrap();
     store.flush().unwrap();
@@ -299,7 +307,7 @@ fn a_damaged_queue_record_fails_open() {
     let store = SledStore::open(dir.path()).unwrap();
     store.append(&alice(), 0, &[message(0, 10)]).unwrap();
     store
-        .db()
+        .raw_db()
         .insert(codec::queue_key(&alice()), &[1, 2, 3, 4, 5, 6][..])
         .unwrap();
     store.flush().unwrap();
@@ -314,14 +322,14 @@ fn a_damaged_segment_body_is_corrupt_on_read() {
     let store = SledStore::open(dir.path()).unwrap();
     store.append(&alice(), 0, &[message(0, 10)]).unwrap();
     let key = codec::segment_key(&alice(), 0);
-    let mut value = store.db().get(&key).unwrap().unwrap().to_vec();
+    let mut value = store.raw_db().get(&key).unwrap().unwrap().to_vec();
     value.truncate(value.len() - 3);
-    store.db().insert(&key, value).unwrap();
+    store.raw_db().insert(&key, value).unwrap();
     let err = store.read(&alice(), 0, 10).unwrap_err();
     assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
     let err = store.expired(u64::MAX, None, 10).unwrap_err();
     assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
-    store.db().remove(&key).unwrap();
+    store.raw_db().remove(&key).unwrap();
     let err = store.read(&alice(), 0, 10).unwrap_err();
     assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
 }
@@ -331,7 +339,7 @@ fn a_damaged_session_is_corrupt() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path()).unwrap();
     store
-        .db()
+        .raw_db()
         .insert(codec::session_key("bob"), &[0xff][..])
         .unwrap();
     assert!(matches!(store.sessions(), Err(StoreError::Corrupt(_))));
@@ -341,7 +349,7 @@ fn a_damaged_session_is_corrupt() {
 fn a_database_that_is_not_a_store_fails_open() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path()).unwrap();
-    store.db().insert(b"mf", &[9][..]).unwrap();
+    store.raw_db().insert(b"mf", &[9][..]).unwrap();
     store.flush().unwrap();
     drop(store);
     let err = SledStore::open(dir.path()).unwrap_err();
@@ -349,8 +357,8 @@ fn a_database_that_is_not_a_store_fails_open() {
 
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path()).unwrap();
-    store.db().remove(b"mf").unwrap();
-    store.db().insert(b"other", &[1][..]).unwrap();
+    store.raw_db().remove(b"mf").unwrap();
+    store.raw_db().insert(b"other", &[1][..]).unwrap();
     store.flush().unwrap();
     drop(store);
     let err = SledStore::open(dir.path()).unwrap_err();
@@ -384,18 +392,18 @@ fn a_store_of_format_1_opens_reads_its_segments_and_is_marked_format_2() {
         let metas: Vec<codec::EntryMeta> = entries.iter().map(codec::EntryMeta::of).collect();
         let value = format_1_segment(&metas, &entries);
         store
-            .db()
+            .raw_db()
             .insert(codec::FORMAT_KEY, codec::FORMAT_1)
             .unwrap();
         store
-            .db()
+            .raw_db()
             .insert(codec::segment_key(&alice(), 10), value)
             .unwrap();
         store.flush().unwrap();
     }
     let store = SledStore::open(dir.path()).unwrap();
     assert_eq!(
-        store.db().get(codec::FORMAT_KEY).unwrap().as_deref(),
+        store.raw_db().get(codec::FORMAT_KEY).unwrap().as_deref(),
         Some(codec::FORMAT)
     );
     let read: Vec<StoredEntry> = store
@@ -432,7 +440,7 @@ fn a_segment_header_claiming_huge_sizes_opens_without_overflow() {
             .collect();
         let value = format_1_segment(&metas, &entries);
         store
-            .db()
+            .raw_db()
             .insert(codec::segment_key(&alice(), 0), value)
             .unwrap();
         store.flush().unwrap();
@@ -479,5 +487,36 @@ fn a_store_synced_to_the_os_only_flushes_and_reopens() {
     store.flush().unwrap();
     drop(store);
     let store = SledStore::open_with(dir.path(), &SledOptions::default()).unwrap();
+    assert_eq!(store.read(&alice(), 0, 10).unwrap().len(), 1);
+}
+
+#[test]
+fn healing_never_starts_an_empty_store_where_the_data_directory_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data");
+    let store = SledStore::open(&path).unwrap();
+    store.append(&alice(), 1, &[message(1, 10)]).unwrap();
+    store.flush().unwrap();
+    // A healthy store heals at once, keeping what it holds.
+    store.heal().unwrap();
+    assert_eq!(store.read(&alice(), 0, 10).unwrap().len(), 1);
+    std::fs::remove_dir_all(&path).unwrap();
+    let err = store.heal().unwrap_err().to_string();
+    assert!(err.contains("no longer the one the store opened"), "{err}");
+    assert!(!path.exists(), "healing created {}", path.display());
+}
+
+#[test]
+fn a_file_system_without_its_reserve_of_free_space_fails_the_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SledOptions {
+        min_free_bytes: u64::MAX,
+        ..SledOptions::default()
+    };
+    // Opening does not need the reserve: a broker on a full disk still starts and delivers.
+    let store = SledStore::open_with(dir.path(), &options).unwrap();
+    store.append(&alice(), 1, &[message(1, 10)]).unwrap();
+    let err = store.flush().unwrap_err().to_string();
+    assert!(err.contains("keeps in reserve"), "{err}");
     assert_eq!(store.read(&alice(), 0, 10).unwrap().len(), 1);
 }
