@@ -736,3 +736,69 @@ async fn disk_full_on(binary: &Path, mount: &Path, size_mib: u64) -> Result<Valu
         "stop_status": stop_status.code(),
     }))
 }
+
+/// Partial frames: `connections` clients each send a handshake, then all but the last byte of
+/// a frame of the largest size, and hold it; the broker's memory with all of them waiting, and
+/// whether a normal client is still served.
+///
+/// # Errors
+/// When the broker fails.
+pub async fn partial(binary: &Path, dir: &Path, connections: usize) -> Result<Value> {
+    use tokio::io::AsyncWriteExt;
+    let data = dir.join("partial");
+    let broker = Broker::start(binary, &data, &[])?;
+    let start_rss = broker.rss_mib();
+    let frame = broadcast_protocol::DEFAULT_MAX_PAYLOAD as usize;
+    let hello = broadcast_protocol::encode_frame(
+        &broadcast_protocol::ClientFrame::Hello(broadcast_protocol::Hello {
+            version: broadcast_protocol::PROTOCOL_VERSION,
+            name: None,
+            token: None,
+            namespace: None,
+            max_frame: broadcast_protocol::DEFAULT_MAX_FRAME,
+            heartbeat_ms: 0,
+        }),
+        broadcast_protocol::DEFAULT_MAX_FRAME as usize,
+    )?;
+    let body = vec![0u8; frame - 1];
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..connections {
+        let mut s = tokio::net::TcpStream::connect(broker.addr()).await?;
+        s.write_all(&hello).await?;
+        s.write_all(&(frame as u32).to_be_bytes()).await?;
+        // The kernel's buffers take what the broker does not read.
+        match tokio::time::timeout(Duration::from_secs(2), s.write_all(&body)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => refused += 1,
+            Err(_) => {}
+        }
+        held.push(s);
+    }
+    let peak_rss = broker.rss_mib();
+    // A normal client meanwhile.
+    let a = ConnectOptions::new()
+        .name("partial-a")
+        .connect(broker.addr())
+        .await?;
+    let b = ConnectOptions::new()
+        .name("partial-b")
+        .connect(broker.addr())
+        .await?;
+    let mut inbox = b.direct_messages().context("direct stream taken")?;
+    a.send(OutgoingMessage::to_client("partial-b", "hello").persistent(false))
+        .await?;
+    let served = tokio::time::timeout(Duration::from_secs(10), inbox.next())
+        .await
+        .ok()
+        .flatten()
+        .is_some();
+    drop(held);
+    let mut broker = broker;
+    broker.stop()?;
+    Ok(json!({
+        "scenario": "partial", "connections": connections, "frame_bytes": frame,
+        "start_rss_mib": r1(start_rss), "rss_mib_with_all_held": r1(peak_rss),
+        "write_errors": refused, "normal_client_served": served,
+    }))
+}

@@ -30,6 +30,12 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// How long a closing connection may take to write what is queued for it. Default 5 s.
     pub drain_timeout: Duration,
+    /// Most bytes of frames not yet fully received, across every connection. Default 256 MiB.
+    /// Above it, connections holding part of a frame are not read from until there is room.
+    pub partial_frames_max_bytes: usize,
+    /// How long a connection holding part of a frame may wait for room under
+    /// `partial_frames_max_bytes` before it is closed with an error. Default 5 s.
+    pub partial_frame_wait: Duration,
     /// Most subscriptions per connection. Default 10,000.
     pub max_subscriptions: usize,
     /// Most names in a group or channel list target. Default 1,024.
@@ -87,6 +93,8 @@ impl Default for Config {
             heartbeat: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(5),
+            partial_frames_max_bytes: 256 << 20,
+            partial_frame_wait: Duration::from_secs(5),
             max_subscriptions: 10_000,
             max_target_names: 1024,
             ack_timeout: Duration::from_secs(30),
@@ -158,6 +166,12 @@ impl Config {
         }
         if self.handshake_timeout.is_zero() {
             return err("handshake_timeout", "must be more than zero");
+        }
+        if self.partial_frames_max_bytes < self.max_frame() as usize {
+            return err(
+                "partial_frames_max_bytes",
+                "must hold at least one frame of the largest size",
+            );
         }
         if self.max_subscriptions == 0 || self.max_target_names == 0 {
             return err("max_subscriptions", "limits must be at least 1");

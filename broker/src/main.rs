@@ -30,6 +30,13 @@ struct Args {
     /// Most connections at once.
     #[arg(long, default_value_t = 20_000)]
     max_connections: usize,
+    /// MiB of frames not yet fully received, across every connection; above it connections
+    /// holding part of a frame are not read from until there is room.
+    #[arg(long, default_value_t = 256)]
+    partial_frames_max_mib: usize,
+    /// Seconds a connection holding part of a frame may wait for room before it is closed.
+    #[arg(long, default_value = "5", value_parser = secs)]
+    partial_frame_wait_secs: Duration,
     /// Seconds between pings to an idle connection.
     #[arg(long, default_value = "5", value_parser = secs)]
     heartbeat_secs: Duration,
@@ -119,6 +126,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         max_payload: args.max_payload,
         max_connections: args.max_connections,
+        partial_frames_max_bytes: args.partial_frames_max_mib.saturating_mul(1 << 20),
+        partial_frame_wait: args.partial_frame_wait_secs,
         heartbeat: args.heartbeat_secs,
         ack_timeout: args.ack_timeout_secs,
         max_attempts: args.max_attempts,

@@ -80,10 +80,15 @@ impl Broker {
             .map_err(|_| BrokerError::Stopped)??;
         let drain = config.drain_timeout;
         let every = config.expiry_interval;
+        let partial = crate::conn::PartialFrames::new(
+            config.partial_frames_max_bytes,
+            config.partial_frame_wait,
+        );
         let ctx = Arc::new(Context {
             engine: engine.clone(),
             config,
             shutdown: shutdown.clone(),
+            partial: Arc::new(partial),
         });
         let handle = BrokerHandle {
             engine: engine.clone(),

@@ -186,6 +186,9 @@ impl<In> FrameCodec<In> {
     }
 }
 
+/// Most room reserved at once for a frame body that is still arriving.
+const RESERVE_STEP: usize = 64 * 1024;
+
 impl<In> FrameCodec<In> {
     /// Takes the next whole frame body (without its header) off `src`, for a reader that
     /// decodes bodies itself; `None` until a whole frame has arrived.
@@ -214,8 +217,9 @@ impl<In> FrameCodec<In> {
             }
         };
         if src.len() < len {
-            // The length was checked against the limit above, so this reservation is bounded.
-            src.reserve(len - src.len());
+            // Room for the next part of the body only: memory follows the bytes that
+            // arrived, not the length a frame announces.
+            src.reserve((len - src.len()).min(RESERVE_STEP));
             return Ok(None);
         }
         self.pending = None;

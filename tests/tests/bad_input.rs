@@ -251,3 +251,44 @@ async fn a_burst_of_persistent_messages_gets_one_answer_each_even_with_a_bad_one
     assert_eq!((two.id, &two.data[..]), (second.id, &b"two"[..]));
     Ok(())
 }
+
+#[tokio::test]
+async fn incomplete_frames_over_the_brokers_budget_are_held_back_then_closed_others_flow() -> R {
+    let b = TestBroker::start_with(|c| {
+        c.max_payload = 64 * 1024;
+        c.partial_frames_max_bytes = 256 * 1024;
+        c.partial_frame_wait = std::time::Duration::from_millis(200);
+    })
+    .await?;
+    // Eight connections each send 60 KiB of a 100 KiB frame, and no more: 480 KiB held.
+    let mut drippers = Vec::new();
+    for i in 0..8 {
+        let mut c = RawClient::connect(b.addr(), Some(&format!("dripper-{i}"))).await?;
+        let io = c.stream().get_mut();
+        io.write_all(&(100u32 * 1024).to_be_bytes()).await?;
+        io.write_all(&vec![0u8; 60 * 1024]).await?;
+        drippers.push(c);
+    }
+    // Those past the budget are not read from, and are closed once they waited too long.
+    let closed = futures::future::select_ok(
+        drippers
+            .iter_mut()
+            .map(|c| Box::pin(async move { c.until_closed().await })),
+    )
+    .await?
+    .0;
+    assert!(
+        matches!(closed.last(), Some(ServerFrame::Error(e)) if e.code == ErrorCode::LimitReached
+            && e.message.contains("incomplete frames")),
+        "{closed:?}"
+    );
+    // Complete frames keep flowing meanwhile.
+    let mut alice = RawClient::connect(b.addr(), Some("alice")).await?;
+    let mut carol = RawClient::connect(b.addr(), Some("carol")).await?;
+    let id = alice
+        .publish(Target::Client("carol".into()), b"still served", false)
+        .await?;
+    let d = carol.delivery().await?;
+    assert_eq!(d.id, id);
+    Ok(())
+}

@@ -61,6 +61,12 @@ enum Scenario {
         #[arg(long, default_value_t = 128)]
         size_mib: u64,
     },
+    /// Connections that each hold all but the last byte of a frame of the largest size.
+    Partial {
+        /// Connections.
+        #[arg(long, default_value_t = 1_000)]
+        connections: usize,
+    },
     /// Power cuts under persistent load, on a file system that loses what was not synced.
     Powercut {
         /// Power cuts.
@@ -91,6 +97,9 @@ fn main() -> Result<()> {
             Scenario::Queued { count, broker_args } => {
                 let extra: Vec<&str> = broker_args.iter().map(String::as_str).collect();
                 soak::queued(&args.broker, &dir, *count, &extra).await
+            }
+            Scenario::Partial { connections } => {
+                soak::partial(&args.broker, &dir, *connections).await
             }
             Scenario::Diskfull { size_mib } => soak::disk_full(&args.broker, &dir, *size_mib).await,
             Scenario::Powercut { cuts, sync, lazyfs } => {

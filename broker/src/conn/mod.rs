@@ -10,6 +10,7 @@
 mod drain;
 pub(crate) mod listener;
 mod outbound;
+mod reader;
 mod writer;
 
 pub(crate) use outbound::Outbound;
@@ -19,8 +20,8 @@ use crate::core::{Liveness, NewConfirm, Silence};
 use crate::encode;
 use crate::engine::Engine;
 use broadcast_protocol::{
-    ClientFrame, CodecError, ErrorCode, FailureReason, FrameCodec, Hello, MIN_FRAME,
-    PROTOCOL_VERSION, Publish, ServerFrame, Welcome, validate_client_name,
+    ClientFrame, CodecError, ErrorCode, FailureReason, Hello, MIN_FRAME, PROTOCOL_VERSION, Publish,
+    ServerFrame, Welcome, validate_client_name,
 };
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
@@ -30,9 +31,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Semaphore;
-use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use writer::Writer;
@@ -43,9 +43,12 @@ pub(crate) struct Context {
     pub(crate) engine: Arc<Engine>,
     pub(crate) config: Config,
     pub(crate) shutdown: CancellationToken,
+    /// Bytes of incomplete frames, across connections.
+    pub(crate) partial: Arc<PartialFrames>,
 }
 
-type Reader = FramedRead<OwnedReadHalf, FrameCodec<ClientFrame>>;
+pub(crate) use reader::PartialFrames;
+use reader::{FrameReader as Reader, ReadError};
 
 /// Serves one accepted connection until it closes.
 pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
@@ -57,7 +60,7 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>
         }
         let (rd, mut wr) = stream.into_split();
         let max_frame = ctx.config.max_frame();
-        let mut reader = FramedRead::new(rd, FrameCodec::new(max_frame, max_frame));
+        let mut reader = Reader::new(rd, max_frame, ctx.partial.clone());
         let hello = match handshake(&mut reader, &ctx).await {
             Ok(hello) => hello,
             Err(refusal) => {
@@ -97,22 +100,23 @@ async fn handshake(reader: &mut Reader, ctx: &Context) -> Result<Hello, (ErrorCo
     let frame = match first {
         Ok(Ok(frame)) => frame,
         Ok(Err(CodecError::UnsupportedVersion { got, supported }))
-        | Err(CodecError::UnsupportedVersion { got, supported }) => {
+        | Err(ReadError::Codec(CodecError::UnsupportedVersion { got, supported })) => {
             return Err((
                 ErrorCode::UnsupportedVersion,
                 format!("protocol version {got} is not supported; this broker speaks {supported}"),
             ));
         }
-        Ok(Err(e)) | Err(e @ CodecError::Decode(_)) => {
+        Ok(Err(e)) | Err(ReadError::Codec(e @ CodecError::Decode(_))) => {
             return Err((
                 ErrorCode::BadHandshake,
                 format!("first frame is not a Hello: {e}"),
             ));
         }
-        Err(e @ CodecError::FrameTooLarge { .. }) => {
+        Err(ReadError::Codec(e @ CodecError::FrameTooLarge { .. })) => {
             return Err((ErrorCode::FrameTooLarge, e.to_string()));
         }
-        Err(e) => return Err((ErrorCode::BadHandshake, e.to_string())),
+        Err(ReadError::Codec(e)) => return Err((ErrorCode::BadHandshake, e.to_string())),
+        Err(ReadError::Starved(wait)) => return Err((ErrorCode::LimitReached, starved(wait))),
     };
     let ClientFrame::Hello(hello) = frame else {
         return Err((
@@ -280,13 +284,20 @@ async fn read_loop(
         liveness.heard();
         let frame = match next {
             None => return None,
-            Some(Err(e @ CodecError::FrameTooLarge { .. })) => {
+            Some(Err(ReadError::Codec(e @ CodecError::FrameTooLarge { .. }))) => {
                 tracing::warn!(error = %e, "oversized frame");
                 return Some(encode::error(ErrorCode::FrameTooLarge, e.to_string(), None));
             }
-            Some(Err(e)) => {
+            Some(Err(ReadError::Codec(e))) => {
                 tracing::debug!(error = %e, "read failed");
                 return None;
+            }
+            Some(Err(ReadError::Starved(wait))) => {
+                tracing::warn!(
+                    held = ctx.partial.held(),
+                    "closing a connection whose frame waited {wait:?} for room"
+                );
+                return Some(encode::error(ErrorCode::LimitReached, starved(wait), None));
             }
             Some(Ok(Err(e))) => {
                 tracing::warn!(error = %e, "malformed frame");
@@ -321,6 +332,14 @@ async fn read_loop(
             return None;
         }
     }
+}
+
+/// The error of a connection closed because its incomplete frame waited too long for room.
+fn starved(wait: Duration) -> String {
+    format!(
+        "closed: the broker holds its limit of bytes of incomplete frames, and this \
+         connection's frame waited {wait:?} for room"
+    )
 }
 
 /// The reading half's pings carry the top bit in their nonce, the writer's idle pings not, so
