@@ -56,7 +56,10 @@ impl Broker {
         let mut child = Command::new(&self.binary)
             .args(["--listen", &self.addr, "--data-dir"])
             .arg(&self.data_dir)
-            .args(["--log", "warn"])
+            .args([
+                "--log",
+                &std::env::var("SOAK_BROKER_LOG").unwrap_or_else(|_| "warn".into()),
+            ])
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The soak scenarios against the broker binary, each printing one JSON line of figures:
+# ghost names, expiry, queue depth across a restart, partial frames, and a full disk (on a
+# tmpfs: needs root). Small counts by default (a few minutes, as CI runs it); `full` for the
+# counts of the bounded-resources issue.
+#
+#   benches/soak.sh BROKER SOAK [full]
+set -euo pipefail
+broker=$1 soak=$2 size=${3:-small}
+
+run() { "$soak" --broker "$broker" "$@"; }
+field() { sed -n "s/.*\"$1\":\([^,}]*\).*/\1/p" <<<"$2"; }
+fail() { echo "soak: FAILED: $*" >&2; exit 1; }
+
+if [ "$size" = full ]; then
+  ghosts=(--names 100000 --rounds 3); expiry=(--count 100000 --names 100000)
+  queued=(--count 6000000); partial=(--connections 1000)
+else
+  ghosts=(--names 5000 --rounds 3); expiry=(--count 20000 --names 200)
+  queued=(--count 100000); partial=(--connections 100)
+fi
+
+out=$(run ghosts "${ghosts[@]}"); echo "$out"
+out=$(run expiry "${expiry[@]}"); echo "$out"
+out=$(run queued "${queued[@]}"); echo "$out"
+[ "$(field lost "$out")" = 0 ] || fail "queued messages lost across a restart"
+out=$(run partial "${partial[@]}"); echo "$out"
+[ "$(field normal_client_served "$out")" = true ] || fail "a normal client was not served"
+if [ "$(id -u)" = 0 ]; then
+  out=$(run diskfull); echo "$out"
+  [ "$(field lost "$out")" = 0 ] || fail "confirmed messages lost to a full disk"
+  [ "$(field heal_secs "$out")" != null ] || fail "the store did not heal once space returned"
+else
+  echo "soak: diskfull skipped (mounting a tmpfs needs root)"
+fi
+echo "soak: ok"
