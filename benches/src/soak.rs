@@ -98,14 +98,23 @@ impl Broker {
 
     /// Resident memory of the running broker now, in MiB.
     pub fn rss_mib(&self) -> f64 {
+        self.status_mib("VmRSS:")
+    }
+
+    /// Peak resident memory of the running broker since it started, in MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        self.status_mib("VmHWM:")
+    }
+
+    fn status_mib(&self, field: &str) -> f64 {
         let pid = self.child.as_ref().map_or(0, Child::id);
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         let kib: u64 = status
             .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .find_map(|line| line.strip_prefix(field))
             .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0);
-        kib as f64 / 1024.0
+        r1(kib as f64 / 1024.0)
     }
 
     /// Asks the broker to stop (SIGTERM) and waits up to 60 seconds for its exit status.
@@ -175,8 +184,8 @@ struct Sender {
     failed: std::collections::HashMap<FailureReason, u64>,
     /// When the last delivery failure arrived.
     last_failure: Option<Instant>,
-    /// Ids of the messages the store refused.
-    refused_ids: HashSet<String>,
+    /// Ids of the messages with a delivery-failed notice.
+    failed_ids: HashSet<String>,
 }
 
 impl Sender {
@@ -194,7 +203,7 @@ impl Sender {
             accepted_ids: None,
             failed: Default::default(),
             last_failure: None,
-            refused_ids: HashSet::new(),
+            failed_ids: HashSet::new(),
         })
     }
 
@@ -211,9 +220,7 @@ impl Sender {
                 }
             }
             Event::DeliveryFailed { reason, id, .. } => {
-                if reason == FailureReason::StoreUnavailable {
-                    self.refused_ids.insert(id);
-                }
+                self.failed_ids.insert(id);
                 *self.failed.entry(reason).or_default() += 1;
                 self.last_failure = Some(Instant::now());
             }
@@ -373,12 +380,16 @@ pub async fn queued(binary: &Path, dir: &Path, count: u64, args: &[&str]) -> Res
         })
         .await?;
     let store_secs = t0.elapsed().as_secs_f64();
+    // Refused ones (a queue limit) are not queued.
+    let refused = sender.failed_ids.len() as u64;
+    let stored = count - refused;
     sender.client.close().await;
     let queued_rss = broker.rss_mib();
     let queued_disk = disk_mib(&data);
     broker.stop()?;
     broker.restart()?;
     let restart_rss = broker.rss_mib();
+    let restart_peak = broker.peak_rss_mib();
     let start_secs = broker.started_in.as_secs_f64();
     let receiver = ConnectOptions::new()
         .name("deep-recipient")
@@ -388,7 +399,7 @@ pub async fn queued(binary: &Path, dir: &Path, count: u64, args: &[&str]) -> Res
     let mut ids = HashSet::new();
     let mut received = 0u64;
     let mut peak = restart_rss;
-    while (ids.len() as u64) < count {
+    while (ids.len() as u64) < stored {
         let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(30), inbox.next()).await else {
             break;
         };
@@ -401,13 +412,21 @@ pub async fn queued(binary: &Path, dir: &Path, count: u64, args: &[&str]) -> Res
     let drained_rss = broker.rss_mib();
     receiver.close().await;
     broker.stop()?;
+    let drained_disk = disk_mib(&data);
+    // Opening a store much larger on disk than what it holds gives the space back.
+    broker.restart()?;
+    let reopened_disk = disk_mib(&data);
+    broker.stop()?;
     Ok(json!({
         "scenario": "queued", "count": count, "store_secs": store_secs,
         "start_rss_mib": r1(start_rss), "queued_rss_mib": r1(queued_rss),
         "queued_disk_mib": r1(queued_disk),
         "restart_secs": start_secs, "restart_rss_mib": r1(restart_rss),
+        "restart_peak_rss_mib": restart_peak,
         "drain_peak_rss_mib": r1(peak), "drained_rss_mib": r1(drained_rss),
-        "received": ids.len(), "lost": count - ids.len() as u64,
+        "drained_disk_mib": r1(drained_disk), "reopened_empty_disk_mib": r1(reopened_disk),
+        "refused": refused, "received": ids.len(),
+        "lost": stored.saturating_sub(ids.len() as u64),
         "duplicates": received - ids.len() as u64,
     }))
 }
@@ -569,7 +588,7 @@ async fn send_until(addr: &str, to: &str, load: Duration) -> Result<HashSet<Stri
         accepted_ids: Some(HashSet::new()),
         failed: Default::default(),
         last_failure: None,
-        refused_ids: HashSet::new(),
+        failed_ids: HashSet::new(),
     };
     let stop = tokio::time::Instant::now() + load;
     let mut sent = 0u64;
@@ -673,7 +692,7 @@ async fn disk_full_on(binary: &Path, mount: &Path, size_mib: u64) -> Result<Valu
         .take()
         .unwrap_or_default()
         .into_iter()
-        .filter(|id| !sender.refused_ids.contains(id))
+        .filter(|id| !sender.failed_ids.contains(id))
         .collect();
     eprintln!("diskfull: {} confirmed, then refused", confirmed.len());
 

@@ -9,6 +9,7 @@
 //! or given up) one by one; settled entries are never returned again.
 
 mod codec;
+mod compact;
 mod durable;
 mod memory;
 mod segment;

@@ -18,6 +18,7 @@
 //! on open).
 
 use super::codec::{self, EncodedSegment, EntryMeta, Mask, QueueRecord};
+use super::compact;
 use super::durable::{DataDir, SyncMode};
 use super::{
     QueueId, QueueInfo, QueueStore, Seq, Session, StoreError, StoredEntry, append_end, from_cursor,
@@ -68,6 +69,8 @@ impl Default for SledOptions {
 #[derive(Debug, Default)]
 struct Index {
     queues: BTreeMap<QueueId, QueueState>,
+    /// Bytes of the keys and values read when the store was opened: about what it holds.
+    loaded_bytes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -286,7 +289,23 @@ impl SledStore {
     /// # Errors
     /// As [`SledStore::open`].
     pub fn open_with(dir: &Path, options: &SledOptions) -> Result<Self, StoreError> {
-        let (db, index) = open_store(dir, options)?;
+        let open_error = |e: StoreError| StoreError::Open {
+            path: dir.to_path_buf(),
+            reason: e.to_string(),
+        };
+        compact::recover(dir).map_err(open_error)?;
+        let (mut db, mut index) = open_store(dir, options)?;
+        let on_disk = db.size_on_disk().map_err(io).map_err(open_error)?;
+        if compact::worth_it(on_disk, index.loaded_bytes) {
+            tracing::info!(
+                dir = %dir.display(),
+                on_disk_mib = on_disk >> 20,
+                held_mib = index.loaded_bytes >> 20,
+                "compacting the store"
+            );
+            compact::rewrite(dir, db, |path| open_db(path, options)).map_err(open_error)?;
+            (db, index) = open_store(dir, options)?;
+        }
         let data_dir = DataDir::open(dir, options.sync, options.min_free_bytes).map_err(|e| {
             StoreError::Open {
                 path: dir.to_path_buf(),
@@ -387,8 +406,10 @@ impl SledStore {
 fn load(db: &Db) -> Result<Index, StoreError> {
     // Each queue's next seq, first unsettled seq and masks of partly settled segments.
     let mut records: HashMap<QueueId, (Seq, Seq, HashMap<Seq, Mask>)> = HashMap::new();
+    let mut loaded_bytes = 0u64;
     for item in db.scan_prefix([codec::QUEUE]) {
         let (key, value) = item.map_err(io)?;
+        loaded_bytes += (key.len() + value.len()) as u64;
         let queue = codec::parse_queue_key(&key)
             .ok_or_else(|| StoreError::Corrupt(format!("bad queue key {:?}", &*key)))?;
         let record: QueueRecord = codec::decode(&value, "queue record")?;
@@ -400,6 +421,7 @@ fn load(db: &Db) -> Result<Index, StoreError> {
     let mut any_stale = false;
     for item in db.scan_prefix([codec::SEGMENT]) {
         let (key, value) = item.map_err(io)?;
+        loaded_bytes += (key.len() + value.len()) as u64;
         let (queue, first) = codec::parse_segment_key(&key)
             .ok_or_else(|| StoreError::Corrupt(format!("bad segment key {:?}", &*key)))?;
         let (metas, _) = codec::decode_segment_header(&value)?;
@@ -439,6 +461,7 @@ fn load(db: &Db) -> Result<Index, StoreError> {
     if any_stale {
         db.apply_batch(stale).map_err(io)?;
     }
+    index.loaded_bytes = loaded_bytes;
     Ok(index)
 }
 

@@ -520,3 +520,64 @@ fn a_file_system_without_its_reserve_of_free_space_fails_the_flush() {
     assert!(err.contains("keeps in reserve"), "{err}");
     assert_eq!(store.read(&alice(), 0, 10).unwrap().len(), 1);
 }
+
+#[test]
+fn a_store_much_larger_on_disk_than_what_it_holds_is_rewritten_when_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data");
+    let store = SledStore::open(&path).unwrap();
+    // About 100 MB written, then all of it settled.
+    let entries: Vec<StoredEntry> = (0..1000).map(|s| message(s, 100_000)).collect();
+    store.append(&alice(), 0, &entries).unwrap();
+    store.flush().unwrap();
+    let seqs: Vec<Seq> = (0..1000).collect();
+    store.settle(&alice(), &seqs).unwrap();
+    store.flush().unwrap();
+    let bloated = store.raw_db().size_on_disk().unwrap();
+    assert!(bloated > 100 << 20, "{bloated}");
+    drop(store);
+    let store = SledStore::open(&path).unwrap();
+    let compact = store.raw_db().size_on_disk().unwrap();
+    assert!(compact < 16 << 20, "{bloated} bytes became {compact}");
+    // What it held is still there: the queue's numbering goes on.
+    assert_eq!(store.queues().unwrap()[0].next_seq, 1000);
+    assert!(!dir.path().join("data.compact").exists());
+    assert!(!dir.path().join("data.old").exists());
+}
+
+#[test]
+fn an_interrupted_rewrite_is_finished_or_undone_when_the_store_is_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, new, old) = (
+        dir.path().join("data"),
+        dir.path().join("data.compact"),
+        dir.path().join("data.old"),
+    );
+    let make = |at: &std::path::Path, seq: Seq| {
+        let store = SledStore::open(at).unwrap();
+        store.append(&alice(), seq, &[message(seq, 10)]).unwrap();
+        store.flush().unwrap();
+    };
+    let first_seq =
+        |at: &std::path::Path| SledStore::open(at).unwrap().read(&alice(), 0, 10).unwrap()[0].0;
+
+    // An incomplete rewrite beside the store: dropped.
+    make(&path, 1);
+    make(&new, 2);
+    assert_eq!(first_seq(&path), 1);
+    assert!(!new.exists());
+
+    // A complete rewrite, the store moved aside and an empty directory made in its place.
+    make(&new, 3);
+    std::fs::write(new.join("COMPACTED"), b"").unwrap();
+    std::fs::rename(&path, &old).unwrap();
+    std::fs::create_dir(&path).unwrap();
+    assert_eq!(first_seq(&path), 3);
+    assert!(!new.exists() && !old.exists() && !path.join("COMPACTED").exists());
+
+    // The store moved aside, the rewrite incomplete: moved back.
+    std::fs::rename(&path, &old).unwrap();
+    make(&new, 4);
+    assert_eq!(first_seq(&path), 3);
+    assert!(!new.exists() && !old.exists());
+}
