@@ -824,3 +824,73 @@ pub async fn partial(binary: &Path, dir: &Path, connections: usize) -> Result<Va
         "write_errors": refused, "normal_client_served": served,
     }))
 }
+
+/// A recipient that never reads (a small socket buffer, so the broker's outbound queue for it
+/// fills): a sender sends it `count` non-persistent messages of 64 KiB, each followed by a
+/// flush. Reports how many sends were held back (more than 100 ms) and for how long in all,
+/// and the notices the sender got.
+///
+/// # Errors
+/// When the broker fails.
+pub async fn stall(binary: &Path, dir: &Path, count: u64) -> Result<Value> {
+    use tokio::io::AsyncWriteExt;
+    let data = dir.join("stall");
+    let mut broker = Broker::start(binary, &data, &[])?;
+    let hello = broadcast_protocol::encode_frame(
+        &broadcast_protocol::ClientFrame::Hello(broadcast_protocol::Hello {
+            version: broadcast_protocol::PROTOCOL_VERSION,
+            name: Some("stuck".to_owned()),
+            token: None,
+            namespace: None,
+            max_frame: broadcast_protocol::DEFAULT_MAX_FRAME,
+            heartbeat_ms: 0,
+        }),
+        broadcast_protocol::DEFAULT_MAX_FRAME as usize,
+    )?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let mut stuck = socket.connect(broker.addr().parse()?).await?;
+    stuck.write_all(&hello).await?;
+    let sender = ConnectOptions::new()
+        .name("stall-sender")
+        .event_buffer(1 << 16)
+        .connect(broker.addr())
+        .await?;
+    let mut events = sender.events();
+    let payload = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
+    let t0 = Instant::now();
+    let (mut held_back, mut held_for) = (0u64, Duration::ZERO);
+    for _ in 0..count {
+        let t = Instant::now();
+        sender
+            .send(OutgoingMessage::to_client("stuck", payload.clone()).persistent(false))
+            .await?;
+        sender.flush().await?;
+        let took = t.elapsed();
+        if took > Duration::from_millis(100) {
+            held_back += 1;
+            held_for += took;
+        }
+    }
+    let sent_in = t0.elapsed();
+    let rss = broker.rss_mib();
+    // The broker reads the sender only as fast as it routes: the notices tell how long it took.
+    let mut reasons: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut last_notice = Duration::ZERO;
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_secs(5), events.next()).await {
+        if let Event::DeliveryFailed { reason, .. } = e {
+            *reasons.entry(format!("{reason:?}")).or_default() += 1;
+            last_notice = t0.elapsed();
+        }
+    }
+    let total = sent_in.max(last_notice);
+    sender.close().await;
+    drop(stuck);
+    broker.stop()?;
+    Ok(json!({
+        "scenario": "stall", "count": count, "payload_bytes": 64 * 1024,
+        "sends_held_back": held_back, "held_back_secs": held_for.as_secs_f64(),
+        "last_notice_secs": total.as_secs_f64(), "delivery_failed": reasons,
+        "broker_rss_mib": rss,
+    }))
+}

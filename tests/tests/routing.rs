@@ -327,6 +327,37 @@ async fn a_recipient_that_does_not_read_gets_what_fits_and_the_sender_is_told_of
 }
 
 #[tokio::test]
+async fn the_byte_budget_of_a_recipient_that_does_not_read_holds_when_frames_would_fit() -> R {
+    // Room for thousands of frames, but about one megabyte: 25 MiB sent to a recipient that
+    // reads nothing must not all be queued.
+    let b = TestBroker::start_with(|c| c.outbound_bytes = c.max_frame() as usize).await?;
+    let mut alice = RawClient::connect(b.addr(), Some("alice")).await?;
+    let mut slow = RawClient::connect(b.addr(), Some("slow")).await?;
+    let total = 400;
+    let payload = vec![1u8; 64 * 1024];
+    for _ in 0..total {
+        let m = broadcast_tests::publish(client("slow"), &payload, false);
+        alice.feed(ClientFrame::Publish(m)).await?;
+    }
+    alice.flush().await?;
+    let failed = alice.sync().await?;
+    assert!(
+        failed.len() > total / 2
+            && failed.iter().all(|f| matches!(f,
+                ServerFrame::DeliveryFailed(f) if f.reason == FailureReason::SlowConsumer)),
+        "{} of {total} reported too slow",
+        failed.len()
+    );
+    let mut delivered = 0;
+    while delivered + failed.len() < total {
+        slow.delivery().await?;
+        delivered += 1;
+    }
+    assert!(slow.sync().await?.is_empty(), "more than was not reported");
+    Ok(())
+}
+
+#[tokio::test]
 async fn one_sender_to_one_recipient_arrives_complete_and_in_order() -> R {
     let b = TestBroker::start().await?;
     let mut alice = RawClient::connect(b.addr(), Some("alice")).await?;

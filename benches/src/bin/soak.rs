@@ -67,6 +67,12 @@ enum Scenario {
         #[arg(long, default_value_t = 1_000)]
         connections: usize,
     },
+    /// A recipient that never reads, and a sender of non-persistent messages to it.
+    Stall {
+        /// Messages of 64 KiB.
+        #[arg(long, default_value_t = 400)]
+        count: u64,
+    },
     /// Power cuts under persistent load, on a file system that loses what was not synced.
     Powercut {
         /// Power cuts.
@@ -101,6 +107,7 @@ fn main() -> Result<()> {
             Scenario::Partial { connections } => {
                 soak::partial(&args.broker, &dir, *connections).await
             }
+            Scenario::Stall { count } => soak::stall(&args.broker, &dir, *count).await,
             Scenario::Diskfull { size_mib } => soak::disk_full(&args.broker, &dir, *size_mib).await,
             Scenario::Powercut { cuts, sync, lazyfs } => {
                 soak::power_cut(&args.broker, lazyfs, &dir, *cuts, sync).await

@@ -39,6 +39,10 @@ pub(crate) struct Shared {
     /// Set when a sender waited for room in vain; cleared when the writer makes progress.
     /// While set, deliveries that find the queue full fail at once instead of waiting.
     pub(crate) stalled: AtomicBool,
+    /// Senders waiting for room (within the byte budget) in [`Outbound::push_within`]; the
+    /// writer wakes them after each write while there are any.
+    pub(crate) room: Notify,
+    pub(crate) room_waiters: AtomicUsize,
 }
 
 /// The sending side of a connection's queue. Cheap to clone.
@@ -69,6 +73,8 @@ impl Outbound {
             wake: Arc::new(Notify::new()),
             wants_room: AtomicBool::new(false),
             stalled: AtomicBool::new(false),
+            room: Notify::new(),
+            room_waiters: AtomicUsize::new(0),
             confirmations: Mutex::new(Vec::new()),
             notice_waiting: AtomicBool::new(false),
             probe: AtomicU64::new(0),
@@ -123,20 +129,36 @@ impl Outbound {
         self.shared.stalled.load(Ordering::Acquire)
     }
 
-    /// Queues a frame, waiting at most `wait` for room. After a vain wait the connection is
-    /// marked stalled, so that later deliveries to it do not wait as well.
+    /// Queues a frame, waiting at most `wait` for room within the queue's frame and byte
+    /// limits. After a vain wait the connection is marked stalled, so that later deliveries
+    /// to it do not wait as well.
     pub(crate) async fn push_within(
         &self,
         frame: OutFrame,
         wait: std::time::Duration,
     ) -> Result<(), PushError> {
-        match tokio::time::timeout(wait, self.push(frame)).await {
-            Ok(r) => r,
-            Err(_) => {
-                self.shared.stalled.store(true, Ordering::Release);
-                Err(PushError::Full)
+        let deadline = tokio::time::Instant::now() + wait;
+        self.shared.room_waiters.fetch_add(1, Ordering::AcqRel);
+        let pushed = loop {
+            let room = self.shared.room.notified();
+            tokio::pin!(room);
+            // Registered before the attempt, so that room made right after it wakes us.
+            room.as_mut().enable();
+            match self.try_push(frame.clone()) {
+                Err(PushError::Full) => {}
+                done => break done,
             }
-        }
+            tokio::select! {
+                _ = room => {}
+                _ = self.shared.close.cancelled() => break Err(PushError::Closed),
+                _ = tokio::time::sleep_until(deadline) => {
+                    self.shared.stalled.store(true, Ordering::Release);
+                    break Err(PushError::Full);
+                }
+            }
+        };
+        self.shared.room_waiters.fetch_sub(1, Ordering::AcqRel);
+        pushed
     }
 
     /// Asks the writer to wake the drainer once it has written what is queued.

@@ -121,6 +121,9 @@ impl Writer {
         let r = self.io.write_all(buf).await;
         self.out.shared.queued.fetch_sub(n, Ordering::AcqRel);
         self.out.shared.stalled.store(false, Ordering::Release);
+        if self.out.shared.room_waiters.load(Ordering::Acquire) > 0 {
+            self.out.shared.room.notify_waiters();
+        }
         if self.out.shared.wants_room.swap(false, Ordering::AcqRel) {
             self.out.shared.wake.notify_one();
         }
