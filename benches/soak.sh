@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The soak scenarios against the broker binary, each printing one JSON line of figures:
-# ghost names, expiry, queue depth across a restart, partial frames, and a full disk (on a
+# ghost names, expiry, queue depth across a restart, partial frames, a recipient that reads
+# nothing, and a full disk (on a
 # tmpfs: needs root). Small counts by default (a few minutes, as CI runs it); `full` for the
 # counts of the bounded-resources issue.
 #
@@ -26,6 +27,8 @@ out=$(run queued "${queued[@]}"); echo "$out"
 [ "$(field lost "$out")" = 0 ] || fail "queued messages lost across a restart"
 out=$(run partial "${partial[@]}"); echo "$out"
 [ "$(field normal_client_served "$out")" = true ] || fail "a normal client was not served"
+out=$(run stall); echo "$out"
+grep -q '"SlowConsumer":[1-9]' <<<"$out" || fail "a recipient that reads nothing was never reported too slow"
 if [ "$(id -u)" = 0 ]; then
   out=$(run diskfull); echo "$out"
   [ "$(field lost "$out")" = 0 ] || fail "confirmed messages lost to a full disk"

@@ -415,6 +415,12 @@ impl FailureWatch {
         let stp = stop.clone();
         let task = tokio::spawn(async move {
             let mut f = Failures::default();
+            let count = |f: &mut Failures, event: Event| match event {
+                Event::DeliveryFailed { .. } => f.failed += 1,
+                Event::ServerError { .. } => f.server_errors += 1,
+                Event::Lagged { missed } => f.lagged += missed,
+                _ => {}
+            };
             loop {
                 let now = Instant::now();
                 if stp.load(Ordering::Acquire) || now >= deadline {
@@ -423,12 +429,13 @@ impl FailureWatch {
                 let wait = Duration::from_millis(100).min(deadline - now);
                 match tokio::time::timeout(wait, events.next()).await {
                     Err(_) => {}
-                    Ok(None | Some(Event::Closed)) => break,
-                    Ok(Some(Event::DeliveryFailed { .. })) => f.failed += 1,
-                    Ok(Some(Event::ServerError { .. })) => f.server_errors += 1,
-                    Ok(Some(Event::Lagged { missed })) => f.lagged += missed,
-                    Ok(Some(_)) => {}
+                    Ok(None | Some(Event::Closed)) => return f,
+                    Ok(Some(event)) => count(&mut f, event),
                 }
+            }
+            // What arrived before the stop is counted too.
+            while let Some(Some(event)) = events.next().now_or_never() {
+                count(&mut f, event);
             }
             f
         });

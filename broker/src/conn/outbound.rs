@@ -129,36 +129,50 @@ impl Outbound {
         self.shared.stalled.load(Ordering::Acquire)
     }
 
-    /// Queues a frame, waiting at most `wait` for room within the queue's frame and byte
-    /// limits. After a vain wait the connection is marked stalled, so that later deliveries
-    /// to it do not wait as well.
+    /// Queues a frame, waiting at most `wait` for room within the queue's byte budget, then
+    /// for a free frame slot in turn with other waiting senders. After a vain wait the
+    /// connection is marked stalled, so that later deliveries to it do not wait as well.
     pub(crate) async fn push_within(
         &self,
         frame: OutFrame,
         wait: std::time::Duration,
     ) -> Result<(), PushError> {
         let deadline = tokio::time::Instant::now() + wait;
-        self.shared.room_waiters.fetch_add(1, Ordering::AcqRel);
-        let pushed = loop {
-            let room = self.shared.room.notified();
-            tokio::pin!(room);
-            // Registered before the attempt, so that room made right after it wakes us.
-            room.as_mut().enable();
-            match self.try_push(frame.clone()) {
-                Err(PushError::Full) => {}
-                done => break done,
-            }
-            tokio::select! {
-                _ = room => {}
-                _ = self.shared.close.cancelled() => break Err(PushError::Closed),
-                _ = tokio::time::sleep_until(deadline) => {
-                    self.shared.stalled.store(true, Ordering::Release);
-                    break Err(PushError::Full);
+        let len = frame.bytes.len();
+        let over_budget = || {
+            let queued = self.shared.queued.load(Ordering::Acquire);
+            queued > 0 && queued + len > self.max_bytes
+        };
+        let mut gave_up = false;
+        if over_budget() {
+            self.shared.room_waiters.fetch_add(1, Ordering::AcqRel);
+            loop {
+                let room = self.shared.room.notified();
+                tokio::pin!(room);
+                // Registered before the check, so that room made right after it wakes us.
+                room.as_mut().enable();
+                if !over_budget() {
+                    break;
+                }
+                tokio::select! {
+                    _ = room => {}
+                    _ = self.shared.close.cancelled() => break,
+                    _ = tokio::time::sleep_until(deadline) => {
+                        gave_up = true;
+                        break;
+                    }
                 }
             }
-        };
-        self.shared.room_waiters.fetch_sub(1, Ordering::AcqRel);
-        pushed
+            self.shared.room_waiters.fetch_sub(1, Ordering::AcqRel);
+        }
+        if !gave_up {
+            // The frame slots are handed to waiting senders in turn.
+            if let Ok(pushed) = tokio::time::timeout_at(deadline, self.push(frame)).await {
+                return pushed;
+            }
+        }
+        self.shared.stalled.store(true, Ordering::Release);
+        Err(PushError::Full)
     }
 
     /// Asks the writer to wake the drainer once it has written what is queued.

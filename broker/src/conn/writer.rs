@@ -81,9 +81,13 @@ impl Writer {
         buf.reserve(queued.clamp(first.bytes.len(), BATCH_BYTES + first.bytes.len()));
         buf.extend_from_slice(&first.bytes);
         let mut drained = false;
+        let mut frames = 1;
         while buf.len() < BATCH_BYTES {
             match self.rx.try_recv() {
-                Ok(f) => buf.extend_from_slice(&f.bytes),
+                Ok(f) => {
+                    buf.extend_from_slice(&f.bytes);
+                    frames += 1;
+                }
                 Err(_) => {
                     drained = true;
                     break;
@@ -121,8 +125,11 @@ impl Writer {
         let r = self.io.write_all(buf).await;
         self.out.shared.queued.fetch_sub(n, Ordering::AcqRel);
         self.out.shared.stalled.store(false, Ordering::Release);
-        if self.out.shared.room_waiters.load(Ordering::Acquire) > 0 {
-            self.out.shared.room.notify_waiters();
+        // As many senders waiting for room as frames left the queue: each may fit one now,
+        // and thousands of waiters are not all woken for the room of a few.
+        let waiting = self.out.shared.room_waiters.load(Ordering::Acquire);
+        for _ in 0..waiting.min(frames) {
+            self.out.shared.room.notify_one();
         }
         if self.out.shared.wants_room.swap(false, Ordering::AcqRel) {
             self.out.shared.wake.notify_one();
