@@ -201,9 +201,30 @@ async fn start_child(path: PathBuf) -> Result<Server> {
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot start {}", path.display()))?;
+    let ready_rx = watch_stderr(&mut child)?;
+    let up =
+        tokio::task::spawn_blocking(move || ready_rx.recv_timeout(Duration::from_secs(30)).is_ok())
+            .await?;
+    if !up {
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("{} did not start listening on {addr}", path.display());
+    }
+    Ok(Server {
+        addr,
+        inner: Inner::Child { child, _dir: dir },
+    })
+}
+
+/// Reads a child broker's stderr (piped) on a thread of its own: the returned channel gets a
+/// message once the broker says it listens; every other line is passed on to this process's
+/// stderr.
+///
+/// # Errors
+/// When the child's stderr is not piped.
+pub fn watch_stderr(child: &mut Child) -> Result<std::sync::mpsc::Receiver<()>> {
     let stderr = child.stderr.take().context("no stderr")?;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    // Waits for the line that says the broker listens, then passes its log on to stderr.
     std::thread::spawn(move || {
         let mut ready = Some(ready_tx);
         for line in BufReader::new(stderr).lines() {
@@ -217,18 +238,7 @@ async fn start_child(path: PathBuf) -> Result<Server> {
             eprintln!("broker: {line}");
         }
     });
-    let up =
-        tokio::task::spawn_blocking(move || ready_rx.recv_timeout(Duration::from_secs(30)).is_ok())
-            .await?;
-    if !up {
-        let _ = child.kill();
-        let _ = child.wait();
-        bail!("{} did not start listening on {addr}", path.display());
-    }
-    Ok(Server {
-        addr,
-        inner: Inner::Child { child, _dir: dir },
-    })
+    Ok(ready_rx)
 }
 
 /// Asks a child broker to stop (SIGTERM), waits up to 15 seconds, then kills it.

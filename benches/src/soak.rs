@@ -3,7 +3,6 @@
 //! what its clients see). Each scenario returns its figures as a JSON object.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -66,21 +65,7 @@ impl Broker {
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("cannot start {}", self.binary.display()))?;
-        let stderr = child.stderr.take().context("no stderr")?;
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut ready = Some(ready_tx);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if line.contains("listening on") {
-                    if let Some(tx) = ready.take() {
-                        let _ = tx.send(());
-                        continue;
-                    }
-                }
-                eprintln!("broker: {line}");
-            }
-        });
+        let ready_rx = crate::server::watch_stderr(&mut child)?;
         if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
             let _ = child.kill();
             let _ = child.wait();
@@ -167,6 +152,30 @@ pub fn disk_mib(dir: &Path) -> f64 {
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
         .unwrap_or(0);
     kib as f64 / 1024.0
+}
+
+/// A client connected as `name`, with its stream of direct messages.
+async fn recipient(addr: &str, name: &str) -> Result<(Client, broadcast_client::DirectMessages)> {
+    let client = ConnectOptions::new().name(name).connect(addr).await?;
+    let inbox = client.direct_messages().context("direct stream taken")?;
+    Ok((client, inbox))
+}
+
+/// The encoded `Hello` of a client that speaks the wire protocol itself.
+fn hello_frame(name: Option<&str>) -> Result<bytes::Bytes> {
+    use broadcast_protocol::{ClientFrame, DEFAULT_MAX_FRAME, Hello, PROTOCOL_VERSION};
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        name: name.map(str::to_owned),
+        token: None,
+        namespace: None,
+        max_frame: DEFAULT_MAX_FRAME,
+        heartbeat_ms: 0,
+    };
+    Ok(broadcast_protocol::encode_frame(
+        &ClientFrame::Hello(hello),
+        DEFAULT_MAX_FRAME as usize,
+    )?)
 }
 
 /// Rounds a figure to one decimal for printing.
@@ -391,11 +400,7 @@ pub async fn queued(binary: &Path, dir: &Path, count: u64, args: &[&str]) -> Res
     let restart_rss = broker.rss_mib();
     let restart_peak = broker.peak_rss_mib();
     let start_secs = broker.started_in.as_secs_f64();
-    let receiver = ConnectOptions::new()
-        .name("deep-recipient")
-        .connect(broker.addr())
-        .await?;
-    let mut inbox = receiver.direct_messages().context("direct stream taken")?;
+    let (receiver, mut inbox) = recipient(broker.addr(), "deep-recipient").await?;
     let mut ids = HashSet::new();
     let mut received = 0u64;
     let mut peak = restart_rss;
@@ -619,8 +624,7 @@ async fn send_until(addr: &str, to: &str, load: Duration) -> Result<HashSet<Stri
 /// Connects as `name` and receives until every id of `ids` came, or nothing came for 5 s;
 /// returns how many of them came and how many came more than once.
 async fn receive_ids(addr: &str, name: &str, ids: &HashSet<String>) -> Result<(u64, u64)> {
-    let client = ConnectOptions::new().name(name).connect(addr).await?;
-    let mut inbox = client.direct_messages().context("direct stream taken")?;
+    let (client, mut inbox) = recipient(addr, name).await?;
     let mut seen = HashSet::new();
     let mut dups = 0;
     while !ids.iter().all(|id| seen.contains(id)) {
@@ -697,11 +701,7 @@ async fn disk_full_on(binary: &Path, mount: &Path, size_mib: u64) -> Result<Valu
     eprintln!("diskfull: {} confirmed, then refused", confirmed.len());
 
     // The recipient drains what it can while the disk is full, acknowledging each message.
-    let receiver = ConnectOptions::new()
-        .name("df-recipient")
-        .connect(broker.addr())
-        .await?;
-    let mut inbox = receiver.direct_messages().context("direct stream taken")?;
+    let (receiver, mut inbox) = recipient(broker.addr(), "df-recipient").await?;
     let mut seen = HashSet::new();
     let mut received = 0u64;
     while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(3), inbox.next()).await {
@@ -736,11 +736,7 @@ async fn disk_full_on(binary: &Path, mount: &Path, size_mib: u64) -> Result<Valu
     sender.client.close().await;
     let stop_status = broker.stop()?;
     broker.restart()?;
-    let receiver = ConnectOptions::new()
-        .name("df-recipient")
-        .connect(broker.addr())
-        .await?;
-    let mut inbox = receiver.direct_messages().context("direct stream taken")?;
+    let (receiver, mut inbox) = recipient(broker.addr(), "df-recipient").await?;
     let mut after_restart = 0u64;
     while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(3), inbox.next()).await {
         after_restart += 1;
@@ -771,17 +767,7 @@ pub async fn partial(binary: &Path, dir: &Path, connections: usize) -> Result<Va
     let broker = Broker::start(binary, &data, &[])?;
     let start_rss = broker.rss_mib();
     let frame = broadcast_protocol::DEFAULT_MAX_PAYLOAD as usize;
-    let hello = broadcast_protocol::encode_frame(
-        &broadcast_protocol::ClientFrame::Hello(broadcast_protocol::Hello {
-            version: broadcast_protocol::PROTOCOL_VERSION,
-            name: None,
-            token: None,
-            namespace: None,
-            max_frame: broadcast_protocol::DEFAULT_MAX_FRAME,
-            heartbeat_ms: 0,
-        }),
-        broadcast_protocol::DEFAULT_MAX_FRAME as usize,
-    )?;
+    let hello = hello_frame(None)?;
     let body = vec![0u8; frame - 1];
     let mut held = Vec::new();
     let mut refused = 0;
@@ -803,11 +789,7 @@ pub async fn partial(binary: &Path, dir: &Path, connections: usize) -> Result<Va
         .name("partial-a")
         .connect(broker.addr())
         .await?;
-    let b = ConnectOptions::new()
-        .name("partial-b")
-        .connect(broker.addr())
-        .await?;
-    let mut inbox = b.direct_messages().context("direct stream taken")?;
+    let (_b, mut inbox) = recipient(broker.addr(), "partial-b").await?;
     a.send(OutgoingMessage::to_client("partial-b", "hello").persistent(false))
         .await?;
     let served = tokio::time::timeout(Duration::from_secs(10), inbox.next())
@@ -836,17 +818,7 @@ pub async fn stall(binary: &Path, dir: &Path, count: u64) -> Result<Value> {
     use tokio::io::AsyncWriteExt;
     let data = dir.join("stall");
     let mut broker = Broker::start(binary, &data, &[])?;
-    let hello = broadcast_protocol::encode_frame(
-        &broadcast_protocol::ClientFrame::Hello(broadcast_protocol::Hello {
-            version: broadcast_protocol::PROTOCOL_VERSION,
-            name: Some("stuck".to_owned()),
-            token: None,
-            namespace: None,
-            max_frame: broadcast_protocol::DEFAULT_MAX_FRAME,
-            heartbeat_ms: 0,
-        }),
-        broadcast_protocol::DEFAULT_MAX_FRAME as usize,
-    )?;
+    let hello = hello_frame(Some("stuck"))?;
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.set_recv_buffer_size(4096)?;
     let mut stuck = socket.connect(broker.addr().parse()?).await?;

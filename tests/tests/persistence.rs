@@ -965,27 +965,30 @@ async fn a_store_that_can_no_longer_make_writes_durable_is_noticed_without_a_wri
     // Flushes still succeed; only the broker's own look at the store tells.
     store.lose_directory();
     let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let id = alice.publish(client("bob"), b"kept?", true).await?;
-        let mut refused = false;
-        loop {
-            match alice.next().await? {
-                ServerFrame::Accepted { id: a } if a == id => break,
-                ServerFrame::DeliveryFailed(f)
-                    if f.id == id && f.reason == FailureReason::StoreUnavailable =>
-                {
-                    refused = true
-                }
-                other => bail!("unexpected {other:?}"),
-            }
-        }
-        if refused {
-            return Ok(());
-        }
+    while !send_refused(&mut alice, "bob").await?.1 {
         ensure!(
             tokio::time::Instant::now() < deadline,
             "persistent messages still confirmed {WAIT:?} after the store lost its directory"
         );
+    }
+    Ok(())
+}
+
+/// Sends a persistent message to `to` and reads its answers up to its `Accepted`; returns
+/// its id and whether the store refused it (`StoreUnavailable`).
+async fn send_refused(alice: &mut RawClient, to: &str) -> anyhow::Result<(String, bool)> {
+    let id = alice.publish(client(to), b"stored?", true).await?;
+    let mut refused = false;
+    loop {
+        match alice.next().await? {
+            ServerFrame::Accepted { id: a } if a == id => return Ok((id, refused)),
+            ServerFrame::DeliveryFailed(f)
+                if f.id == id && f.reason == FailureReason::StoreUnavailable =>
+            {
+                refused = true
+            }
+            other => bail!("unexpected {other:?}"),
+        }
     }
 }
 
@@ -994,19 +997,7 @@ async fn a_store_that_can_no_longer_make_writes_durable_is_noticed_without_a_wri
 async fn until_stored(alice: &mut RawClient, to: &str) -> anyhow::Result<String> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let id = alice.publish(client(to), b"stored?", true).await?;
-        let mut refused = false;
-        loop {
-            match alice.next().await? {
-                ServerFrame::Accepted { id: a } if a == id => break,
-                ServerFrame::DeliveryFailed(f)
-                    if f.id == id && f.reason == FailureReason::StoreUnavailable =>
-                {
-                    refused = true
-                }
-                other => bail!("unexpected {other:?}"),
-            }
-        }
+        let (id, refused) = send_refused(alice, to).await?;
         if !refused {
             return Ok(id);
         }

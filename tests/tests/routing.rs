@@ -280,6 +280,17 @@ async fn a_delivery_larger_than_the_recipient_accepts_produces_a_too_large_notic
     Ok(())
 }
 
+/// Sends `n` non-persistent messages of 64 KiB to `to` in one go.
+async fn send_64k(alice: &mut RawClient, to: &str, n: usize) -> R {
+    let payload = vec![1u8; 64 * 1024];
+    for _ in 0..n {
+        let m = broadcast_tests::publish(client(to), &payload, false);
+        alice.feed(ClientFrame::Publish(m)).await?;
+    }
+    alice.flush().await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_recipient_that_does_not_read_gets_what_fits_and_the_sender_is_told_of_the_rest() -> R {
     let b = TestBroker::start_with(|c| {
@@ -290,12 +301,7 @@ async fn a_recipient_that_does_not_read_gets_what_fits_and_the_sender_is_told_of
     let mut alice = RawClient::connect(b.addr(), Some("alice")).await?;
     let mut slow = RawClient::connect(b.addr(), Some("slow")).await?;
     let total = 400;
-    let payload = vec![1u8; 64 * 1024];
-    for _ in 0..total {
-        let m = broadcast_tests::publish(client("slow"), &payload, false);
-        alice.feed(ClientFrame::Publish(m)).await?;
-    }
-    alice.flush().await?;
+    send_64k(&mut alice, "slow", total).await?;
     let failed: Vec<_> = alice
         .sync()
         .await?
@@ -334,12 +340,7 @@ async fn the_byte_budget_of_a_recipient_that_does_not_read_holds_when_frames_wou
     let mut alice = RawClient::connect(b.addr(), Some("alice")).await?;
     let mut slow = RawClient::connect(b.addr(), Some("slow")).await?;
     let total = 400;
-    let payload = vec![1u8; 64 * 1024];
-    for _ in 0..total {
-        let m = broadcast_tests::publish(client("slow"), &payload, false);
-        alice.feed(ClientFrame::Publish(m)).await?;
-    }
-    alice.flush().await?;
+    send_64k(&mut alice, "slow", total).await?;
     let failed = alice.sync().await?;
     assert!(
         failed.len() > total / 2
