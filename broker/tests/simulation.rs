@@ -1186,6 +1186,7 @@ impl Sim {
                         notices,
                         error: "simulated write failure".into(),
                         not_stored,
+                        appended: false,
                     });
                 }
             }

@@ -18,7 +18,7 @@ use futures::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -533,6 +533,7 @@ pub struct FailingStore {
     inner: MemoryStore,
     failing: AtomicBool,
     lost: AtomicBool,
+    heals: AtomicU64,
 }
 
 impl FailingStore {
@@ -549,6 +550,11 @@ impl FailingStore {
     /// From now on, writes and flushes succeed again, as when space returns to a full disk.
     pub fn recover(&self) {
         self.failing.store(false, Ordering::SeqCst);
+    }
+
+    /// How many times the broker asked the store to heal.
+    pub fn heal_attempts(&self) -> u64 {
+        self.heals.load(Ordering::SeqCst)
     }
 
     /// From now on, [`QueueStore::check`] fails as for a data directory deleted under the
@@ -626,6 +632,12 @@ impl QueueStore for FailingStore {
     fn flush(&self) -> Result<(), StoreError> {
         self.injected()?;
         self.inner.flush()
+    }
+
+    fn heal(&self) -> Result<(), StoreError> {
+        self.heals.fetch_add(1, Ordering::SeqCst);
+        self.check()?;
+        self.flush()
     }
 
     fn check(&self) -> Result<(), StoreError> {

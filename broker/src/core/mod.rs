@@ -243,9 +243,10 @@ impl<O: Outlet> Core<O> {
                 notices,
                 error,
                 not_stored,
+                appended,
             } => {
                 if let Some((n, bytes)) = not_stored {
-                    self.st.queues.count_not_stored(&queue, n, bytes);
+                    self.st.queues.count_not_stored(&queue, n, bytes, appended);
                 }
                 for (id, sender, msg_id) in entries {
                     self.st.store_write_failed(&queue, &sender, &msg_id, &error);

@@ -116,6 +116,9 @@ pub enum Completion {
         /// or the flush after it did and the store undoes the append when it heals. The core
         /// stops counting them.
         not_stored: Option<(u64, u64)>,
+        /// True when the append itself was applied (and reported [`Completion::Appended`])
+        /// and only the flush after it failed.
+        appended: bool,
     },
     /// The store looked for entries whose time to live ran out (asked for after
     /// [`crate::core::Core::begin_expiry_scan`]) and found these.

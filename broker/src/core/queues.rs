@@ -216,13 +216,16 @@ impl Queues {
         }
     }
 
-    /// Stops counting `n` entries of `bytes` decided for `queue` that the store did not take.
-    pub(super) fn count_not_stored(&mut self, queue: &QueueId, n: u64, bytes: u64) {
+    /// Stops counting `n` entries of `bytes` decided for `queue` that the store does not
+    /// keep; `appended` when their append was applied (and so no longer counted unapplied).
+    pub(super) fn count_not_stored(&mut self, queue: &QueueId, n: u64, bytes: u64, appended: bool) {
         self.stored_bytes = self.stored_bytes.saturating_sub(bytes);
         if let Some(meta) = self.map.get_mut(queue) {
             meta.pending = meta.pending.saturating_sub(n);
             meta.bytes = meta.bytes.saturating_sub(bytes);
-            meta.unapplied = meta.unapplied.saturating_sub(n);
+            if !appended {
+                meta.unapplied = meta.unapplied.saturating_sub(n);
+            }
             self.maybe_idle.push(queue.clone());
         }
     }

@@ -5,11 +5,12 @@
 //! handed over before it started, so writing and flushing overlap and a slow flush makes the
 //! next flush cover more, instead of holding up the writes behind it.
 
+use super::journal::Outcomes;
 use super::{Completions, release_retired};
 use crate::core::{Completion, ConfirmId};
 use crate::store::{QueueId, QueueStore, StoredEntry};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -52,19 +53,19 @@ pub(super) struct Flusher {
 
 impl Flusher {
     /// Starts the flush thread over `store`; a failed flush sets `failed`.
-    /// The flush thread sets `durable` to the number of each group it made durable before
-    /// it reports the group.
+    /// The flush thread adds each group's outcome (durable or not) to `outcomes` before it
+    /// reports the group.
     pub(super) fn start(
         store: Arc<dyn QueueStore>,
         failed: Arc<AtomicBool>,
-        durable: Arc<AtomicU64>,
+        outcomes: Outcomes,
         done: Completions,
     ) -> Result<Self, crate::store::StoreError> {
         let (tx, rx) = sync_channel(BEHIND);
         let (thread_failed, thread_done) = (failed.clone(), done.clone());
         let thread = std::thread::Builder::new()
             .name("broadcast-flush".into())
-            .spawn(move || run(&*store, &rx, &thread_failed, &durable, &thread_done))
+            .spawn(move || run(&*store, &rx, &thread_failed, &outcomes, &thread_done))
             .map_err(|e| {
                 crate::store::StoreError::Io(format!("cannot start the flush thread: {e}"))
             })?;
@@ -131,7 +132,7 @@ fn run(
     store: &dyn QueueStore,
     rx: &Receiver<Group>,
     failed: &AtomicBool,
-    durable: &AtomicU64,
+    outcomes: &Outcomes,
     done: &Completions,
 ) {
     let mut groups = Vec::new();
@@ -161,16 +162,14 @@ fn run(
         } else {
             Ok(())
         };
-        match &flushed {
-            Ok(()) => {
-                let last = groups.iter().map(|g| g.number).max().unwrap_or(0);
-                durable.fetch_max(last, Ordering::AcqRel);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "store flush failed; persistent messages are refused until the store heals");
-                failed.store(true, Ordering::Release);
-            }
+        if let Err(e) = &flushed {
+            tracing::error!(error = %e, "store flush failed; persistent messages are refused until the store heals");
+            failed.store(true, Ordering::Release);
         }
+        outcomes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(groups.iter().map(|g| (g.number, flushed.is_ok())));
         let pending = groups.drain(..).flat_map(|g| g.pending).collect();
         report(pending, flushed.as_ref().map(|_| ()), done);
         release_retired();
@@ -222,6 +221,7 @@ fn report(pending: Vec<Pending>, flushed: Result<(), &String>, done: &Completion
                             notices,
                             error: error.clone(),
                             not_stored,
+                            appended: result.is_ok(),
                         });
                     }
                 }

@@ -2,11 +2,15 @@
 //! store that failed and healed (reopened on what it had made durable) is brought back to what
 //! the core decided: its writes redone, and the appends whose senders were told they failed
 //! undone.
+//!
+//! Writes are kept by group. The flush thread reports each group's outcome; the writes of a
+//! group made durable are forgotten, those of a group whose flush failed are kept until the
+//! store heals, whatever became of the groups after it.
 
 use crate::core::StoreOp;
 use crate::store::{QueueId, Seq};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 /// Most entries kept; past that a failed store cannot be healed (a restart recovers it).
 const MAX_ENTRIES: usize = 1 << 20;
@@ -15,36 +19,49 @@ const MAX_ENTRIES: usize = 1 << 20;
 pub(super) enum Entry {
     /// A write to apply again: a settlement, a session change, a queue forgotten, a move.
     Redo(StoreOp),
-    /// Entries appended to `queue` from seq `first`: settled again, since their senders were
-    /// told they failed unless they became durable.
+    /// Entries appended to `queue` from seq `first` (or an append that failed): settled again,
+    /// since their senders are told they failed unless they became durable.
     Undo { queue: QueueId, first: Seq, n: u64 },
 }
 
-/// The writes of the groups not yet flushed, by group number.
+/// Outcomes of groups' flushes, as the flush thread reports them: group number, and whether
+/// the group is durable.
+pub(super) type Outcomes = Arc<Mutex<Vec<(u64, bool)>>>;
+
+/// The writes of the groups not known to be durable, by group number.
 pub(super) struct Journal {
     entries: Vec<(u64, Entry)>,
     group: u64,
-    /// The highest group the flush thread has made durable.
-    durable: Arc<AtomicU64>,
+    outcomes: Outcomes,
     overflowed: bool,
 }
 
 impl Journal {
-    pub(super) fn new(durable: Arc<AtomicU64>) -> Self {
+    pub(super) fn new(outcomes: Outcomes) -> Self {
         Self {
             entries: Vec::new(),
             group: 0,
-            durable,
+            outcomes,
             overflowed: false,
+        }
+    }
+
+    /// Forgets the writes of the groups reported durable since the last call.
+    pub(super) fn prune(&mut self) {
+        let reported =
+            std::mem::take(&mut *self.outcomes.lock().unwrap_or_else(|p| p.into_inner()));
+        let durable: HashSet<u64> = reported
+            .into_iter()
+            .filter_map(|(group, ok)| ok.then_some(group))
+            .collect();
+        if !durable.is_empty() {
+            self.entries.retain(|(g, _)| !durable.contains(g));
         }
     }
 
     /// Forgets what has become durable and numbers the next group.
     pub(super) fn begin_group(&mut self) -> u64 {
-        let durable = self.durable.load(Ordering::Acquire);
-        if self.entries.first().is_some_and(|(g, _)| *g <= durable) {
-            self.entries.retain(|(g, _)| *g > durable);
-        }
+        self.prune();
         self.group += 1;
         self.group
     }

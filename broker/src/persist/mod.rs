@@ -15,7 +15,7 @@ mod worker;
 use crate::core::StoreOp;
 use crate::store::{QueueId, QueueInfo, QueueStore, Seq, StoreError, StoredEntry};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::AtomicBool;
 use tokio::sync::{mpsc, oneshot};
 
 /// Commands waiting for the store thread at most; senders wait beyond that.
@@ -74,10 +74,14 @@ impl Persist {
             .map(|q| (q.queue.clone(), q.next_seq))
             .collect();
         let (tx, rx) = mpsc::channel(CHANNEL);
-        let durable = Arc::new(AtomicU64::new(0));
-        let flusher =
-            flusher::Flusher::start(store.clone(), failed.clone(), durable.clone(), done.clone())?;
-        let journal = journal::Journal::new(durable);
+        let outcomes = journal::Outcomes::default();
+        let flusher = flusher::Flusher::start(
+            store.clone(),
+            failed.clone(),
+            outcomes.clone(),
+            done.clone(),
+        )?;
+        let journal = journal::Journal::new(outcomes);
         let worker = worker::Worker::new(store, flusher, journal, rx, next_seq, done, failed);
         std::thread::Builder::new()
             .name("broadcast-store".into())

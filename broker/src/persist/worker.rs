@@ -171,6 +171,8 @@ impl Worker {
         // Every group handed over before is reported (as failed) first, so that no flush of
         // the reopened store confirms a write made before it.
         self.flusher.wait(self.journal.begin_group());
+        // Every group handed over has its outcome now: what is kept is what failed.
+        self.journal.prune();
         if let Err(e) = self.store.heal() {
             tracing::warn!(error = %e, "the store is still failing");
             return;
@@ -183,6 +185,19 @@ impl Worker {
             return;
         }
         self.journal.clear();
+        // Never number below what the store holds: a failed append may have left entries.
+        match self.store.queues() {
+            Ok(queues) => {
+                for q in queues {
+                    let next = self.next_seq.entry(q.queue).or_insert(0);
+                    *next = (*next).max(q.next_seq);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the store reopened but cannot be read yet");
+                return;
+            }
+        }
         self.failed.store(false, Ordering::Release);
         tracing::info!("the store takes writes again");
     }
@@ -254,6 +269,15 @@ impl Worker {
                 Err(e) => {
                     tracing::error!(%queue, error = %e, "store append failed");
                     self.failed.store(true, Ordering::Release);
+                    // Part of it may be in the store: its seqs are not used again, and a
+                    // store that heals settles them.
+                    let n = entries.len() as u64;
+                    self.next_seq.insert(queue.clone(), first + n);
+                    self.journal.push(Entry::Undo {
+                        queue: queue.clone(),
+                        first,
+                        n,
+                    });
                 }
             }
             if report || r.is_err() {

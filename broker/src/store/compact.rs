@@ -43,6 +43,22 @@ fn parent(dir: &Path) -> PathBuf {
     }
 }
 
+/// Syncs every file under `dir` (sled's large values are files in `blobs/`), then each
+/// directory.
+fn sync_tree(dir: &Path) -> Result<(), StoreError> {
+    for entry in std::fs::read_dir(dir).map_err(|e| io_error("list", dir, &e))? {
+        let path = entry.map_err(|e| io_error("list", dir, &e))?.path();
+        if path.is_dir() {
+            sync_tree(&path)?;
+        } else {
+            File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| io_error("sync", &path, &e))?;
+        }
+    }
+    sync_dir(dir)
+}
+
 /// Whether files of `on_disk` bytes holding about `held` bytes are worth rewriting.
 pub(super) fn worth_it(on_disk: u64, held: u64) -> bool {
     on_disk > held.saturating_mul(2).saturating_add(SLACK)
@@ -99,14 +115,7 @@ pub(super) fn rewrite(
             fresh.insert(key, value).map_err(sled_error)?;
         }
         fresh.flush().map_err(sled_error)?;
-        for entry in std::fs::read_dir(&new).map_err(|e| io_error("list", &new, &e))? {
-            let path = entry.map_err(|e| io_error("list", &new, &e))?.path();
-            if path.is_file() {
-                File::open(&path)
-                    .and_then(|f| f.sync_all())
-                    .map_err(|e| io_error("sync", &path, &e))?;
-            }
-        }
+        sync_tree(&new)?;
     }
     let marker = new.join(COMPLETE);
     File::create(&marker)
