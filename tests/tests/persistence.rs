@@ -1032,8 +1032,14 @@ async fn a_store_that_recovers_takes_writes_again_and_no_acknowledgement_made_me
     // The broker tries to heal while the store still fails (and must keep what it owes).
     let deadline = tokio::time::Instant::now() + WAIT;
     while store.heal_attempts() < 2 {
-        ensure!(send_refused(&mut alice, "carol").await?.1, "a write was taken");
-        ensure!(tokio::time::Instant::now() < deadline, "no attempt to heal within {WAIT:?}");
+        ensure!(
+            send_refused(&mut alice, "carol").await?.1,
+            "a write was taken"
+        );
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no attempt to heal within {WAIT:?}"
+        );
     }
 
     // Space returns: the store takes writes again, without a restart.
