@@ -310,6 +310,9 @@ pub async fn ghosts(binary: &Path, dir: &Path, names: u64, rounds: u32) -> Resul
         }));
         eprintln!("ghosts: {}", per_round.last().unwrap_or(&Value::Null));
     }
+    // jemalloc returns freed memory to the system over about ten seconds.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let settled = json!({"rss_mib": r1(broker.rss_mib()), "disk_mib": r1(disk_mib(&data))});
     sender.client.close().await;
     let status = broker.stop()?;
     broker.restart()?;
@@ -321,6 +324,7 @@ pub async fn ghosts(binary: &Path, dir: &Path, names: u64, rounds: u32) -> Resul
     broker.stop()?;
     Ok(json!({
         "scenario": "ghosts", "names_per_round": names, "start": start, "rounds": per_round,
+        "settled_12s_after": settled,
         "stop_status": status.code(), "after_restart": restarted,
     }))
 }
