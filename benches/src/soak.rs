@@ -199,11 +199,12 @@ struct Sender {
 
 impl Sender {
     async fn connect(addr: &str, name: &str, events: usize) -> Result<Self> {
-        let client = ConnectOptions::new()
-            .name(name)
-            .event_buffer(events)
-            .connect(addr)
-            .await?;
+        let options = ConnectOptions::new().name(name).event_buffer(events);
+        Self::connect_with(addr, options).await
+    }
+
+    async fn connect_with(addr: &str, options: ConnectOptions) -> Result<Self> {
+        let client = options.connect(addr).await?;
         let events = client.events();
         Ok(Self {
             client,
@@ -584,21 +585,12 @@ pub async fn power_cut(
 /// Sends persistent messages to `to` for `load`, then returns the ids confirmed so far,
 /// without waiting for the rest.
 async fn send_until(addr: &str, to: &str, load: Duration) -> Result<HashSet<String>> {
-    let client = ConnectOptions::new()
+    let options = ConnectOptions::new()
         .name(format!("{to}-sender"))
         .event_buffer(1 << 20)
-        .close_timeout(Duration::from_millis(10))
-        .connect(addr)
-        .await?;
-    let mut sender = Sender {
-        events: client.events(),
-        client,
-        accepted: 0,
-        accepted_ids: Some(HashSet::new()),
-        failed: Default::default(),
-        last_failure: None,
-        failed_ids: HashSet::new(),
-    };
+        .close_timeout(Duration::from_millis(10));
+    let mut sender = Sender::connect_with(addr, options).await?;
+    sender.accepted_ids = Some(HashSet::new());
     let stop = tokio::time::Instant::now() + load;
     let mut sent = 0u64;
     while tokio::time::Instant::now() < stop {

@@ -95,9 +95,7 @@ impl Outbound {
     pub(crate) fn try_push(&self, frame: OutFrame) -> Result<(), PushError> {
         let len = frame.bytes.len();
         let before = self.shared.queued.fetch_add(len, Ordering::AcqRel);
-        // An empty queue takes any frame, so one frame larger than the budget is not refused
-        // for ever.
-        if before > 0 && before + len > self.max_bytes {
+        if !self.fits(before, len) {
             self.shared.queued.fetch_sub(len, Ordering::AcqRel);
             return Err(PushError::Full);
         }
@@ -111,6 +109,13 @@ impl Outbound {
                 })
             }
         }
+    }
+
+    /// Whether a frame of `len` bytes fits in the byte budget with `queued` bytes queued. An
+    /// empty queue takes any frame, so one frame larger than the budget is not refused for
+    /// ever.
+    fn fits(&self, queued: usize, len: usize) -> bool {
+        queued == 0 || queued + len <= self.max_bytes
     }
 
     /// Queues a frame, waiting for room in frames (the byte budget is not applied: these are
@@ -139,10 +144,7 @@ impl Outbound {
     ) -> Result<(), PushError> {
         let deadline = tokio::time::Instant::now() + wait;
         let len = frame.bytes.len();
-        let over_budget = || {
-            let queued = self.shared.queued.load(Ordering::Acquire);
-            queued > 0 && queued + len > self.max_bytes
-        };
+        let over_budget = || !self.fits(self.shared.queued.load(Ordering::Acquire), len);
         let mut gave_up = false;
         if over_budget() {
             self.shared.room_waiters.fetch_add(1, Ordering::AcqRel);

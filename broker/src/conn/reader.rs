@@ -14,11 +14,13 @@ use bytes::BytesMut;
 use futures::Stream;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::Notify;
+use tokio::sync::futures::OwnedNotified;
 use tokio::time::{Instant, Sleep};
 use tokio_util::io::poll_read_buf;
 
@@ -29,8 +31,8 @@ pub(crate) struct PartialFrames {
     limit: usize,
     /// How long a connection may wait for room before it is closed.
     wait: Duration,
-    /// Connections waiting for room.
-    waiting: Mutex<Vec<Waker>>,
+    /// Wakes the connections waiting for room once the bytes held fall to the limit.
+    room: Arc<Notify>,
 }
 
 impl PartialFrames {
@@ -39,7 +41,7 @@ impl PartialFrames {
             held: AtomicUsize::new(0),
             limit,
             wait,
-            waiting: Mutex::new(Vec::new()),
+            room: Arc::new(Notify::new()),
         }
     }
 
@@ -62,18 +64,7 @@ impl PartialFrames {
         }
         let before = self.held.fetch_sub(n, Ordering::Relaxed);
         if before > self.limit && before - n <= self.limit {
-            let waiting =
-                std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|p| p.into_inner()));
-            for waker in waiting {
-                waker.wake();
-            }
-        }
-    }
-
-    fn wait_for_room(&self, waker: &Waker) {
-        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        if !waiting.iter().any(|w| w.will_wake(waker)) {
-            waiting.push(waker.clone());
+            self.room.notify_waiters();
         }
     }
 }
@@ -98,8 +89,10 @@ pub(crate) struct FrameReader {
     budget: Arc<PartialFrames>,
     /// Bytes this connection counts in the budget: those of its incomplete frame.
     held: usize,
-    /// Set while it waits for room: when it gives up.
+    /// Set while it waits for room: when it gives up, and the wake-up when there is room (a
+    /// waiting connection that closes takes its registration with it).
     starving: Option<Pin<Box<Sleep>>>,
+    room: Option<Pin<Box<OwnedNotified>>>,
     eof: bool,
 }
 
@@ -112,6 +105,7 @@ impl FrameReader {
             budget,
             held: 0,
             starving: None,
+            room: None,
             eof: false,
         }
     }
@@ -148,6 +142,7 @@ impl Stream for FrameReader {
                     // What follows in the buffer belongs to frames not yet complete.
                     this.hold(this.buf.len());
                     this.starving = None;
+                    this.room = None;
                     return Poll::Ready(Some(Ok(decode_body(&body))));
                 }
                 Ok(None) => {}
@@ -166,13 +161,18 @@ impl Stream for FrameReader {
                     this.hold(0);
                     return Poll::Ready(Some(Err(ReadError::Starved(wait))));
                 }
-                this.budget.wait_for_room(cx.waker());
-                // Room may have come between the check and the registration.
-                if this.budget.over() {
+                let budget = &this.budget;
+                let room = this
+                    .room
+                    .get_or_insert_with(|| Box::pin(budget.room.clone().notified_owned()));
+                // Registered before the check: room made right after it wakes this connection.
+                room.as_mut().enable();
+                if this.budget.over() && room.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
             }
             this.starving = None;
+            this.room = None;
             if this.buf.capacity() - this.buf.len() < 1024 {
                 this.buf.reserve(8 * 1024);
             }
