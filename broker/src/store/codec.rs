@@ -2,15 +2,16 @@
 //!
 //! Keys start with a one-byte kind. Queue-scoped keys continue with the queue's kind and name
 //! and a 0xFF byte, which cannot occur in UTF-8, so one queue's keys never prefix another's;
-//! segment keys end with the segment's first seq in big-endian, so a prefix scan is in seq
-//! order. Message ids are never part of a key.
+//! segment and segment header keys end with the segment's first seq in big-endian, so a
+//! prefix scan is in seq order. Message ids are never part of a key.
 //!
-//! Values are bincode (serde, standard configuration), except segments, which have a layout
-//! of their own (see [`super::segment`]). Decoding is always limited, so a corrupt length
+//! Values are bincode (serde, standard configuration), except segments and their headers,
+//! which have a layout of their own (see [`super::segment`]). Decoding is always limited, so a corrupt length
 //! prefix cannot make it allocate more than [`DECODE_LIMIT`].
 
 pub(super) use super::segment::{
-    EncodedSegment, EntryMeta, decode_segment, decode_segment_header, encode_segments,
+    EncodedSegment, EntryMeta, decode_header_value, decode_segment, decode_segment_header,
+    encode_header_value, encode_segments,
 };
 use super::{QueueId, Seq, StoreError};
 use serde::Serialize;
@@ -28,6 +29,9 @@ const META: u8 = b'm';
 pub(super) const QUEUE: u8 = b'q';
 /// Kind of segments: up to [`super::segment::SEGMENT_ENTRIES`] consecutive entries.
 pub(super) const SEGMENT: u8 = b's';
+/// Kind of segment headers: each segment's entry metadata and size, under a key of its own
+/// (the segment's key with this kind), so that opening the store reads no segment.
+pub(super) const HEADER: u8 = b'h';
 /// Kind of sessions, keyed by client name.
 pub(super) const SESSION: u8 = b'n';
 
@@ -35,11 +39,14 @@ const CLIENT: u8 = b'c';
 const BACKLOG: u8 = b'b';
 const SEP: u8 = 0xFF;
 
-/// The key of the format version and the version this code writes: 2, whose segments are
-/// compact (see [`super::segment`]). A store of format 1 is read as well, and marked as
-/// format 2 when it is opened, before anything is written to it.
+/// The key of the format version and the version this code writes: 3, where each segment's
+/// header is also stored under a key of its own (see [`super::segment::encode_header_value`]).
+/// Format 2 has no header keys; format 1 has no header keys and segments in the bincode
+/// layout. Both are read: the header keys are written when such a store is opened, and then
+/// the store is marked as format 3, before anything else is written to it.
 pub(super) const FORMAT_KEY: &[u8] = &[META, b'f'];
-pub(super) const FORMAT: &[u8] = &[2];
+pub(super) const FORMAT: &[u8] = &[3];
+pub(super) const FORMAT_2: &[u8] = &[2];
 pub(super) const FORMAT_1: &[u8] = &[1];
 
 pub(super) fn config() -> impl bincode::config::Config {
@@ -97,7 +104,21 @@ pub(super) fn segments_prefix(queue: &QueueId) -> Vec<u8> {
 
 /// Key of the segment of `queue` whose first seq is `first`.
 pub(super) fn segment_key(queue: &QueueId, first: Seq) -> Vec<u8> {
-    let mut key = queue_scoped(SEGMENT, queue, 8);
+    seq_key(SEGMENT, queue, first)
+}
+
+/// Key of the header of the segment of `queue` whose first seq is `first`.
+pub(super) fn header_key(queue: &QueueId, first: Seq) -> Vec<u8> {
+    seq_key(HEADER, queue, first)
+}
+
+/// Prefix of every segment header key of a queue.
+pub(super) fn headers_prefix(queue: &QueueId) -> Vec<u8> {
+    queue_scoped(HEADER, queue, 0)
+}
+
+fn seq_key(kind: u8, queue: &QueueId, first: Seq) -> Vec<u8> {
+    let mut key = queue_scoped(kind, queue, 8);
     key.extend_from_slice(&first.to_be_bytes());
     key
 }
@@ -135,9 +156,19 @@ pub(super) fn parse_queue_key(key: &[u8]) -> Option<QueueId> {
 
 /// The queue and first seq of a segment key.
 pub(super) fn parse_segment_key(key: &[u8]) -> Option<(QueueId, Seq)> {
-    let (&SEGMENT, body) = key.split_first()? else {
+    parse_seq_key(SEGMENT, key)
+}
+
+/// The queue and first seq of a segment header key.
+pub(super) fn parse_header_key(key: &[u8]) -> Option<(QueueId, Seq)> {
+    parse_seq_key(HEADER, key)
+}
+
+fn parse_seq_key(kind: u8, key: &[u8]) -> Option<(QueueId, Seq)> {
+    let (&found, body) = key.split_first()?;
+    if found != kind {
         return None;
-    };
+    }
     let split = body.len().checked_sub(8)?;
     let (body, seq) = body.split_at(split);
     let seq = Seq::from_be_bytes(seq.try_into().ok()?);

@@ -97,11 +97,12 @@ pub(super) fn recover(dir: &Path) -> Result<(), StoreError> {
 }
 
 /// Rewrites the store open as `db` in `dir` into a fresh directory (opened with `open`) and
-/// swaps the two; `db` is closed.
+/// swaps the two; `db` is closed. Only the keys for which `keep` says so are copied.
 pub(super) fn rewrite(
     dir: &Path,
     db: Db,
     open: impl Fn(&Path) -> sled::Result<Db>,
+    keep: impl Fn(&Db, &[u8]) -> sled::Result<bool>,
 ) -> Result<(), StoreError> {
     let sled_error = |e: sled::Error| StoreError::Io(e.to_string());
     let (new, old) = (sibling(dir, ".compact"), sibling(dir, ".old"));
@@ -112,7 +113,9 @@ pub(super) fn rewrite(
         let fresh = open(&new).map_err(sled_error)?;
         for item in db.iter() {
             let (key, value) = item.map_err(sled_error)?;
-            fresh.insert(key, value).map_err(sled_error)?;
+            if keep(&db, &key).map_err(sled_error)? {
+                fresh.insert(key, value).map_err(sled_error)?;
+            }
         }
         fresh.flush().map_err(sled_error)?;
         sync_tree(&new)?;

@@ -223,6 +223,43 @@ pub(crate) fn decode_segment_header(value: &[u8]) -> Result<(Vec<EntryMeta>, usi
     Ok((metas, used))
 }
 
+/// The value stored under a segment's header key (store format 3): the length of the
+/// segment's value, then its header in the compact layout.
+///
+/// ```text
+/// header value = value length, 0xFE, count, base expiry, count × meta
+/// ```
+///
+/// Opening the store reads these alone, never the segments: sled keeps in memory what it has
+/// read, whatever its cache setting, so a scan of the segments themselves would hold about as
+/// much memory as the queues hold messages.
+pub(crate) fn encode_header_value(metas: &[EntryMeta], value_len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(12 + 4 * metas.len());
+    put_varint(&mut out, value_len as u64);
+    encode_header(metas, &mut out);
+    out
+}
+
+/// The entries' metadata and the segment value's length from a header value.
+pub(crate) fn decode_header_value(bytes: &[u8]) -> Result<(Vec<EntryMeta>, u64), StoreError> {
+    let mut r = Reader::new(bytes);
+    let value_len = r.varint()?;
+    let header = r.rest();
+    if header.first() != Some(&COMPACT) {
+        return Err(corrupt(
+            "segment header: not in the compact layout".to_owned(),
+        ));
+    }
+    let (metas, used) = decode_segment_header(header)?;
+    if used != header.len() {
+        return Err(corrupt(format!(
+            "segment header: {} bytes left over",
+            header.len() - used
+        )));
+    }
+    Ok((metas, value_len))
+}
+
 /// Every entry of a segment value.
 pub(crate) fn decode_segment(value: &[u8]) -> Result<Vec<StoredEntry>, StoreError> {
     let (metas, at) = decode_segment_header(value)?;

@@ -2,20 +2,24 @@
 //!
 //! Entries are written in segments of up to 128 consecutive entries per sled value, because
 //! sled's cost is mostly per key: one key per message stores an order of magnitude fewer
-//! messages per second. Each queue has one small record with its next seq and which entries
-//! are settled; a segment is deleted once all of its entries are settled.
+//! messages per second. Each segment's header (its entries' sizes and expiries) is also
+//! stored under a key of its own. Each queue has one small record with its next seq and
+//! which entries are settled; a segment is deleted once all of its entries are settled.
 //!
 //! An in-memory index, rebuilt on open from the records and the segment headers, knows every
 //! segment's entries (size, expiry, settled or not), so counting, finding expired entries and
-//! settling read no payloads. Every change is written first and applied to the index only
-//! once sled has taken it, so a failed write leaves the index as it was.
+//! settling read no payloads. Opening reads the header keys, never the segments: sled keeps
+//! what it reads in memory beyond its cache setting, so reading the segments would make the
+//! broker's memory grow with the messages queued. Every change is written first and applied
+//! to the index only once sled has taken it, so a failed write leaves the index as it was.
 //!
 //! An append or a settlement is several sled writes, not one batch, ordered so that the store
 //! is valid after any prefix of them (sled recovers a prefix of its log, and nothing is
-//! confirmed before a flush): an append writes only its segments (a queue's next seq is the
-//! larger of its record's and the end of its last segment); a settlement writes the record,
-//! then deletes the segments it settles in full (a settled segment still present is deleted
-//! on open).
+//! confirmed before a flush): an append writes its segments, then their headers (a queue's
+//! next seq is the larger of its record's and the end of its last segment; a segment without
+//! a header was never confirmed, is never read, and is dropped when the store is compacted);
+//! a settlement writes the record, then deletes the segments it settles in full, each before
+//! its header (a settled header still present is deleted, with its segment, on open).
 
 use super::codec::{self, EncodedSegment, EntryMeta, Mask, QueueRecord};
 use super::compact;
@@ -236,9 +240,11 @@ fn open_store(dir: &Path, options: &SledOptions) -> Result<(Db, Index), StoreErr
         .map_err(|e| open_error(e.to_string()))?
     {
         Some(format) if &*format == codec::FORMAT => {}
-        // Format 1 differs only in how segments are laid out, and both layouts are read:
-        // the store is marked as format 2 before a segment of that layout is written.
-        Some(format) if &*format == codec::FORMAT_1 => {
+        // Formats 1 and 2 have no header keys (and format 1 lays segments out differently;
+        // both layouts are read): the headers are written, then the store is marked as
+        // format 3. Interrupted, this starts again at the next open.
+        Some(format) if &*format == codec::FORMAT_1 || &*format == codec::FORMAT_2 => {
+            write_headers(&db).map_err(|e| open_error(e.to_string()))?;
             db.insert(codec::FORMAT_KEY, codec::FORMAT)
                 .and_then(|_| db.flush())
                 .map_err(|e| open_error(e.to_string()))?;
@@ -303,7 +309,8 @@ impl SledStore {
                 held_mib = index.loaded_bytes >> 20,
                 "compacting the store"
             );
-            compact::rewrite(dir, db, |path| open_db(path, options)).map_err(open_error)?;
+            compact::rewrite(dir, db, |path| open_db(path, options), worth_keeping)
+                .map_err(open_error)?;
             (db, index) = open_store(dir, options)?;
         }
         let data_dir = DataDir::open(dir, options.sync, options.min_free_bytes).map_err(|e| {
@@ -369,7 +376,8 @@ impl SledStore {
     fn forget_segments(&self, queue: &QueueId, segments: &[EncodedSegment]) {
         for segment in segments {
             let removed = self.db().and_then(|db| {
-                db.remove(codec::segment_key(queue, segment.first))
+                db.remove(codec::header_key(queue, segment.first))
+                    .and_then(|_| db.remove(codec::segment_key(queue, segment.first)))
                     .map_err(io)
             });
             if let Err(e) = removed {
@@ -401,6 +409,31 @@ impl SledStore {
     }
 }
 
+/// Whether a compaction copies `key`: every key but a segment without a header, which an
+/// append that was never confirmed wrote.
+pub(super) fn worth_keeping(db: &Db, key: &[u8]) -> sled::Result<bool> {
+    match codec::parse_segment_key(key) {
+        Some((queue, first)) => db.contains_key(codec::header_key(&queue, first)),
+        None => Ok(true),
+    }
+}
+
+/// Writes the header key of every segment of a store of format 1 or 2, reading each segment.
+fn write_headers(db: &Db) -> Result<(), StoreError> {
+    for item in db.scan_prefix([codec::SEGMENT]) {
+        let (key, value) = item.map_err(io)?;
+        let (queue, first) = codec::parse_segment_key(&key)
+            .ok_or_else(|| StoreError::Corrupt(format!("bad segment key {:?}", &*key)))?;
+        let (metas, _) = codec::decode_segment_header(&value)?;
+        db.insert(
+            codec::header_key(&queue, first),
+            codec::encode_header_value(&metas, value.len()),
+        )
+        .map_err(io)?;
+    }
+    Ok(())
+}
+
 /// Rebuilds the index from the queue records and segment headers, and deletes segments whose
 /// entries are all settled (a store written by this code holds none).
 fn load(db: &Db) -> Result<Index, StoreError> {
@@ -419,12 +452,15 @@ fn load(db: &Db) -> Result<Index, StoreError> {
     let mut index = Index::default();
     let mut stale = Batch::default();
     let mut any_stale = false;
-    for item in db.scan_prefix([codec::SEGMENT]) {
+    for item in db.scan_prefix([codec::HEADER]) {
         let (key, value) = item.map_err(io)?;
-        loaded_bytes += (key.len() + value.len()) as u64;
-        let (queue, first) = codec::parse_segment_key(&key)
-            .ok_or_else(|| StoreError::Corrupt(format!("bad segment key {:?}", &*key)))?;
-        let (metas, _) = codec::decode_segment_header(&value)?;
+        let (queue, first) = codec::parse_header_key(&key)
+            .ok_or_else(|| StoreError::Corrupt(format!("bad segment header key {:?}", &*key)))?;
+        let (metas, value_len) = codec::decode_header_value(&value)?;
+        // The segment's key is as long as its header's.
+        loaded_bytes = loaded_bytes
+            .saturating_add(value_len)
+            .saturating_add(2 * key.len() as u64 + value.len() as u64);
         let len = metas.len() as u64;
         let end = first.checked_add(len).ok_or_else(|| {
             StoreError::Corrupt(format!(
@@ -440,11 +476,14 @@ fn load(db: &Db) -> Result<Index, StoreError> {
             settled |= partial.get(&first).copied().unwrap_or(0);
         }
         let segment = Segment::new(metas.into_boxed_slice(), settled);
+        if segment.pending == 0 {
+            stale.remove(codec::segment_key(&queue, first));
+            stale.remove(key);
+            any_stale = true;
+        }
         let state = index.queues.entry(queue).or_default();
         state.next_seq = state.next_seq.max(end);
         if segment.pending == 0 {
-            stale.remove(key);
-            any_stale = true;
             continue;
         }
         state.pending += segment.pending;
@@ -485,14 +524,22 @@ impl QueueStore for SledStore {
         )?;
         let segments = codec::encode_segments(first_seq, entries)?;
         let db = self.db()?;
-        // Only the segments are written: the new entries are unsettled, and the next seq
-        // follows from the segments when the store is opened, so the queue's record does not
-        // change. The writes are not one sled batch (a batch makes sled write its log buffer
-        // out twice, which costs more than the writes); every prefix of them is a valid store.
+        // Only the segments and their headers are written: the new entries are unsettled,
+        // and the next seq follows from the headers when the store is opened, so the queue's
+        // record does not change. The writes are not one sled batch (a batch makes sled write
+        // its log buffer out twice, which costs more than the writes); every prefix of them is
+        // a valid store, as each segment is written before its header.
         for (i, segment) in segments.iter().enumerate() {
-            let key = codec::segment_key(queue, segment.first);
-            if let Err(e) = db.insert(key, &segment.value[..]) {
-                self.forget_segments(queue, &segments[..i]);
+            let written = db
+                .insert(codec::segment_key(queue, segment.first), &segment.value[..])
+                .and_then(|_| {
+                    db.insert(
+                        codec::header_key(queue, segment.first),
+                        codec::encode_header_value(&segment.metas, segment.value.len()),
+                    )
+                });
+            if let Err(e) = written {
+                self.forget_segments(queue, &segments[..=i]);
                 return Err(io(e));
             }
         }
@@ -529,16 +576,19 @@ impl QueueStore for SledStore {
             return Ok(());
         }
         let record = state.record(&changed);
-        // The record first, then the segments it settles in full are deleted: a segment left
-        // behind (by a crash or a failed delete) is settled by the record, and deleted when
-        // the store is next opened.
+        // The record first, then the segments it settles in full are deleted, each before
+        // its header: a header left behind (by a crash or a failed delete) is settled by the
+        // record, and deleted with its segment when the store is next opened.
         let db = self.db()?;
         db.insert(codec::queue_key(queue), codec::encode(&record)?)
             .map_err(io)?;
         let mut deleted = Ok(());
         for (&first, &mask) in &changed {
             if state.segments[&first].is_full(mask) {
-                if let Err(e) = db.remove(codec::segment_key(queue, first)) {
+                let removed = db
+                    .remove(codec::segment_key(queue, first))
+                    .and_then(|_| db.remove(codec::header_key(queue, first)));
+                if let Err(e) = removed {
                     deleted = deleted.and(Err(io(e)));
                 }
             }
@@ -653,11 +703,14 @@ impl QueueStore for SledStore {
         let mut index = self.index()?;
         let mut batch = Batch::default();
         let mut segments = 0;
-        // Scan rather than trust the index, so that no segment of the queue can survive it.
+        // Scan rather than trust the index, so that no segment of the queue (nor a segment
+        // without a header) can survive it.
         let db = self.db()?;
-        for key in db.scan_prefix(codec::segments_prefix(queue)).keys() {
-            batch.remove(key.map_err(io)?);
-            segments += 1;
+        for prefix in [codec::headers_prefix(queue), codec::segments_prefix(queue)] {
+            for key in db.scan_prefix(prefix).keys() {
+                batch.remove(key.map_err(io)?);
+                segments += 1;
+            }
         }
         if segments == 0 {
             // An empty queue (the usual case) is its record alone: one write, not a batch.

@@ -21,6 +21,18 @@ fn alice() -> QueueId {
     QueueId::Client("alice".to_owned())
 }
 
+/// Writes a segment value and its header, as an append does.
+fn put_segment(store: &SledStore, queue: &QueueId, first: Seq, value: &[u8]) {
+    let (metas, _) = codec::decode_segment_header(value).unwrap();
+    let db = store.raw_db();
+    db.insert(codec::segment_key(queue, first), value).unwrap();
+    db.insert(
+        codec::header_key(queue, first),
+        codec::encode_header_value(&metas, value.len()),
+    )
+    .unwrap();
+}
+
 #[test]
 fn keys_round_trip_and_sort_by_seq() {
     for queue in [
@@ -273,10 +285,7 @@ fn a_store_cut_between_the_writes_of_an_append_or_a_settlement_opens_whole() {
         .into_iter()
         .chain(codec::encode_segments(100, &entries[100..228]).unwrap())
     {
-        store
-            .raw_db()
-            .insert(codec::segment_key(&alice(), segment.first), segment.value)
-            .unwrap();
+        put_segment(&store, &alice(), segment.first, &segment.value);
     }
     assert_eq!(store.segment_count().unwrap(), 3);
     let store = reopen(store, &dir);
@@ -292,7 +301,7 @@ fn a_damaged_segment_header_fails_open_naming_the_directory() {
     store.append(&alice(), 0, &[message(0, 10)]).unwrap();
     store
         .raw_db()
-        .insert(codec::segment_key(&alice(), 0), &[0xff, 0xff][..])
+        .insert(codec::header_key(&alice(), 0), &[0x05, 0xff, 0xff][..])
         .unwrap();
     store.flush().unwrap();
     drop(store);
@@ -383,45 +392,94 @@ fn entry_sizes_count_payload_and_strings() {
 }
 
 #[test]
-fn a_store_of_format_1_opens_reads_its_segments_and_is_marked_format_2() {
-    let dir = tempfile::tempdir().unwrap();
+fn stores_of_formats_1_and_2_open_read_their_segments_and_are_marked_format_3() {
     let entries: Vec<StoredEntry> = (0..5).map(|seq| message(seq, 30)).collect();
-    {
-        // A store as format 1 left it: its format key and a segment in the bincode layout.
+    let metas: Vec<codec::EntryMeta> = entries.iter().map(codec::EntryMeta::of).collect();
+    // A segment in the bincode layout of format 1, and one in the compact layout of format 2.
+    let format_2_segment = codec::encode_segments(10, &entries)
+        .unwrap()
+        .remove(0)
+        .value;
+    for (format, value) in [
+        (codec::FORMAT_1, format_1_segment(&metas, &entries)),
+        (codec::FORMAT_2, format_2_segment),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // A store as that format left it: its format key and a segment without a header.
+            let store = SledStore::open(dir.path()).unwrap();
+            store.raw_db().insert(codec::FORMAT_KEY, format).unwrap();
+            store
+                .raw_db()
+                .insert(codec::segment_key(&alice(), 10), value)
+                .unwrap();
+            store.flush().unwrap();
+        }
         let store = SledStore::open(dir.path()).unwrap();
-        let metas: Vec<codec::EntryMeta> = entries.iter().map(codec::EntryMeta::of).collect();
-        let value = format_1_segment(&metas, &entries);
+        assert_eq!(
+            store.raw_db().get(codec::FORMAT_KEY).unwrap().as_deref(),
+            Some(codec::FORMAT)
+        );
+        let read: Vec<StoredEntry> = store
+            .read(&alice(), 0, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect();
+        assert_eq!(read, entries);
+        // New entries go after the old ones, in the compact layout, and both read back.
+        store.append(&alice(), 15, &[message(15, 30)]).unwrap();
+        let store = {
+            store.flush().unwrap();
+            drop(store);
+            SledStore::open(dir.path()).unwrap()
+        };
+        let seqs: Vec<Seq> = store
+            .read(&alice(), 0, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|(seq, _)| seq)
+            .collect();
+        assert_eq!(seqs, [10, 11, 12, 13, 14, 15]);
+    }
+}
+
+#[test]
+fn a_segment_written_without_its_header_is_never_read_and_is_dropped_by_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries: Vec<StoredEntry> = (0..3).map(|seq| message(seq, 30)).collect();
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        store.append(&alice(), 0, &entries[..1]).unwrap();
+        // A cut between an append's segment and its header: the append was never confirmed.
+        let orphan = codec::encode_segments(1, &entries[1..]).unwrap().remove(0);
         store
             .raw_db()
-            .insert(codec::FORMAT_KEY, codec::FORMAT_1)
-            .unwrap();
-        store
-            .raw_db()
-            .insert(codec::segment_key(&alice(), 10), value)
+            .insert(codec::segment_key(&alice(), 1), orphan.value)
             .unwrap();
         store.flush().unwrap();
     }
     let store = SledStore::open(dir.path()).unwrap();
-    assert_eq!(
-        store.raw_db().get(codec::FORMAT_KEY).unwrap().as_deref(),
-        Some(codec::FORMAT)
-    );
-    let read: Vec<StoredEntry> = store
-        .read(&alice(), 0, usize::MAX)
-        .unwrap()
-        .into_iter()
-        .map(|(_, e)| e)
-        .collect();
-    assert_eq!(read, entries);
-    // New entries go after the old ones, in the compact layout, and both read back.
-    store.append(&alice(), 15, &[message(15, 30)]).unwrap();
-    let seqs: Vec<Seq> = store
-        .read(&alice(), 0, usize::MAX)
-        .unwrap()
-        .into_iter()
-        .map(|(seq, _)| seq)
-        .collect();
-    assert_eq!(seqs, [10, 11, 12, 13, 14, 15]);
+    assert_eq!(store.read(&alice(), 0, usize::MAX).unwrap().len(), 1);
+    assert_eq!(store.queues().unwrap()[0].next_seq, 1);
+    // The next append takes the seqs the orphan had, and reads back as appended.
+    store.append(&alice(), 1, &[message(7, 30)]).unwrap();
+    let read = store.read(&alice(), 0, usize::MAX).unwrap();
+    assert_eq!(read, [(0, entries[0].clone()), (1, message(7, 30))]);
+
+    // An orphan the next append did not overwrite is left out when the store is rewritten.
+    let orphan = codec::encode_segments(5, &entries[1..]).unwrap().remove(0);
+    store
+        .raw_db()
+        .insert(codec::segment_key(&alice(), 5), orphan.value)
+        .unwrap();
+    assert_eq!(store.segment_count().unwrap(), 3);
+    let db = store.raw_db();
+    drop(store);
+    compact::rewrite(dir.path(), db, |p| ::sled::open(p), sled::worth_keeping).unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(store.segment_count().unwrap(), 2);
+    assert_eq!(store.read(&alice(), 0, usize::MAX).unwrap(), read);
 }
 
 #[test]
@@ -439,10 +497,7 @@ fn a_segment_header_claiming_huge_sizes_opens_without_overflow() {
             })
             .collect();
         let value = format_1_segment(&metas, &entries);
-        store
-            .raw_db()
-            .insert(codec::segment_key(&alice(), 0), value)
-            .unwrap();
+        put_segment(&store, &alice(), 0, &value);
         store.flush().unwrap();
     }
     let store = SledStore::open(dir.path()).unwrap();
