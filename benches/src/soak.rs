@@ -285,9 +285,15 @@ impl Sender {
 ///
 /// # Errors
 /// When the broker fails or a round does not complete.
-pub async fn ghosts(binary: &Path, dir: &Path, names: u64, rounds: u32) -> Result<Value> {
+pub async fn ghosts(
+    binary: &Path,
+    dir: &Path,
+    names: u64,
+    rounds: u32,
+    extra: &[&str],
+) -> Result<Value> {
     let data = dir.join("ghosts");
-    let mut broker = Broker::start(binary, &data, &[])?;
+    let mut broker = Broker::start(binary, &data, extra)?;
     let mut sender = Sender::connect(broker.addr(), "ghost-sender", 1 << 20).await?;
     let start = json!({"rss_mib": r1(broker.rss_mib()), "disk_mib": r1(disk_mib(&data))});
     let mut per_round = Vec::new();

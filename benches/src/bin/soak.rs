@@ -31,6 +31,9 @@ enum Scenario {
         /// Rounds.
         #[arg(long, default_value_t = 3)]
         rounds: u32,
+        /// Extra broker arguments.
+        #[arg(long, allow_hyphen_values = true, num_args = 0..)]
+        broker_args: Vec<String>,
     },
     /// Messages that all expire: how soon after the last time to live ran out every sender
     /// knows.
@@ -94,8 +97,13 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     let out = rt.block_on(async {
         match &args.scenario {
-            Scenario::Ghosts { names, rounds } => {
-                soak::ghosts(&args.broker, &dir, *names, *rounds).await
+            Scenario::Ghosts {
+                names,
+                rounds,
+                broker_args,
+            } => {
+                let extra: Vec<&str> = broker_args.iter().map(String::as_str).collect();
+                soak::ghosts(&args.broker, &dir, *names, *rounds, &extra).await
             }
             Scenario::Expiry { count, names, ttl } => {
                 soak::expiry(&args.broker, &dir, *count, *names, *ttl).await
