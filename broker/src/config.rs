@@ -173,8 +173,11 @@ impl Config {
                 "must hold at least one frame of the largest size",
             );
         }
-        if self.max_subscriptions == 0 || self.max_target_names == 0 {
-            return err("max_subscriptions", "limits must be at least 1");
+        if self.max_subscriptions == 0 {
+            return err("max_subscriptions", "must be at least 1");
+        }
+        if self.max_target_names == 0 {
+            return err("max_target_names", "must be at least 1");
         }
         if self.max_target_names > broadcast_protocol::MAX_LIST {
             return err("max_target_names", "must be at most 4096");
@@ -194,8 +197,11 @@ impl Config {
         if self.default_ttl.is_zero() {
             return err("default_ttl", "must be more than zero");
         }
-        if self.queue_max_messages == 0 || self.backlog_max_messages == 0 {
-            return err("queue_max_messages", "queue limits must be at least 1");
+        if self.queue_max_messages == 0 {
+            return err("queue_max_messages", "must be at least 1");
+        }
+        if self.backlog_max_messages == 0 {
+            return err("backlog_max_messages", "must be at least 1");
         }
         if self.queue_max_bytes < u64::from(self.max_frame()) {
             return err(

@@ -33,6 +33,7 @@ pub mod handle;
 mod maps;
 mod persist;
 pub mod server;
+pub mod settings;
 pub mod store;
 mod sweeper;
 
@@ -40,6 +41,7 @@ pub use config::{Config, ConfigError, SyncMode};
 pub use error::BrokerError;
 pub use handle::{BrokerHandle, Observed};
 pub use server::Broker;
+pub use settings::{LogFormat, Overrides, Settings, SettingsError};
 
 /// Sender name of messages that the broker itself sends (see [`BrokerHandle::publish`]).
 pub const BROKER_SENDER: &str = "$broker";

@@ -16,8 +16,9 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-/// How far a flush makes the store's writes durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How far a flush makes the store's writes durable. Written `os` or `device` in settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SyncMode {
     /// Written to the operating system: confirmed messages survive the broker's crash, but
     /// not a power cut or a kernel crash.
@@ -26,6 +27,27 @@ pub enum SyncMode {
     /// confirmed messages survive a power cut. The default.
     #[default]
     Device,
+}
+
+impl std::str::FromStr for SyncMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "device" => Ok(SyncMode::Device),
+            "os" => Ok(SyncMode::Os),
+            _ => Err(format!("{s:?} is not a sync mode (device or os)")),
+        }
+    }
+}
+
+impl std::fmt::Display for SyncMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SyncMode::Os => "os",
+            SyncMode::Device => "device",
+        })
+    }
 }
 
 /// The identity of a file: its device and inode.

@@ -1,0 +1,156 @@
+//! The `broadcast-broker` binary's settings: a config file, the environment and flags.
+
+use anyhow::{Context as _, bail};
+use broadcast_tests::{RawClient, WAIT, bin_path};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+use tokio::process::Command;
+
+type R = anyhow::Result<()>;
+
+/// `broadcast-broker ARGS` with the environment `env` (and no `BROADCAST_*` variable from the
+/// test's own environment).
+async fn broker(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Output> {
+    let mut command = Command::new(bin_path("broadcast-broker")?);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("BROADCAST_") {
+            command.env_remove(key);
+        }
+    }
+    let output = command
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output();
+    Ok(tokio::time::timeout(WAIT, output).await??)
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The `heartbeat_secs` line of the settings `check-config` prints.
+fn heartbeat(output: &Output) -> anyhow::Result<String> {
+    if !output.status.success() {
+        bail!("check-config failed: {}", stderr(output));
+    }
+    stdout(output)
+        .lines()
+        .find(|l| l.starts_with("heartbeat_secs = "))
+        .map(str::to_owned)
+        .context("no heartbeat_secs in the settings printed")
+}
+
+#[tokio::test]
+async fn a_flag_wins_over_the_environment_which_wins_over_the_file() -> R {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("broker.toml");
+    std::fs::write(&file, "heartbeat_secs = 7\nmax_attempts = 3\n")?;
+    let file = file.to_str().context("path")?;
+    let env = [("BROADCAST_HEARTBEAT_SECS", "8")];
+
+    let out = broker(&["check-config", file], &[]).await?;
+    assert_eq!(heartbeat(&out)?, "heartbeat_secs = 7.0");
+    assert!(
+        stdout(&out).contains("max_attempts = 3\n"),
+        "{}",
+        stdout(&out)
+    );
+    let out = broker(&["check-config", file], &env).await?;
+    assert_eq!(heartbeat(&out)?, "heartbeat_secs = 8.0");
+    let out = broker(&["--heartbeat-secs", "9", "check-config", file], &env).await?;
+    assert_eq!(heartbeat(&out)?, "heartbeat_secs = 9.0");
+    // What neither the environment nor a flag names stays the file's.
+    assert!(
+        stdout(&out).contains("max_attempts = 3\n"),
+        "{}",
+        stdout(&out)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn check_config_refuses_an_unknown_key_naming_it() -> R {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("broker.toml");
+    std::fs::write(&file, "heartbeat_secs = 2\nmax_conections = 10\n")?;
+    let out = broker(&["check-config", file.to_str().context("path")?], &[]).await?;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("unknown field `max_conections`"), "{err}");
+    assert!(err.contains("line 2"), "{err}");
+    assert!(stdout(&out).is_empty());
+
+    // A value out of range is refused naming its key, from the file as from a flag.
+    std::fs::write(&file, "store_cache_mib = 0\n")?;
+    let out = broker(&["check-config", file.to_str().context("path")?], &[]).await?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("`store_cache_mib`"),
+        "{}",
+        stderr(&out)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_default_config_file_passes_check_config_and_starts_a_broker() -> R {
+    let dir = tempfile::tempdir()?;
+    let out = broker(&["print-default-config"], &[]).await?;
+    assert!(out.status.success());
+    let defaults = stdout(&out);
+    assert!(
+        defaults.contains("\n# Most connections at once"),
+        "{defaults}"
+    );
+
+    // The default file, with the address and data directory changed, runs a broker.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let data = dir.path().join("data");
+    let text = defaults
+        .replace(
+            "listen = \"127.0.0.1:7400\"",
+            &format!("listen = \"{addr}\""),
+        )
+        .replace(
+            "data_dir = \"broadcast-data\"",
+            &format!("data_dir = {:?}", data.to_str().context("path")?),
+        );
+    let file = dir.path().join("broker.toml");
+    std::fs::write(&file, text)?;
+    let file = file.to_str().context("path")?;
+    let out = broker(&["check-config", file], &[]).await?;
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let mut child = Command::new(bin_path("broadcast-broker")?)
+        .args(["--config", file])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let connected = tokio::time::timeout(WAIT, async {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            tick.tick().await;
+            if let Some(status) = child.try_wait()? {
+                bail!("the broker exited with {status}");
+            }
+            if RawClient::connect(addr, None).await.is_ok() {
+                return Ok(());
+            }
+        }
+    });
+    connected
+        .await
+        .context("no broker on the file's address")??;
+    assert!(
+        data.join("db").exists(),
+        "the store is not in the file's data_dir"
+    );
+    Ok(())
+}
