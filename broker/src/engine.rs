@@ -15,6 +15,7 @@ use crate::core::{
     Completion, ConfirmId, Core, DrainStep, NewConfirm, Now, Refusal, Routed, Subscribed,
 };
 use crate::handle::Observed;
+use crate::metrics::{Metrics, Source};
 use crate::persist::{Command, Persist, Slot};
 use crate::store::{QueueStore, Seq, StoreError, StoredEntry};
 use broadcast_protocol::{DeliveryFailed, Publish};
@@ -112,6 +113,8 @@ pub(crate) struct Engine {
     observers: broadcast::Sender<Arc<Observed>>,
     next_conn: AtomicU64,
     clock: Clock,
+    /// What the shell counts.
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -152,7 +155,8 @@ impl Engine {
             clock,
             rest,
         };
-        let persist = Persist::start(store, &queues, failed.clone(), done)?;
+        let metrics = Arc::new(Metrics::default());
+        let persist = Persist::start(store, &queues, failed.clone(), done, metrics.clone())?;
         let (observers, _) = broadcast::channel(1024);
         let engine = Arc::new(Self {
             core,
@@ -162,9 +166,15 @@ impl Engine {
             observers,
             next_conn: AtomicU64::new(1),
             clock,
+            metrics,
         });
         rt.spawn(completions(engine.clone(), done_rx));
         Ok(engine)
+    }
+
+    /// Whether the store refuses writes now.
+    pub(crate) fn store_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
     }
 
     /// The core, locked, told whether the store takes writes.
@@ -423,5 +433,16 @@ async fn completions(
         for after in then.drain(..) {
             after();
         }
+    }
+}
+
+impl Source for Engine {
+    fn core(&self) -> (crate::core::Stats, crate::core::Gauges) {
+        let core = self.lock();
+        (core.stats().clone(), core.gauges())
+    }
+
+    fn store_failed(&self) -> bool {
+        Engine::store_failed(self)
     }
 }

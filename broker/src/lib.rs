@@ -23,6 +23,7 @@
 //! - [`error`]: the error type, [`BrokerError`].
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 mod conn;
 pub mod core;
@@ -31,12 +32,14 @@ mod engine;
 pub mod error;
 pub mod handle;
 mod maps;
+mod metrics;
 mod persist;
 pub mod server;
 pub mod settings;
 pub mod store;
 mod sweeper;
 
+pub use admin::AdminOptions;
 pub use config::{Config, ConfigError, SyncMode};
 pub use error::BrokerError;
 pub use handle::{BrokerHandle, Observed};

@@ -1,7 +1,7 @@
 //! `broadcast-broker`: runs the Broadcast message broker.
 
 use anyhow::Context as _;
-use broadcast_broker::{Broker, LogFormat, Overrides, Settings};
+use broadcast_broker::{AdminOptions, Broker, LogFormat, Overrides, Settings};
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
@@ -138,12 +138,39 @@ fn run(args: Args) -> anyhow::Result<()> {
         let shutdown = CancellationToken::new();
         let broker = Broker::start(config, listener, shutdown.clone()).await?;
         eprintln!("broadcast-broker listening on {}", broker.local_addr());
+        let stopped = CancellationToken::new();
+        let admin = if settings.admin_listen.is_empty() {
+            None
+        } else {
+            let listener = tokio::net::TcpListener::bind(&settings.admin_listen)
+                .await
+                .with_context(|| format!("cannot listen on {} (admin)", settings.admin_listen))?;
+            eprintln!("admin API on http://{}", listener.local_addr()?);
+            let options = AdminOptions {
+                token: Some(settings.admin_token.clone()).filter(|t| !t.is_empty()),
+                settings: Some(settings.to_json()),
+            };
+            let app = broadcast_broker::admin::router(&broker.handle(), options);
+            let stopped = stopped.clone();
+            // The admin API answers until the broker has stopped: readiness says 503 while
+            // it drains.
+            Some(tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped.cancelled_owned())
+                    .await
+            }))
+        };
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!("signal received, shutting down");
             shutdown.cancel();
         });
-        broker.wait().await?;
+        let result = broker.wait().await;
+        stopped.cancel();
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
+        result?;
         anyhow::Ok(())
     })
 }

@@ -81,6 +81,12 @@ settings! {
     log: String = "BROADCAST_LOG",
     /// How log lines are written: `text`, or `json` (one object per line).
     log_format: LogFormat = "BROADCAST_LOG_FORMAT",
+    /// Address of the admin HTTP API (health, readiness, metrics, state), for loopback or an
+    /// operators' network; empty: no admin API.
+    admin_listen: String = "BROADCAST_ADMIN_LISTEN",
+    /// Bearer token the admin API asks for on every path but `/healthz` and `/readyz`;
+    /// empty: none.
+    admin_token: String = "BROADCAST_ADMIN_TOKEN",
     /// Most connections at once; further connections get an error frame and are closed.
     max_connections: usize = "BROADCAST_MAX_CONNECTIONS",
     /// Largest message payload accepted, in bytes (4 KiB to 64 MiB less 64 KiB).
@@ -153,6 +159,8 @@ impl Default for Settings {
             data_dir: c.data_dir,
             log: "info".to_owned(),
             log_format: LogFormat::Text,
+            admin_listen: String::new(),
+            admin_token: String::new(),
             max_connections: c.max_connections,
             max_payload: c.max_payload,
             outbound_frames: c.outbound_frames,
@@ -268,6 +276,17 @@ impl Settings {
             }
         }
         Ok(out)
+    }
+
+    /// The settings as JSON for reports, secrets left out.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        if let Some(token) = value.get_mut("admin_token") {
+            if !self.admin_token.is_empty() {
+                *token = serde_json::Value::from("(set)");
+            }
+        }
+        value
     }
 
     /// The broker's [`Config`], checked.

@@ -30,6 +30,10 @@ pub(crate) async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, tracke
                     }
                     Err(_) => {
                         tracing::warn!(%peer, "connection limit reached, refusing");
+                        crate::metrics::add(
+                            &ctx.engine.metrics.refused[crate::metrics::REFUSED_MAX_CONNECTIONS],
+                            1,
+                        );
                         let max = ctx.config.max_connections;
                         tracker.spawn(async move {
                             let msg = format!("the broker is at its limit of {max} connections");

@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::core::{Liveness, NewConfirm, Silence};
 use crate::encode;
 use crate::engine::Engine;
+use crate::metrics;
 use broadcast_protocol::{
     ClientFrame, CodecError, ErrorCode, FailureReason, Hello, MIN_FRAME, PROTOCOL_VERSION, Publish,
     ServerFrame, Welcome, validate_client_name,
@@ -60,10 +61,14 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>
         }
         let (rd, mut wr) = stream.into_split();
         let max_frame = ctx.config.max_frame();
-        let mut reader = Reader::new(rd, max_frame, ctx.partial.clone());
+        let metrics = ctx.engine.metrics.clone();
+        let mut reader = Reader::new(rd, max_frame, ctx.partial.clone(), metrics.clone());
+        metrics::add(&metrics.connections, 1);
+        let _open = Open::new(&metrics);
         let hello = match handshake(&mut reader, &ctx).await {
             Ok(hello) => hello,
             Err(refusal) => {
+                metrics::add(&metrics.refused[metrics::refusal(refusal.0)], 1);
                 tracing::info!(reason = %refusal.1, "handshake refused");
                 let _ = wr
                     .write_all(&encode::error(refusal.0, refusal.1, None))
@@ -76,6 +81,24 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>
     }
     .instrument(span)
     .await
+}
+
+/// Counts a connection as open while it lives.
+struct Open<'a>(&'a metrics::Metrics);
+
+impl<'a> Open<'a> {
+    fn new(metrics: &'a metrics::Metrics) -> Self {
+        metrics::add(&metrics.connections_open, 1);
+        Self(metrics)
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0
+            .connections_open
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Refuses a connection that is over the connection limit.
@@ -465,13 +488,17 @@ async fn handle(
                     let wait = ctx.config.slow_consumer_wait;
                     let mut notice = blocked.notice;
                     match blocked.out.push_within(blocked.frame, wait).await {
-                        Ok(()) => continue,
+                        Ok(()) => {
+                            metrics::add(&engine.metrics.delivered_after_wait, 1);
+                            continue;
+                        }
                         Err(PushError::Full) => {}
                         Err(PushError::Closed) => {
                             notice.reason = FailureReason::NotConnected;
                             notice.detail = "the recipient disconnected".into();
                         }
                     }
+                    engine.metrics.failed(notice.reason);
                     replies.push(encode::failed(notice));
                 }
             }

@@ -9,6 +9,7 @@
 //! closed with an error. Connections holding nothing read on, so complete small frames keep
 //! flowing.
 
+use crate::metrics::{self, Metrics};
 use broadcast_protocol::{ClientFrame, CodecError, FrameCodec, decode_body};
 use bytes::BytesMut;
 use futures::Stream;
@@ -94,10 +95,20 @@ pub(crate) struct FrameReader {
     starving: Option<Pin<Box<Sleep>>>,
     room: Option<Pin<Box<OwnedNotified>>>,
     eof: bool,
+    metrics: Arc<Metrics>,
+    /// Frames and bytes read and not yet added to `metrics` (added when the reader waits,
+    /// so that a busy connection does not touch the shared counters for every frame).
+    frames: u64,
+    bytes: u64,
 }
 
 impl FrameReader {
-    pub(crate) fn new(rd: OwnedReadHalf, max_frame: u32, budget: Arc<PartialFrames>) -> Self {
+    pub(crate) fn new(
+        rd: OwnedReadHalf,
+        max_frame: u32,
+        budget: Arc<PartialFrames>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             rd,
             buf: BytesMut::with_capacity(8 * 1024),
@@ -107,7 +118,16 @@ impl FrameReader {
             starving: None,
             room: None,
             eof: false,
+            metrics,
+            frames: 0,
+            bytes: 0,
         }
+    }
+
+    /// Adds the frames and bytes read since the last time to the broker's counters.
+    fn count(&mut self) {
+        metrics::add(&self.metrics.frames_in, std::mem::take(&mut self.frames));
+        metrics::add(&self.metrics.bytes_in, std::mem::take(&mut self.bytes));
     }
 
     /// Counts `n` bytes of an incomplete frame as this connection's.
@@ -124,6 +144,7 @@ impl FrameReader {
 impl Drop for FrameReader {
     fn drop(&mut self) {
         self.hold(0);
+        self.count();
     }
 }
 
@@ -143,6 +164,7 @@ impl Stream for FrameReader {
                     this.hold(this.buf.len());
                     this.starving = None;
                     this.room = None;
+                    this.frames += 1;
                     return Poll::Ready(Some(Ok(decode_body(&body))));
                 }
                 Ok(None) => {}
@@ -168,6 +190,7 @@ impl Stream for FrameReader {
                 // Registered before the check: room made right after it wakes this connection.
                 room.as_mut().enable();
                 if this.budget.over() && room.as_mut().poll(cx).is_pending() {
+                    this.count();
                     return Poll::Pending;
                 }
             }
@@ -177,9 +200,12 @@ impl Stream for FrameReader {
                 this.buf.reserve(8 * 1024);
             }
             match poll_read_buf(Pin::new(&mut this.rd), cx, &mut this.buf) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    this.count();
+                    return Poll::Pending;
+                }
                 Poll::Ready(Ok(0)) => this.eof = true,
-                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Ok(n)) => this.bytes += n as u64,
                 Poll::Ready(Err(e)) => {
                     this.hold(0);
                     return Poll::Ready(Some(Err(ReadError::Codec(e.into()))));

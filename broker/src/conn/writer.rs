@@ -105,6 +105,7 @@ impl Writer {
                 .unwrap_or_else(|p| p.into_inner());
             for c in stash.drain(..) {
                 buf.extend_from_slice(&c);
+                frames += 1;
             }
             self.out
                 .shared
@@ -123,6 +124,11 @@ impl Writer {
             buf.extend_from_slice(&encode::frame(&ServerFrame::Ping { nonce: probe }));
         }
         let r = self.io.write_all(buf).await;
+        if r.is_ok() {
+            let metrics = &self.engine.metrics;
+            crate::metrics::add(&metrics.frames_out, frames as u64 + u64::from(probe != 0));
+            crate::metrics::add(&metrics.bytes_out, buf.len() as u64);
+        }
         self.out.shared.queued.fetch_sub(n, Ordering::AcqRel);
         self.out.shared.stalled.store(false, Ordering::Release);
         // As many senders waiting for room as frames left the queue: each may fit one now,

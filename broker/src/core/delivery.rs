@@ -76,6 +76,7 @@ impl<O: Outlet> Core<O> {
             let Some(inflight) = client.inflight.remove(tag) else {
                 continue;
             };
+            st.stats.acked += 1;
             match inflight.what {
                 InflightKind::Live { confirm, .. } => st.confirms.settle(confirm),
                 InflightKind::Queued { seq, entry } => {
@@ -190,7 +191,8 @@ impl<O: Outlet> Core<O> {
                 continue;
             }
             let attempts = attempts_of.get(&seq).copied().unwrap_or(0);
-            let bytes = frame_for(seq, &entry, seq <= hwm || attempts > 0);
+            let again = seq <= hwm || attempts > 0;
+            let bytes = frame_for(seq, &entry, again);
             let max_frame = client.out.max_frame();
             if bytes.len() - HEADER_LEN > max_frame {
                 // Cannot ever be handed to this connection; tell the sender and settle it.
@@ -212,6 +214,10 @@ impl<O: Outlet> Core<O> {
                     break;
                 }
                 Err(PushError::Closed) => break,
+            }
+            if let StoredEntry::Message(_) = entry {
+                st.stats.delivered += 1;
+                st.stats.redelivered += u64::from(again);
             }
             progress = true;
             client.cursor = seq + 1;
@@ -292,6 +298,15 @@ impl<O: Outlet> Core<O> {
                 InflightKind::Queued { seq, entry } => frame_for(*seq, entry, true),
             };
             if client.out.try_push(OutFrame::control(bytes)).is_ok() {
+                if let InflightKind::Live { .. }
+                | InflightKind::Queued {
+                    entry: StoredEntry::Message(_),
+                    ..
+                } = inflight.what
+                {
+                    st.stats.delivered += 1;
+                    st.stats.redelivered += 1;
+                }
                 inflight.attempts += 1;
                 inflight.deadline = retry;
             } else {

@@ -35,6 +35,7 @@ mod ops;
 mod outlet;
 mod queues;
 mod route;
+mod stats;
 
 pub use clients::Subscribed;
 pub use confirm::{ConfirmId, NewConfirm};
@@ -43,6 +44,7 @@ pub use liveness::{Liveness, Silence};
 pub use ops::{Completion, QueueAppend, StoreOp};
 pub use outlet::{OutFrame, Outlet, PushError};
 pub use route::{Blocked, Routed, validate};
+pub use stats::{FAILURE_REASONS, Gauges, Stats, TARGET_KINDS, reason_name};
 
 use crate::config::Config;
 use crate::maps::{HashMap, HashSet};
@@ -141,6 +143,8 @@ struct State<O: Outlet> {
     lost: Vec<(String, DeliveryFailed)>,
     /// How long a notice waits in its sender's queue (the default time to live).
     notice_ttl_ms: u64,
+    /// Counts of what was decided, for metrics.
+    stats: Stats,
 }
 
 /// Tags of deliveries made straight from a sender have the top bit set; tags of deliveries
@@ -177,6 +181,7 @@ impl<O: Outlet> Core<O> {
             store_failed: false,
             lost: Vec::new(),
             notice_ttl_ms: config.default_ttl.as_millis() as u64,
+            stats: Stats::default(),
         };
         for s in sessions {
             let name: Arc<str> = Arc::from(s.name);
@@ -195,6 +200,23 @@ impl<O: Outlet> Core<O> {
             st.sessions.insert(name, session);
         }
         Self { config, st }
+    }
+
+    /// Counts of what the core has decided since it started.
+    pub fn stats(&self) -> &Stats {
+        &self.st.stats
+    }
+
+    /// Clients connected now, subscribers' sessions remembered, channels with a subscriber,
+    /// and the messages and bytes waiting in queues.
+    pub fn gauges(&self) -> Gauges {
+        Gauges {
+            clients: self.st.clients.len() as u64,
+            sessions: self.st.sessions.len() as u64,
+            channels: self.st.channels.len() as u64,
+            queued_messages: self.st.queues.pending_total(),
+            queued_bytes: self.st.queues.stored_bytes(),
+        }
     }
 
     /// Store writes decided since the last call, in order. The shell hands them to the store

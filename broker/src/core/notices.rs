@@ -53,6 +53,7 @@ impl<O: Outlet> State<O> {
         notice: DeliveryFailed,
         confirm: Option<ConfirmId>,
     ) {
+        self.stats.failed(notice.reason);
         if sender == crate::BROKER_SENDER {
             tracing::warn!(id = %notice.id, reason = ?notice.reason, "a message of the broker was not delivered");
             return self.settle(confirm);
@@ -109,6 +110,7 @@ impl<O: Outlet> State<O> {
             detail: format!("the message store failed: {error}"),
             ack_tag: None,
         };
+        self.stats.failed(notice.reason);
         self.tell_or_lose(sender, notice);
     }
 

@@ -113,6 +113,8 @@ struct Routing<'a, O> {
     confirm: Option<ConfirmId>,
     appends: Vec<QueueAppend>,
     expires_at_ms: u64,
+    /// Deliveries handed to connections.
+    delivered: u64,
 }
 
 /// Checks a message before routing it.
@@ -268,6 +270,7 @@ fn route_one<O: Outlet>(
         confirm: if msg.persistent { confirm } else { None },
         appends: std::mem::take(appends),
         expires_at_ms,
+        delivered: 0,
     };
     match &msg.target {
         Target::Client(name) => r.for_client(st, name, None),
@@ -325,6 +328,11 @@ fn route_one<O: Outlet>(
         }
     }
     *appends = std::mem::take(&mut r.appends);
+    st.stats.published(&msg.target, msg.persistent);
+    st.stats.delivered += r.delivered;
+    for notice in &r.failed {
+        st.stats.failed(notice.reason);
+    }
     Routed {
         failed: r.failed,
         blocked: r.blocked,
@@ -408,7 +416,7 @@ impl<O: Outlet> Routing<'_, O> {
         }
         let frame = OutFrame::at_most_once(bytes.clone());
         match client.out.try_push(frame) {
-            Ok(()) => {}
+            Ok(()) => self.delivered += 1,
             Err(PushError::Full) => {
                 let detail =
                     format!("{name} is not reading fast enough: its outbound queue is full");
@@ -469,6 +477,7 @@ impl<O: Outlet> Routing<'_, O> {
         if client.out.try_push(OutFrame::control(bytes)).is_err() {
             return false;
         }
+        self.delivered += 1;
         client.next_live_tag += 1;
         let Some(confirm) = self.confirm else {
             return true;

@@ -8,6 +8,7 @@
 use super::journal::Outcomes;
 use super::{Completions, release_retired};
 use crate::core::{Completion, ConfirmId};
+use crate::metrics::Metrics;
 use crate::store::{QueueId, QueueStore, StoredEntry};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,6 +50,8 @@ pub(super) struct Flusher {
     thread: Option<JoinHandle<()>>,
     failed: Arc<AtomicBool>,
     done: Completions,
+    /// The broker's metrics, which the store thread also records in.
+    pub(super) metrics: Arc<Metrics>,
 }
 
 impl Flusher {
@@ -60,12 +63,23 @@ impl Flusher {
         failed: Arc<AtomicBool>,
         outcomes: Outcomes,
         done: Completions,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, crate::store::StoreError> {
         let (tx, rx) = sync_channel(BEHIND);
         let (thread_failed, thread_done) = (failed.clone(), done.clone());
+        let thread_metrics = metrics.clone();
         let thread = std::thread::Builder::new()
             .name("broadcast-flush".into())
-            .spawn(move || run(&*store, &rx, &thread_failed, &outcomes, &thread_done))
+            .spawn(move || {
+                run(
+                    &*store,
+                    &rx,
+                    &thread_failed,
+                    &outcomes,
+                    &thread_done,
+                    &thread_metrics,
+                )
+            })
             .map_err(|e| {
                 crate::store::StoreError::Io(format!("cannot start the flush thread: {e}"))
             })?;
@@ -74,6 +88,7 @@ impl Flusher {
             thread: Some(thread),
             failed,
             done,
+            metrics,
         })
     }
 
@@ -134,9 +149,11 @@ fn run(
     failed: &AtomicBool,
     outcomes: &Outcomes,
     done: &Completions,
+    metrics: &Metrics,
 ) {
     let mut groups = Vec::new();
     let mut checked = Instant::now();
+    let started = Instant::now();
     loop {
         // A store that can no longer make writes durable is noticed within a period, also
         // while nothing is written.
@@ -158,10 +175,18 @@ fn run(
         groups.extend(rx.try_iter());
         let wrote = groups.iter().any(|g| g.wrote);
         let flushed = if wrote {
-            store.flush().map_err(|e| e.to_string())
+            let t0 = Instant::now();
+            let flushed = store.flush().map_err(|e| e.to_string());
+            metrics.flush_seconds.observe(t0.elapsed().as_secs_f64());
+            metrics.flush_groups.observe(groups.len() as f64);
+            metrics.flushes.fetch_add(1, Ordering::Relaxed);
+            flushed
         } else {
             Ok(())
         };
+        metrics
+            .last_flush_ms
+            .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         if let Err(e) = &flushed {
             tracing::error!(error = %e, "store flush failed; persistent messages are refused until the store heals");
             failed.store(true, Ordering::Release);

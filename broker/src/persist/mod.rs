@@ -68,6 +68,7 @@ impl Persist {
         queues: &[QueueInfo],
         failed: Arc<AtomicBool>,
         done: Completions,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Self, StoreError> {
         let next_seq = queues
             .iter()
@@ -80,6 +81,7 @@ impl Persist {
             failed.clone(),
             outcomes.clone(),
             done.clone(),
+            metrics,
         )?;
         let journal = journal::Journal::new(outcomes);
         let worker = worker::Worker::new(store, flusher, journal, rx, next_seq, done, failed);

@@ -70,7 +70,12 @@ impl Worker {
                 }
                 group.truncate(i);
             }
+            let t0 = Instant::now();
             self.apply(&mut group);
+            self.flusher
+                .metrics
+                .apply_seconds
+                .observe(t0.elapsed().as_secs_f64());
             if stop.is_some() {
                 break;
             }

@@ -1,0 +1,185 @@
+//! The admin HTTP API, for operators and their tools: health, readiness, Prometheus metrics and
+//! the broker's state. Meant for loopback or an operators' network; with a token, every path
+//! but `/healthz` and `/readyz` asks for it as `Authorization: Bearer TOKEN`.
+//!
+//! - `GET /healthz`: 200 while the process serves requests.
+//! - `GET /readyz`: 200 when the broker takes messages; 503 with the reasons while it shuts
+//!   down or while its store refuses writes.
+//! - `GET /metrics`: every metric, in the OpenMetrics text format.
+//! - `GET /v1/server`: version, uptime, the settings in force and totals, as JSON.
+
+use crate::core::{FAILURE_REASONS, reason_name};
+use crate::engine::Engine;
+use crate::handle::BrokerHandle;
+use crate::metrics::{self, Source};
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self as mw, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
+
+/// Settings of the admin API.
+#[derive(Debug, Clone, Default)]
+pub struct AdminOptions {
+    /// When set, requests other than health and readiness must carry it as a bearer token.
+    pub token: Option<String>,
+    /// The settings in force, shown by `/v1/server`.
+    pub settings: Option<Value>,
+}
+
+struct AdminState {
+    engine: Arc<Engine>,
+    shutdown: CancellationToken,
+    registry: Registry,
+    options: AdminOptions,
+    started: Instant,
+    started_ms: u64,
+}
+
+/// The admin API of the broker behind `handle`, to serve on a listener of its own.
+pub fn router(handle: &BrokerHandle, options: AdminOptions) -> Router {
+    let engine = handle.engine.clone();
+    let source: Arc<dyn Source> = engine.clone();
+    let registry = metrics::registry(engine.metrics.clone(), source);
+    let state = Arc::new(AdminState {
+        engine,
+        shutdown: handle.shutdown.clone(),
+        registry,
+        options,
+        started: Instant::now(),
+        started_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    });
+    let guarded = Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/v1/server", get(server))
+        .route_layer(mw::from_fn_with_state(state.clone(), authorize));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .merge(guarded)
+        .with_state(state)
+}
+
+/// Compares two byte strings in time that depends on their lengths only.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn authorize(State(state): State<Arc<AdminState>>, request: Request, next: Next) -> Response {
+    if let Some(token) = &state.options.token {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "a bearer token is required\n",
+            )
+                .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+async fn ready(State(state): State<Arc<AdminState>>) -> Response {
+    let mut reasons = Vec::new();
+    if state.shutdown.is_cancelled() {
+        reasons.push("the broker is shutting down");
+    }
+    if state.engine.store_failed() {
+        reasons.push("the store refuses writes");
+    }
+    let status = if reasons.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({ "ready": reasons.is_empty(), "reasons": reasons });
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics_text(State(state): State<Arc<AdminState>>) -> Response {
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &state.registry) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot encode the metrics\n",
+        )
+            .into_response(),
+    }
+}
+
+async fn server(State(state): State<Arc<AdminState>>) -> Response {
+    let (stats, gauges) = state.engine.core();
+    let m = &state.engine.metrics;
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let published: u64 = stats.published.iter().flatten().sum();
+    let failures: serde_json::Map<String, Value> = FAILURE_REASONS
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let n = stats.failed[i] + load(&m.failed_after_wait[i]);
+            (reason_name(*r).to_owned(), json!(n))
+        })
+        .collect();
+    let body = json!({
+        "server": format!("broadcast-broker {}", env!("CARGO_PKG_VERSION")),
+        "version": env!("CARGO_PKG_VERSION"),
+        "started_at_ms": state.started_ms,
+        "uptime_secs": state.started.elapsed().as_secs_f64(),
+        "ready": !state.shutdown.is_cancelled() && !state.engine.store_failed(),
+        "store_failed": state.engine.store_failed(),
+        "settings": state.options.settings.clone().unwrap_or(Value::Null),
+        "connections": load(&m.connections_open),
+        "clients": gauges.clients,
+        "sessions": gauges.sessions,
+        "channels": gauges.channels,
+        "queued_messages": gauges.queued_messages,
+        "queued_bytes": gauges.queued_bytes,
+        "totals": {
+            "connections_accepted": load(&m.connections),
+            "messages_published": published,
+            "deliveries": stats.delivered + load(&m.delivered_after_wait),
+            "redeliveries": stats.redelivered,
+            "acks": stats.acked,
+            "delivery_failures": failures,
+            "frames_received": load(&m.frames_in),
+            "frames_sent": load(&m.frames_out),
+            "received_bytes": load(&m.bytes_in),
+            "sent_bytes": load(&m.bytes_out),
+            "store_flushes": load(&m.flushes),
+        },
+    });
+    axum::Json(body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(super::same(b"secret", b"secret"));
+        assert!(!super::same(b"secret", b"secreT"));
+        assert!(!super::same(b"secret", b"secret2"));
+        assert!(!super::same(b"", b"x"));
+    }
+}

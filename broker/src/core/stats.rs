@@ -1,0 +1,132 @@
+//! Counts of what the core decided, for the broker's metrics: plain integers kept under the
+//! core's lock and copied out when metrics are read, so counting costs an addition.
+
+use broadcast_protocol::{FailureReason, Target};
+
+/// Every failure reason, in the order of [`Stats::failed`].
+pub const FAILURE_REASONS: [FailureReason; 10] = [
+    FailureReason::NotConnected,
+    FailureReason::NoSubscribers,
+    FailureReason::SlowConsumer,
+    FailureReason::TooLarge,
+    FailureReason::Expired,
+    FailureReason::QueueFull,
+    FailureReason::AttemptsExhausted,
+    FailureReason::StoreUnavailable,
+    FailureReason::ShuttingDown,
+    FailureReason::NotSubscribed,
+];
+
+/// Every kind of target, in the order of [`Stats::published`].
+pub const TARGET_KINDS: [&str; 6] = [
+    "client",
+    "group",
+    "channel",
+    "channels",
+    "client_in_channel",
+    "all",
+];
+
+/// A failure reason's name in metrics and reports.
+pub fn reason_name(reason: FailureReason) -> &'static str {
+    match reason {
+        FailureReason::NotConnected => "not_connected",
+        FailureReason::NoSubscribers => "no_subscribers",
+        FailureReason::SlowConsumer => "slow_consumer",
+        FailureReason::TooLarge => "too_large",
+        FailureReason::Expired => "expired",
+        FailureReason::QueueFull => "queue_full",
+        FailureReason::AttemptsExhausted => "attempts_exhausted",
+        FailureReason::StoreUnavailable => "store_unavailable",
+        FailureReason::ShuttingDown => "shutting_down",
+        FailureReason::NotSubscribed => "not_subscribed",
+    }
+}
+
+fn reason_index(reason: FailureReason) -> usize {
+    match reason {
+        FailureReason::NotConnected => 0,
+        FailureReason::NoSubscribers => 1,
+        FailureReason::SlowConsumer => 2,
+        FailureReason::TooLarge => 3,
+        FailureReason::Expired => 4,
+        FailureReason::QueueFull => 5,
+        FailureReason::AttemptsExhausted => 6,
+        FailureReason::StoreUnavailable => 7,
+        FailureReason::ShuttingDown => 8,
+        FailureReason::NotSubscribed => 9,
+    }
+}
+
+fn target_index(target: &Target) -> usize {
+    match target {
+        Target::Client(_) => 0,
+        Target::Group(_) => 1,
+        Target::Channel(_) => 2,
+        Target::Channels(_) => 3,
+        Target::ClientInChannel { .. } => 4,
+        Target::All => 5,
+    }
+}
+
+/// How much the core holds now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Gauges {
+    /// Clients connected.
+    pub clients: u64,
+    /// Clients whose subscriptions are remembered, connected or not.
+    pub sessions: u64,
+    /// Channels with at least one subscriber, connected or not.
+    pub channels: u64,
+    /// Messages (and notices) waiting in recipients' queues and channel backlogs.
+    pub queued_messages: u64,
+    /// Bytes of those.
+    pub queued_bytes: u64,
+}
+
+/// What the core has decided since it started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Messages taken for routing, by target kind (as [`TARGET_KINDS`]), non-persistent
+    /// first, then persistent.
+    pub published: [[u64; 2]; TARGET_KINDS.len()],
+    /// Messages handed to a recipient's connection, redeliveries included.
+    pub delivered: u64,
+    /// Of those, persistent messages handed out again (not acknowledged in time, or after a
+    /// reconnect).
+    pub redelivered: u64,
+    /// Persistent deliveries acknowledged.
+    pub acked: u64,
+    /// Delivery failures told (or to be told) to senders, by reason (as [`FAILURE_REASONS`]).
+    pub failed: [u64; FAILURE_REASONS.len()],
+}
+
+impl Stats {
+    pub(super) fn published(&mut self, target: &Target, persistent: bool) {
+        self.published[target_index(target)][usize::from(persistent)] += 1;
+    }
+
+    pub(super) fn failed(&mut self, reason: FailureReason) {
+        self.failed[reason_index(reason)] += 1;
+    }
+
+    /// Failures of `reason`.
+    pub fn failures(&self, reason: FailureReason) -> u64 {
+        self.failed[reason_index(reason)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_its_own_slot_and_name() {
+        for (i, reason) in FAILURE_REASONS.iter().enumerate() {
+            assert_eq!(reason_index(*reason), i);
+        }
+        let names: std::collections::HashSet<_> =
+            FAILURE_REASONS.iter().map(|r| reason_name(*r)).collect();
+        assert_eq!(names.len(), FAILURE_REASONS.len());
+    }
+}

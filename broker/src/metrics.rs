@@ -1,0 +1,370 @@
+//! The broker's metrics, in one Prometheus registry per broker (several brokers in one process
+//! stay apart).
+//!
+//! Two kinds of counts: those of the shell ([`Metrics`]: connections, frames and bytes, the
+//! store's writes and flushes), kept in atomics or histograms as they happen, and those of the
+//! routing core ([`crate::core::Stats`] and [`crate::core::Gauges`]: messages published,
+//! delivered, acknowledged, failed, queued), plain integers under the core's lock that a scrape
+//! copies. No metric has a label with a client or channel name: what they hold is bounded
+//! whatever the traffic.
+
+use crate::core::{FAILURE_REASONS, Gauges, Stats, TARGET_KINDS, reason_name};
+use broadcast_protocol::{ErrorCode, FailureReason};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why a connection was refused before its handshake completed, as metrics label it.
+pub(crate) const REFUSALS: [&str; 7] = [
+    "max_connections",
+    "handshake_timeout",
+    "bad_handshake",
+    "unsupported_version",
+    "invalid_name",
+    "frame_too_large",
+    "limit_reached",
+];
+
+/// The refusal label of a handshake refused with `code`.
+pub(crate) fn refusal(code: ErrorCode) -> usize {
+    match code {
+        ErrorCode::Timeout => 1,
+        ErrorCode::UnsupportedVersion => 3,
+        ErrorCode::InvalidName => 4,
+        ErrorCode::FrameTooLarge => 5,
+        ErrorCode::LimitReached => 6,
+        _ => 2,
+    }
+}
+
+/// The refusal label of the connection limit.
+pub(crate) const REFUSED_MAX_CONNECTIONS: usize = 0;
+
+fn reason_index(reason: FailureReason) -> usize {
+    FAILURE_REASONS
+        .iter()
+        .position(|r| *r == reason)
+        .unwrap_or_default()
+}
+
+/// What the shell counts, shared by every connection and the store threads.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    pub(crate) connections_open: AtomicU64,
+    pub(crate) connections: AtomicU64,
+    pub(crate) refused: [AtomicU64; REFUSALS.len()],
+    pub(crate) frames_in: AtomicU64,
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) frames_out: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+    /// Non-persistent deliveries that waited for room at a slow recipient and got it.
+    pub(crate) delivered_after_wait: AtomicU64,
+    /// Deliveries that failed in the shell (after waiting for room), by reason.
+    pub(crate) failed_after_wait: [AtomicU64; FAILURE_REASONS.len()],
+    /// Seconds each flush of the store took.
+    pub(crate) flush_seconds: Histogram,
+    /// Groups of writes each flush made durable.
+    pub(crate) flush_groups: Histogram,
+    /// Seconds the store thread took to apply each group of writes.
+    pub(crate) apply_seconds: Histogram,
+    /// Milliseconds since the broker started at the end of the last flush.
+    pub(crate) last_flush_ms: AtomicU64,
+    /// Flushes made.
+    pub(crate) flushes: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            connections_open: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            refused: Default::default(),
+            frames_in: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            frames_out: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            delivered_after_wait: AtomicU64::new(0),
+            failed_after_wait: Default::default(),
+            // 10 µs to about 10 s.
+            flush_seconds: Histogram::new(exponential_buckets(1e-5, 4.0, 11)),
+            flush_groups: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
+            apply_seconds: Histogram::new(exponential_buckets(1e-5, 4.0, 11)),
+            last_flush_ms: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Adds `n` to a counter.
+pub(crate) fn add(counter: &AtomicU64, n: u64) {
+    if n > 0 {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+impl Metrics {
+    /// A delivery the shell gave up on.
+    pub(crate) fn failed(&self, reason: FailureReason) {
+        add(&self.failed_after_wait[reason_index(reason)], 1);
+    }
+}
+
+/// Where a scrape reads what the core and the store hold now.
+pub(crate) trait Source: Send + Sync + 'static {
+    /// The core's counts and gauges.
+    fn core(&self) -> (Stats, Gauges);
+    /// Whether the store refuses writes.
+    fn store_failed(&self) -> bool;
+}
+
+/// A registry of every metric of one broker.
+pub(crate) fn registry(metrics: Arc<Metrics>, source: Arc<dyn Source>) -> Registry {
+    let mut registry = Registry::with_prefix("broadcast");
+    registry.register_with_unit(
+        "store_flush",
+        "Time each flush of the store took to make writes durable",
+        Unit::Seconds,
+        metrics.flush_seconds.clone(),
+    );
+    registry.register(
+        "store_flush_groups",
+        "Groups of writes made durable by each flush of the store",
+        metrics.flush_groups.clone(),
+    );
+    registry.register_with_unit(
+        "store_apply",
+        "Time the store thread took to apply each group of writes",
+        Unit::Seconds,
+        metrics.apply_seconds.clone(),
+    );
+    registry.register_collector(Box::new(Scrape { metrics, source }));
+    registry
+}
+
+struct Scrape {
+    metrics: Arc<Metrics>,
+    source: Arc<dyn Source>,
+}
+
+impl std::fmt::Debug for Scrape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scrape").finish_non_exhaustive()
+    }
+}
+
+fn counter(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: u64) -> std::fmt::Result {
+    let metric = ConstCounter::new(value);
+    metric.encode(e.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn gauge(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: u64) -> std::fmt::Result {
+    let metric = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+    metric.encode(e.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn load(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut e: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let m = &*self.metrics;
+        let (stats, gauges) = self.source.core();
+
+        gauge(
+            &mut e,
+            "connections",
+            "Connections open now",
+            load(&m.connections_open),
+        )?;
+        counter(
+            &mut e,
+            "connections_accepted",
+            "Connections accepted",
+            load(&m.connections),
+        )?;
+        {
+            let family = ConstCounter::new(0u64);
+            let mut d = e.encode_descriptor(
+                "connections_refused",
+                "Connections refused before their handshake completed, by reason",
+                None,
+                family.metric_type(),
+            )?;
+            for (label, value) in REFUSALS.iter().zip(&m.refused) {
+                let labels = [("reason", *label)];
+                ConstCounter::new(load(value)).encode(d.encode_family(&labels)?)?;
+            }
+        }
+        gauge(
+            &mut e,
+            "clients",
+            "Clients connected under a name now",
+            gauges.clients,
+        )?;
+        gauge(
+            &mut e,
+            "sessions",
+            "Clients whose subscriptions are remembered",
+            gauges.sessions,
+        )?;
+        gauge(
+            &mut e,
+            "channels",
+            "Channels with at least one subscriber",
+            gauges.channels,
+        )?;
+        counter(
+            &mut e,
+            "frames_received",
+            "Frames received from clients",
+            load(&m.frames_in),
+        )?;
+        counter(
+            &mut e,
+            "frames_sent",
+            "Frames sent to clients",
+            load(&m.frames_out),
+        )?;
+        counter(
+            &mut e,
+            "received_bytes",
+            "Bytes received from clients",
+            load(&m.bytes_in),
+        )?;
+        counter(
+            &mut e,
+            "sent_bytes",
+            "Bytes sent to clients",
+            load(&m.bytes_out),
+        )?;
+        {
+            let family = ConstCounter::new(0u64);
+            let mut d = e.encode_descriptor(
+                "messages_published",
+                "Messages taken for routing, by target kind and persistence",
+                None,
+                family.metric_type(),
+            )?;
+            for (kind, counts) in TARGET_KINDS.iter().zip(&stats.published) {
+                for (persistence, value) in ["non_persistent", "persistent"].iter().zip(counts) {
+                    let labels = [("target", *kind), ("persistence", *persistence)];
+                    ConstCounter::new(*value).encode(d.encode_family(&labels)?)?;
+                }
+            }
+        }
+        let delivered = stats.delivered + load(&m.delivered_after_wait);
+        counter(
+            &mut e,
+            "deliveries",
+            "Messages handed to recipients' connections, redeliveries included",
+            delivered,
+        )?;
+        counter(
+            &mut e,
+            "redeliveries",
+            "Persistent messages handed to a recipient again",
+            stats.redelivered,
+        )?;
+        counter(
+            &mut e,
+            "acks",
+            "Persistent deliveries acknowledged",
+            stats.acked,
+        )?;
+        {
+            let family = ConstCounter::new(0u64);
+            let mut d = e.encode_descriptor(
+                "delivery_failures",
+                "Deliveries that failed, each told to its sender, by reason",
+                None,
+                family.metric_type(),
+            )?;
+            for (i, reason) in FAILURE_REASONS.iter().enumerate() {
+                let value = stats.failed[i] + load(&m.failed_after_wait[i]);
+                let labels = [("reason", reason_name(*reason))];
+                ConstCounter::new(value).encode(d.encode_family(&labels)?)?;
+            }
+        }
+        gauge(
+            &mut e,
+            "queued_messages",
+            "Messages and notices waiting in queues and backlogs",
+            gauges.queued_messages,
+        )?;
+        gauge(
+            &mut e,
+            "queued_bytes",
+            "Bytes of the messages waiting in queues and backlogs",
+            gauges.queued_bytes,
+        )?;
+        counter(
+            &mut e,
+            "store_flushes",
+            "Flushes of the store",
+            load(&m.flushes),
+        )?;
+        gauge(
+            &mut e,
+            "store_failed",
+            "1 while the store refuses writes (persistent messages are refused), else 0",
+            u64::from(self.source.store_failed()),
+        )?;
+        process(&mut e)
+    }
+}
+
+/// The process's resident memory, CPU time and open files, from `/proc/self` (Linux only).
+fn process(e: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+    #[cfg(target_os = "linux")]
+    {
+        if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+            let rss_kib = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok());
+            if let Some(kib) = rss_kib {
+                gauge(
+                    e,
+                    "process_resident_memory_bytes",
+                    "Resident memory of the broker process",
+                    kib * 1024,
+                )?;
+            }
+        }
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            // Fields after the command name (which may hold spaces) start after its ')'.
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map(|(_, rest)| rest.split_whitespace().collect())
+                .unwrap_or_default();
+            // utime and stime are fields 14 and 15 of the line, 12 and 13 after ')'.
+            let ticks: u64 = [11, 12]
+                .iter()
+                .filter_map(|i| fields.get(*i)?.parse::<u64>().ok())
+                .sum();
+            // The kernel's USER_HZ is 100 on every architecture Linux supports today.
+            let cpu = ConstCounter::new(ticks as f64 / 100.0);
+            cpu.encode(e.encode_descriptor(
+                "process_cpu_seconds",
+                "CPU time of the broker process, user and system",
+                None,
+                cpu.metric_type(),
+            )?)?;
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            gauge(
+                e,
+                "process_open_fds",
+                "Open file descriptors of the broker process",
+                fds.count() as u64,
+            )?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,202 @@
+//! The admin API over real HTTP against a broker on port 0: metrics that move by exactly what
+//! clients did, readiness while the broker shuts down, the bearer token.
+
+use anyhow::{Context as _, bail};
+use broadcast_broker::AdminOptions;
+use broadcast_protocol::{ServerFrame, Target};
+use broadcast_tests::{RawClient, TestBroker, WAIT};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+
+type R = anyhow::Result<()>;
+
+/// Serves the admin API of `broker` on a free port.
+async fn serve_admin(broker: &TestBroker, token: Option<&str>) -> anyhow::Result<SocketAddr> {
+    let options = AdminOptions {
+        token: token.map(str::to_owned),
+        settings: None,
+    };
+    let app = broadcast_broker::admin::router(&broker.handle()?, options);
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(addr)
+}
+
+/// `GET path` over HTTP/1.1; the status and the body.
+async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> anyhow::Result<(u16, String)> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: broker\r\n{auth}Connection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        anyhow::Ok(response)
+    };
+    let response = tokio::time::timeout(WAIT, exchange).await??;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("no end of the headers")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .context("no status")?
+        .parse()?;
+    Ok((status, body.to_owned()))
+}
+
+/// Every sample of a metrics page, by name with its labels as written.
+fn samples(page: &str) -> HashMap<String, f64> {
+    page.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+async fn scrape(addr: SocketAddr) -> anyhow::Result<HashMap<String, f64>> {
+    let (status, body) = get(addr, "/metrics", None).await?;
+    if status != 200 {
+        bail!("/metrics answered {status}: {body}");
+    }
+    Ok(samples(&body))
+}
+
+/// How much `name` moved between two scrapes (a sample missing from either is an error).
+fn moved(before: &HashMap<String, f64>, after: &HashMap<String, f64>, name: &str) -> f64 {
+    let (Some(b), Some(a)) = (before.get(name), after.get(name)) else {
+        panic!("no sample {name}");
+    };
+    a - b
+}
+
+#[tokio::test]
+async fn metrics_move_by_exactly_what_clients_sent_and_received() -> R {
+    let broker = TestBroker::start().await?;
+    let admin = serve_admin(&broker, None).await?;
+    let before = scrape(admin).await?;
+
+    let mut bob = RawClient::connect(broker.addr(), Some("bob")).await?;
+    let mut alice = RawClient::connect(broker.addr(), Some("alice")).await?;
+    for i in 0..30u8 {
+        alice
+            .publish(Target::Client("bob".into()), &[i], false)
+            .await?;
+    }
+    for i in 0..10u8 {
+        alice
+            .publish(Target::Client("away".into()), &[i], true)
+            .await?;
+    }
+    for i in 0..5u8 {
+        alice
+            .publish(Target::Client("nobody".into()), &[i], false)
+            .await?;
+    }
+    for i in 0..4u8 {
+        alice
+            .publish(Target::Channel("empty".into()), &[i], false)
+            .await?;
+    }
+    // Alice hears of every message: 10 accepted, 9 not delivered.
+    let (mut accepted, mut failures) = (0, Vec::new());
+    while accepted < 10 || failures.len() < 9 {
+        match alice.next().await? {
+            ServerFrame::Accepted { .. } => accepted += 1,
+            ServerFrame::DeliveryFailed(n) => failures.push(n.reason),
+            other => bail!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(failures.len(), 9, "{failures:?}");
+    for _ in 0..30 {
+        bob.delivery().await?;
+    }
+
+    let after = scrape(admin).await?;
+    let m = |name: &str| moved(&before, &after, name);
+    assert_eq!(
+        m(r#"broadcast_messages_published_total{target="client",persistence="non_persistent"}"#),
+        35.0
+    );
+    assert_eq!(
+        m(r#"broadcast_messages_published_total{target="client",persistence="persistent"}"#),
+        10.0
+    );
+    assert_eq!(
+        m(r#"broadcast_messages_published_total{target="channel",persistence="non_persistent"}"#),
+        4.0
+    );
+    assert_eq!(m("broadcast_deliveries_total"), 30.0);
+    assert_eq!(
+        m(r#"broadcast_delivery_failures_total{reason="not_connected"}"#),
+        5.0
+    );
+    assert_eq!(
+        m(r#"broadcast_delivery_failures_total{reason="no_subscribers"}"#),
+        4.0
+    );
+    assert_eq!(m("broadcast_queued_messages"), 10.0);
+    assert_eq!(m("broadcast_connections_accepted_total"), 2.0);
+    assert_eq!(after["broadcast_clients"], 2.0);
+    assert_eq!(after["broadcast_connections"], 2.0);
+    assert!(m("broadcast_frames_sent_total") >= 30.0 + 10.0 + 9.0);
+    assert!(m("broadcast_store_flushes_total") >= 1.0);
+    assert!(after["broadcast_process_resident_memory_bytes"] > 0.0);
+
+    // Once bob is away and back, his persistent messages count as deliveries and acks.
+    for i in 0..3u8 {
+        alice
+            .publish(Target::Client("bob".into()), &[i], true)
+            .await?;
+    }
+    let mut tags = Vec::new();
+    for _ in 0..3 {
+        tags.push(bob.delivery().await?.ack_tag.context("no ack tag")?);
+    }
+    bob.ack(tags).await?;
+    bob.sync().await?;
+    let acked = scrape(admin).await?;
+    assert_eq!(moved(&after, &acked, "broadcast_deliveries_total"), 3.0);
+    assert_eq!(moved(&after, &acked, "broadcast_acks_total"), 3.0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn readyz_answers_503_once_the_broker_is_shutting_down() -> R {
+    let mut broker = TestBroker::start().await?;
+    let admin = serve_admin(&broker, None).await?;
+    let (status, body) = get(admin, "/readyz", None).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(get(admin, "/healthz", None).await?.0, 200);
+    // A client that stays connected: the broker drains it as it stops.
+    let _client = RawClient::connect(broker.addr(), Some("stays")).await?;
+    broker.handle()?.shutdown();
+    let (status, body) = get(admin, "/readyz", None).await?;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("shutting down"), "{body}");
+    broker.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_token_guards_everything_but_health_and_readiness() -> R {
+    let broker = TestBroker::start().await?;
+    let admin = serve_admin(&broker, Some("s3cret")).await?;
+    assert_eq!(get(admin, "/metrics", None).await?.0, 401);
+    assert_eq!(get(admin, "/metrics", Some("wrong")).await?.0, 401);
+    assert_eq!(get(admin, "/v1/server", Some("s3cre")).await?.0, 401);
+    assert_eq!(get(admin, "/metrics", Some("s3cret")).await?.0, 200);
+    let (status, body) = get(admin, "/v1/server", Some("s3cret")).await?;
+    assert_eq!(status, 200);
+    let server: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!(server["ready"], true);
+    assert_eq!(get(admin, "/healthz", None).await?.0, 200);
+    assert_eq!(get(admin, "/readyz", None).await?.0, 200);
+    Ok(())
+}
