@@ -7,13 +7,17 @@
 //!   down or while its store refuses writes.
 //! - `GET /metrics`: every metric, in the OpenMetrics text format.
 //! - `GET /v1/server`: version, uptime, the settings in force and totals, as JSON.
+//! - `GET /v1/connections`, `/v1/queues`, `/v1/channels`: lists as JSON, sorted by key, in
+//!   pages: `?limit=N` (default 100, at most 1,000) and `?after=KEY` (the `next` of the
+//!   page before).
 
 use crate::core::{FAILURE_REASONS, reason_name};
 use crate::engine::Engine;
 use crate::handle::BrokerHandle;
 use crate::metrics::{self, Source};
+use crate::store::QueueId;
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self as mw, Next};
 use axum::response::{IntoResponse, Response};
@@ -61,6 +65,9 @@ pub fn router(handle: &BrokerHandle, options: AdminOptions) -> Router {
     let guarded = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/v1/server", get(server))
+        .route("/v1/connections", get(connections))
+        .route("/v1/queues", get(queues))
+        .route("/v1/channels", get(channels))
         .route_layer(mw::from_fn_with_state(state.clone(), authorize));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -173,6 +180,108 @@ async fn server(State(state): State<Arc<AdminState>>) -> Response {
     axum::Json(body).into_response()
 }
 
+/// Where a page of a list starts and how long it is.
+#[derive(Debug, serde::Deserialize)]
+struct PageQuery {
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+/// Items on a page unless asked otherwise, and at most.
+const PAGE: usize = 100;
+const PAGE_MAX: usize = 1000;
+
+/// One page of `items` (each with its key), sorted by key.
+fn page(mut items: Vec<(String, Value)>, query: &PageQuery) -> Value {
+    let total = items.len();
+    items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let limit = query.limit.unwrap_or(PAGE).clamp(1, PAGE_MAX);
+    let start = query
+        .after
+        .as_ref()
+        .map_or(0, |after| items.partition_point(|(k, _)| k <= after));
+    let rest = &items[start.min(total)..];
+    let shown = &rest[..limit.min(rest.len())];
+    let next = (rest.len() > shown.len())
+        .then(|| shown.last().map(|(k, _)| k.clone()))
+        .flatten();
+    json!({
+        "total": total,
+        "items": shown.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>(),
+        "next": next,
+    })
+}
+
+async fn connections(
+    State(state): State<Arc<AdminState>>,
+    Query(query): Query<PageQuery>,
+) -> Response {
+    let (clients, _, _) = state.engine.rows();
+    let conns = state.engine.conns();
+    let items = clients
+        .into_iter()
+        .map(|c| {
+            let info = conns.get(&c.conn_id);
+            let item = json!({
+                "name": &*c.name,
+                "connection": c.conn_id,
+                "address": info.map(|i| i.peer.to_string()),
+                "connected_since_ms": info.map(|i| i.since_ms),
+                "subscriptions": c.subscriptions,
+                "in_flight": c.in_flight,
+                "outbound_queued_bytes": info.map(|i| i.out.queued_bytes()),
+            });
+            (c.name.to_string(), item)
+        })
+        .collect();
+    axum::Json(page(items, &query)).into_response()
+}
+
+async fn queues(State(state): State<Arc<AdminState>>, Query(query): Query<PageQuery>) -> Response {
+    let (_, queues, _) = state.engine.rows();
+    let items = queues
+        .into_iter()
+        .map(|q| {
+            let (kind, name) = match &q.queue {
+                QueueId::Client(n) => ("client", n),
+                QueueId::Backlog(n) => ("backlog", n),
+            };
+            let key = format!("{kind}:{name}");
+            let item = json!({
+                "key": key,
+                "kind": kind,
+                "name": name,
+                "messages": q.messages,
+                "bytes": q.bytes,
+                "in_flight": q.in_flight,
+                "connected": q.connected,
+            });
+            (key, item)
+        })
+        .collect();
+    axum::Json(page(items, &query)).into_response()
+}
+
+async fn channels(
+    State(state): State<Arc<AdminState>>,
+    Query(query): Query<PageQuery>,
+) -> Response {
+    let (_, _, channels) = state.engine.rows();
+    let items = channels
+        .into_iter()
+        .map(|c| {
+            let item = json!({
+                "channel": &*c.channel,
+                "subscribers": c.subscribers,
+                "connected_subscribers": c.connected,
+                "backlog": c.backlog,
+            });
+            (c.channel.to_string(), item)
+        })
+        .collect();
+    axum::Json(page(items, &query)).into_response()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -181,5 +290,31 @@ mod tests {
         assert!(!super::same(b"secret", b"secreT"));
         assert!(!super::same(b"secret", b"secret2"));
         assert!(!super::same(b"", b"x"));
+    }
+
+    #[test]
+    fn pages_follow_each_other_without_gaps_or_repeats() {
+        let items: Vec<(String, serde_json::Value)> = (0..25)
+            .rev()
+            .map(|i| (format!("k{i:02}"), serde_json::json!(i)))
+            .collect();
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let query = super::PageQuery {
+                limit: Some(10),
+                after: after.clone(),
+            };
+            let page = super::page(items.clone(), &query);
+            assert_eq!(page["total"], 25);
+            for v in page["items"].as_array().unwrap() {
+                seen.push(v.as_u64().unwrap());
+            }
+            match page["next"].as_str() {
+                Some(next) => after = Some(next.to_owned()),
+                None => break,
+            }
+        }
+        assert_eq!(seen, (0..25).collect::<Vec<u64>>());
     }
 }

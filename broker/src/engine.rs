@@ -15,10 +15,12 @@ use crate::core::{
     Completion, ConfirmId, Core, DrainStep, NewConfirm, Now, Refusal, Routed, Subscribed,
 };
 use crate::handle::Observed;
+use crate::maps::HashMap;
 use crate::metrics::{Metrics, Source};
 use crate::persist::{Command, Persist, Slot};
 use crate::store::{QueueStore, Seq, StoreError, StoredEntry};
 use broadcast_protocol::{DeliveryFailed, Publish};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -115,6 +117,17 @@ pub(crate) struct Engine {
     clock: Clock,
     /// What the shell counts.
     pub(crate) metrics: Arc<Metrics>,
+    /// Connections that completed their handshake, by connection number, for the admin API.
+    conns: Mutex<HashMap<u64, ConnInfo>>,
+}
+
+/// What the admin API shows of a connection beside what the core knows.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnInfo {
+    pub(crate) peer: SocketAddr,
+    /// Milliseconds since the Unix epoch when it registered.
+    pub(crate) since_ms: u64,
+    pub(crate) out: Outbound,
 }
 
 impl std::fmt::Debug for Engine {
@@ -167,9 +180,48 @@ impl Engine {
             next_conn: AtomicU64::new(1),
             clock,
             metrics,
+            conns: Mutex::new(HashMap::default()),
         });
         rt.spawn(completions(engine.clone(), done_rx));
         Ok(engine)
+    }
+
+    /// Notes a connection that registered, for the admin API.
+    pub(crate) fn conn_opened(&self, conn_id: u64, peer: SocketAddr, out: Outbound) {
+        let info = ConnInfo {
+            peer,
+            since_ms: now_ms(),
+            out,
+        };
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(conn_id, info);
+    }
+
+    /// Forgets a connection noted by [`Engine::conn_opened`].
+    pub(crate) fn conn_closed(&self, conn_id: u64) {
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&conn_id);
+    }
+
+    /// What the shell knows of each registered connection.
+    pub(crate) fn conns(&self) -> HashMap<u64, ConnInfo> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The connected clients, queues and channels, for the admin API.
+    pub(crate) fn rows(
+        &self,
+    ) -> (
+        Vec<crate::core::ClientRow>,
+        Vec<crate::core::QueueRow>,
+        Vec<crate::core::ChannelRow>,
+    ) {
+        let core = self.lock();
+        (core.client_rows(), core.queue_rows(), core.channel_rows())
     }
 
     /// Whether the store refuses writes now.

@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
 
+mod admin;
 mod json;
 mod listen;
 mod send;
@@ -108,6 +109,18 @@ enum Command {
             broadcast send --to alice - < payload.bin"
     )]
     Send(Box<send::SendArgs>),
+
+    /// Print the broker's state from its admin API: connections, queues, totals.
+    #[command(after_help = "Examples:\n  \
+            broadcast stats --admin http://127.0.0.1:7402\n  \
+            BROADCAST_ADMIN=http://10.0.0.5:7402 broadcast stats --json")]
+    Stats(admin::AdminArgs),
+
+    /// List the recipients' queues from the broker's admin API.
+    #[command(after_help = "Examples:\n  \
+            broadcast queues\n  \
+            broadcast queues --limit 1000 --json")]
+    Queues(admin::QueuesArgs),
 }
 
 /// An error that ends the command with a given exit status; its message goes to stderr.
@@ -217,6 +230,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Listen(args) => listen::run(&cli.server, args).await,
             Command::Send(args) => send::run(&cli.server, *args).await,
+            Command::Stats(args) => admin::stats(&args),
+            Command::Queues(args) => admin::queues(&args),
         }
     });
     // Do not wait for background tasks of the client that may still be running.

@@ -447,7 +447,7 @@ mod tests {
         )?;
         match cli.command {
             Command::Send(args) => Ok(*args),
-            Command::Listen(_) => panic!("not send"),
+            _ => panic!("not send"),
         }
     }
 

@@ -200,3 +200,66 @@ async fn a_token_guards_everything_but_health_and_readiness() -> R {
     assert_eq!(get(admin, "/readyz", None).await?.0, 200);
     Ok(())
 }
+
+#[tokio::test]
+async fn lists_of_connections_queues_and_channels_come_in_pages() -> R {
+    let broker = TestBroker::start().await?;
+    let admin = serve_admin(&broker, None).await?;
+    let mut carol = RawClient::connect(broker.addr(), Some("carol")).await?;
+    carol.subscribe("news").await?;
+    let mut dave = RawClient::connect(broker.addr(), Some("dave")).await?;
+    for name in ["q1", "q2", "q3", "q4", "q5"] {
+        dave.publish(Target::Client(name.into()), b"x", true)
+            .await?;
+    }
+    let mut accepted = 0;
+    while accepted < 5 {
+        if let ServerFrame::Accepted { .. } = dave.next().await? {
+            accepted += 1;
+        }
+    }
+
+    // Five queues of absent clients and two of connected ones, two at a time.
+    let mut names = Vec::new();
+    let mut path = "/v1/queues?limit=2".to_owned();
+    loop {
+        let (status, body) = get(admin, &path, None).await?;
+        assert_eq!(status, 200, "{body}");
+        let page: serde_json::Value = serde_json::from_str(&body)?;
+        assert_eq!(page["total"], 7, "{body}");
+        let items = page["items"].as_array().context("items")?;
+        assert!(items.len() <= 2);
+        for q in items {
+            names.push(q["name"].as_str().context("name")?.to_owned());
+            if q["connected"] == false {
+                assert_eq!(q["messages"], 1, "{q}");
+            }
+        }
+        match page["next"].as_str() {
+            Some(next) => path = format!("/v1/queues?limit=2&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(names, ["carol", "dave", "q1", "q2", "q3", "q4", "q5"]);
+
+    let (_, body) = get(admin, "/v1/connections", None).await?;
+    let conns: serde_json::Value = serde_json::from_str(&body)?;
+    let items = conns["items"].as_array().context("items")?;
+    let carol_row = items
+        .iter()
+        .find(|c| c["name"] == "carol")
+        .context("carol")?;
+    assert_eq!(carol_row["subscriptions"], 1);
+    assert!(
+        carol_row["address"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:"))
+    );
+
+    let (_, body) = get(admin, "/v1/channels", None).await?;
+    let channels: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!(channels["items"][0]["channel"], "news", "{body}");
+    assert_eq!(channels["items"][0]["subscribers"], 1);
+    assert_eq!(channels["items"][0]["connected_subscribers"], 1);
+    Ok(())
+}

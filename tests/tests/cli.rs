@@ -21,6 +21,8 @@ fn free_addr() -> anyhow::Result<SocketAddr> {
 /// The `broadcast-broker` binary running on a free port; killed when dropped.
 struct BrokerProcess {
     addr: SocketAddr,
+    /// Its admin API.
+    admin: SocketAddr,
     _child: Child,
     _dir: tempfile::TempDir,
 }
@@ -30,9 +32,12 @@ impl BrokerProcess {
     async fn start() -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let addr = free_addr()?;
+        let admin = free_addr()?;
         let mut child = Command::new(bin_path("broadcast-broker")?)
             .arg("--listen")
             .arg(addr.to_string())
+            .arg("--admin-listen")
+            .arg(admin.to_string())
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .stdin(Stdio::null())
@@ -59,6 +64,7 @@ impl BrokerProcess {
             .with_context(|| format!("the broker did not accept connections on {addr}"))??;
         Ok(Self {
             addr,
+            admin,
             _child: child,
             _dir: dir,
         })
@@ -196,5 +202,89 @@ async fn send_to_a_broker_that_is_not_running_names_the_address_and_exits_non_ze
         "{:?}",
         String::from_utf8_lossy(&out.stdout)
     );
+    Ok(())
+}
+
+/// The value of a row of `broadcast stats`' table.
+fn stats_row(table: &str, label: &str) -> Option<String> {
+    table
+        .lines()
+        .find(|l| l.starts_with(label) && l[label.len()..].starts_with(' '))
+        .map(|l| l[label.len()..].trim().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_and_queues_print_what_the_admin_api_reports() -> R {
+    let broker = BrokerProcess::start().await?;
+    let admin = format!("http://{}", broker.admin);
+    let mut alice = RawClient::connect(broker.addr, Some("alice")).await?;
+    for i in 0..3u8 {
+        alice
+            .publish(Target::Client("away".into()), &[i], true)
+            .await?;
+    }
+    let mut accepted = 0;
+    while accepted < 3 {
+        if let ServerFrame::Accepted { .. } = alice.next().await? {
+            accepted += 1;
+        }
+    }
+
+    let mut cmd = broadcast(broker.addr)?;
+    cmd.args(["stats", "--admin", &admin]);
+    let out = output(cmd).await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8(out.stdout)?;
+    assert_eq!(
+        stats_row(&table, "queued messages").as_deref(),
+        Some("3"),
+        "{table}"
+    );
+    assert_eq!(
+        stats_row(&table, "clients").as_deref(),
+        Some("1"),
+        "{table}"
+    );
+    assert_eq!(
+        stats_row(&table, "ready").as_deref(),
+        Some("yes"),
+        "{table}"
+    );
+    assert!(stats_row(&table, "connections").is_some(), "{table}");
+
+    let mut cmd = broadcast(broker.addr)?;
+    cmd.args(["stats", "--json", "--admin", &admin]);
+    let out = output(cmd).await?;
+    let server = &json_lines(&out.stdout)?[0];
+    assert_eq!(server["queued_messages"], 3);
+    assert_eq!(server["totals"]["messages_published"], 3);
+
+    let mut cmd = broadcast(broker.addr)?;
+    cmd.args(["queues", "--admin", &admin]);
+    let out = output(cmd).await?;
+    let table = String::from_utf8(out.stdout)?;
+    let away: Vec<&str> = table
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("away"))
+        .with_context(|| format!("no queue of away in {table}"))?
+        .split_whitespace()
+        .collect();
+    assert_eq!(away.len(), 6, "{table}");
+    assert_eq!(
+        (away[0], away[1], away[2], away[4], away[5]),
+        ("client", "away", "3", "0", "no"),
+        "{table}"
+    );
+
+    // Without the admin API there, the command says where it looked and exits 3.
+    let mut cmd = broadcast(broker.addr)?;
+    cmd.args(["stats", "--admin", &format!("http://{}", free_addr()?)]);
+    let out = output(cmd).await?;
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the admin API"));
     Ok(())
 }

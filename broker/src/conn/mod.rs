@@ -77,7 +77,7 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>
                 return;
             }
         };
-        run(hello, reader, wr, conn_id, ctx).await;
+        run(hello, reader, wr, conn_id, peer, ctx).await;
     }
     .instrument(span)
     .await
@@ -179,6 +179,7 @@ async fn run(
     mut reader: Reader,
     wr: OwnedWriteHalf,
     conn_id: u64,
+    peer: SocketAddr,
     ctx: Arc<Context>,
 ) {
     let name: Arc<str> = match hello.name {
@@ -220,6 +221,7 @@ async fn run(
         )));
     }
     tracing::info!("connected");
+    ctx.engine.conn_opened(conn_id, peer, out.clone());
     let writer = Writer {
         rx,
         io: wr,
@@ -246,6 +248,7 @@ async fn run(
         Duration::from_millis(u64::from(hello.heartbeat_ms)),
     );
     let farewell = read_loop(&mut reader, &out, &name, &ctx, liveness).await;
+    ctx.engine.conn_closed(conn_id);
     ctx.engine.unregister(&name, conn_id).await;
     out.close_with(farewell);
     let _ = drainer.await;

@@ -254,6 +254,13 @@ impl Outbound {
     }
 }
 
+impl Outbound {
+    /// Bytes waiting in the queue now.
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.shared.queued.load(Ordering::Relaxed)
+    }
+}
+
 impl Outlet for Outbound {
     type Permit = OwnedSemaphorePermit;
 

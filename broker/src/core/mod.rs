@@ -44,7 +44,9 @@ pub use liveness::{Liveness, Silence};
 pub use ops::{Completion, QueueAppend, StoreOp};
 pub use outlet::{OutFrame, Outlet, PushError};
 pub use route::{Blocked, Routed, validate};
-pub use stats::{FAILURE_REASONS, Gauges, Stats, TARGET_KINDS, reason_name};
+pub use stats::{
+    ChannelRow, ClientRow, FAILURE_REASONS, Gauges, QueueRow, Stats, TARGET_KINDS, reason_name,
+};
 
 use crate::config::Config;
 use crate::maps::{HashMap, HashSet};
@@ -247,6 +249,93 @@ impl<O: Outlet> Core<O> {
     /// Names of the connected clients.
     pub fn connected(&self) -> Vec<String> {
         self.st.clients.keys().map(|k| k.to_string()).collect()
+    }
+
+    /// Each connected client: its connection, subscriptions and deliveries in flight.
+    pub fn client_rows(&self) -> Vec<ClientRow> {
+        self.st
+            .clients
+            .iter()
+            .map(|(name, c)| ClientRow {
+                name: name.clone(),
+                conn_id: c.out.conn_id(),
+                subscriptions: self
+                    .st
+                    .sessions
+                    .get(name)
+                    .map_or(0, |s| s.channels.len() as u64),
+                in_flight: c.inflight.len() as u64,
+            })
+            .collect()
+    }
+
+    /// Each queue that holds entries, and each connected client's (empty or not).
+    pub fn queue_rows(&self) -> Vec<QueueRow> {
+        let mut rows: Vec<QueueRow> = self
+            .st
+            .queues
+            .counts()
+            .into_iter()
+            .map(|(queue, messages, bytes)| QueueRow {
+                in_flight: match &queue {
+                    QueueId::Client(name) => self
+                        .st
+                        .clients
+                        .get(name.as_str())
+                        .map_or(0, |c| c.inflight.len() as u64),
+                    QueueId::Backlog(_) => 0,
+                },
+                connected: match &queue {
+                    QueueId::Client(name) => self.st.clients.contains_key(name.as_str()),
+                    QueueId::Backlog(_) => false,
+                },
+                queue,
+                messages,
+                bytes,
+            })
+            .collect();
+        for (name, c) in &self.st.clients {
+            let queue = QueueId::Client(name.to_string());
+            if self
+                .st
+                .queues
+                .get(&queue)
+                .is_none_or(|m| m.pending == 0 && m.bytes == 0)
+            {
+                rows.push(QueueRow {
+                    queue,
+                    messages: 0,
+                    bytes: 0,
+                    in_flight: c.inflight.len() as u64,
+                    connected: true,
+                });
+            }
+        }
+        rows
+    }
+
+    /// Each channel with a subscriber: its subscribers (connected or not) and its backlog.
+    pub fn channel_rows(&self) -> Vec<ChannelRow> {
+        self.st
+            .channels
+            .iter()
+            .map(|(channel, subs)| {
+                let backlog = self
+                    .st
+                    .queues
+                    .get(&QueueId::Backlog(channel.to_string()))
+                    .map_or(0, |m| m.pending);
+                ChannelRow {
+                    channel: channel.clone(),
+                    subscribers: subs.len() as u64,
+                    connected: subs
+                        .iter()
+                        .filter(|s| self.st.clients.contains_key(&**s))
+                        .count() as u64,
+                    backlog,
+                }
+            })
+            .collect()
     }
 
     /// Handles what the store reports, at `now`.

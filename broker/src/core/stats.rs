@@ -69,6 +69,47 @@ fn target_index(target: &Target) -> usize {
     }
 }
 
+/// A connected client, as the admin API lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientRow {
+    /// Its name.
+    pub name: std::sync::Arc<str>,
+    /// The broker's number for its connection.
+    pub conn_id: u64,
+    /// Channels it subscribes to.
+    pub subscriptions: u64,
+    /// Persistent deliveries handed to it and not yet acknowledged.
+    pub in_flight: u64,
+}
+
+/// A queue, as the admin API lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueRow {
+    /// Whose queue: a client's, or a channel's backlog.
+    pub queue: crate::store::QueueId,
+    /// Messages and notices waiting in it (those in flight included, until acknowledged).
+    pub messages: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Deliveries from it (or straight to its client) not yet acknowledged.
+    pub in_flight: u64,
+    /// Whether its client is connected.
+    pub connected: bool,
+}
+
+/// A channel, as the admin API lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelRow {
+    /// Its name.
+    pub channel: std::sync::Arc<str>,
+    /// Clients subscribed, connected or not.
+    pub subscribers: u64,
+    /// Of those, connected now.
+    pub connected: u64,
+    /// Messages kept for it while it has no subscriber at all.
+    pub backlog: u64,
+}
+
 /// How much the core holds now.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Gauges {
