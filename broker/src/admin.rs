@@ -141,6 +141,7 @@ async fn server(State(state): State<Arc<AdminState>>) -> Response {
     let m = &state.engine.metrics;
     let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let published: u64 = stats.published.iter().flatten().sum();
+    let [frames_in, bytes_in, frames_out, bytes_out] = m.traffic();
     let failures: serde_json::Map<String, Value> = FAILURE_REASONS
         .iter()
         .enumerate()
@@ -170,10 +171,10 @@ async fn server(State(state): State<Arc<AdminState>>) -> Response {
             "redeliveries": stats.redelivered,
             "acks": stats.acked,
             "delivery_failures": failures,
-            "frames_received": load(&m.frames_in),
-            "frames_sent": load(&m.frames_out),
-            "received_bytes": load(&m.bytes_in),
-            "sent_bytes": load(&m.bytes_out),
+            "frames_received": frames_in,
+            "frames_sent": frames_out,
+            "received_bytes": bytes_in,
+            "sent_bytes": bytes_out,
             "store_flushes": load(&m.flushes),
         },
     });

@@ -52,16 +52,57 @@ fn reason_index(reason: FailureReason) -> usize {
         .unwrap_or_default()
 }
 
+/// Frames and bytes one way, on a cache line of their own.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct Flow {
+    pub(crate) frames: AtomicU64,
+    pub(crate) bytes: AtomicU64,
+}
+
+impl Flow {
+    pub(crate) fn add(&self, frames: u64, bytes: u64) {
+        add(&self.frames, frames);
+        add(&self.bytes, bytes);
+    }
+}
+
+/// One connection's traffic, written only by its own reading and writing tasks, so that
+/// connections never contend for a counter; summed when metrics are read.
+#[derive(Debug, Default)]
+pub(crate) struct Traffic {
+    pub(crate) read: Flow,
+    pub(crate) written: Flow,
+}
+
+/// Totals of traffic: frames and bytes read, frames and bytes written.
+pub(crate) type Totals = [u64; 4];
+
+impl Traffic {
+    fn totals(&self) -> Totals {
+        [
+            load(&self.read.frames),
+            load(&self.read.bytes),
+            load(&self.written.frames),
+            load(&self.written.bytes),
+        ]
+    }
+}
+
+/// The traffic of open connections, and the totals of those that closed.
+#[derive(Debug, Default)]
+struct TrafficBook {
+    open: crate::maps::HashMap<u64, Arc<Traffic>>,
+    closed: Totals,
+}
+
 /// What the shell counts, shared by every connection and the store threads.
 #[derive(Debug)]
 pub(crate) struct Metrics {
     pub(crate) connections_open: AtomicU64,
     pub(crate) connections: AtomicU64,
     pub(crate) refused: [AtomicU64; REFUSALS.len()],
-    pub(crate) frames_in: AtomicU64,
-    pub(crate) bytes_in: AtomicU64,
-    pub(crate) frames_out: AtomicU64,
-    pub(crate) bytes_out: AtomicU64,
+    traffic: std::sync::Mutex<TrafficBook>,
     /// Non-persistent deliveries that waited for room at a slow recipient and got it.
     pub(crate) delivered_after_wait: AtomicU64,
     /// Deliveries that failed in the shell (after waiting for room), by reason.
@@ -84,10 +125,7 @@ impl Default for Metrics {
             connections_open: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             refused: Default::default(),
-            frames_in: AtomicU64::new(0),
-            bytes_in: AtomicU64::new(0),
-            frames_out: AtomicU64::new(0),
-            bytes_out: AtomicU64::new(0),
+            traffic: std::sync::Mutex::default(),
             delivered_after_wait: AtomicU64::new(0),
             failed_after_wait: Default::default(),
             // 10 µs to about 10 s.
@@ -108,6 +146,39 @@ pub(crate) fn add(counter: &AtomicU64, n: u64) {
 }
 
 impl Metrics {
+    fn book(&self) -> std::sync::MutexGuard<'_, TrafficBook> {
+        self.traffic.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The counters of a new connection's traffic.
+    pub(crate) fn open_traffic(&self, conn_id: u64) -> Arc<Traffic> {
+        let traffic = Arc::new(Traffic::default());
+        self.book().open.insert(conn_id, traffic.clone());
+        traffic
+    }
+
+    /// Adds a closed connection's traffic to the totals.
+    pub(crate) fn close_traffic(&self, conn_id: u64) {
+        let mut book = self.book();
+        if let Some(traffic) = book.open.remove(&conn_id) {
+            for (total, n) in book.closed.iter_mut().zip(traffic.totals()) {
+                *total += n;
+            }
+        }
+    }
+
+    /// Frames and bytes read and written, over every connection since the start.
+    pub(crate) fn traffic(&self) -> Totals {
+        let book = self.book();
+        let mut totals = book.closed;
+        for traffic in book.open.values() {
+            for (total, n) in totals.iter_mut().zip(traffic.totals()) {
+                *total += n;
+            }
+        }
+        totals
+    }
+
     /// A delivery the shell gave up on.
     pub(crate) fn failed(&self, reason: FailureReason) {
         add(&self.failed_after_wait[reason_index(reason)], 1);
@@ -175,6 +246,7 @@ impl Collector for Scrape {
     fn encode(&self, mut e: DescriptorEncoder<'_>) -> std::fmt::Result {
         let m = &*self.metrics;
         let (stats, gauges) = self.source.core();
+        let [frames_in, bytes_in, frames_out, bytes_out] = m.traffic();
 
         gauge(
             &mut e,
@@ -223,26 +295,16 @@ impl Collector for Scrape {
             &mut e,
             "frames_received",
             "Frames received from clients",
-            load(&m.frames_in),
+            frames_in,
         )?;
-        counter(
-            &mut e,
-            "frames_sent",
-            "Frames sent to clients",
-            load(&m.frames_out),
-        )?;
+        counter(&mut e, "frames_sent", "Frames sent to clients", frames_out)?;
         counter(
             &mut e,
             "received_bytes",
             "Bytes received from clients",
-            load(&m.bytes_in),
+            bytes_in,
         )?;
-        counter(
-            &mut e,
-            "sent_bytes",
-            "Bytes sent to clients",
-            load(&m.bytes_out),
-        )?;
+        counter(&mut e, "sent_bytes", "Bytes sent to clients", bytes_out)?;
         {
             let family = ConstCounter::new(0u64);
             let mut d = e.encode_descriptor(

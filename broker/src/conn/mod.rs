@@ -62,9 +62,10 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>
         let (rd, mut wr) = stream.into_split();
         let max_frame = ctx.config.max_frame();
         let metrics = ctx.engine.metrics.clone();
-        let mut reader = Reader::new(rd, max_frame, ctx.partial.clone(), metrics.clone());
         metrics::add(&metrics.connections, 1);
-        let _open = Open::new(&metrics);
+        // Declared before the reader, so dropped after it: the reader's last counts are in.
+        let open = Open::new(&metrics, conn_id);
+        let mut reader = Reader::new(rd, max_frame, ctx.partial.clone(), open.traffic.clone());
         let hello = match handshake(&mut reader, &ctx).await {
             Ok(hello) => hello,
             Err(refusal) => {
@@ -77,27 +78,39 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>
                 return;
             }
         };
-        run(hello, reader, wr, conn_id, peer, ctx).await;
+        let traffic = open.traffic.clone();
+        run(hello, reader, wr, conn_id, peer, traffic, ctx).await;
     }
     .instrument(span)
     .await
 }
 
-/// Counts a connection as open while it lives.
-struct Open<'a>(&'a metrics::Metrics);
+/// Counts a connection as open while it lives, with its traffic; adds the traffic to the
+/// totals when it closes.
+struct Open<'a> {
+    metrics: &'a metrics::Metrics,
+    conn_id: u64,
+    traffic: Arc<metrics::Traffic>,
+}
 
 impl<'a> Open<'a> {
-    fn new(metrics: &'a metrics::Metrics) -> Self {
+    fn new(metrics: &'a metrics::Metrics, conn_id: u64) -> Self {
         metrics::add(&metrics.connections_open, 1);
-        Self(metrics)
+        let traffic = metrics.open_traffic(conn_id);
+        Self {
+            metrics,
+            conn_id,
+            traffic,
+        }
     }
 }
 
 impl Drop for Open<'_> {
     fn drop(&mut self) {
-        self.0
+        self.metrics
             .connections_open
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.close_traffic(self.conn_id);
     }
 }
 
@@ -180,6 +193,7 @@ async fn run(
     wr: OwnedWriteHalf,
     conn_id: u64,
     peer: SocketAddr,
+    traffic: Arc<metrics::Traffic>,
     ctx: Arc<Context>,
 ) {
     let name: Arc<str> = match hello.name {
@@ -231,6 +245,7 @@ async fn run(
         heartbeat: cfg.heartbeat,
         drain_timeout: cfg.drain_timeout,
         shutdown: ctx.shutdown.clone(),
+        traffic,
     };
     let writer = tokio::spawn(writer.run().instrument(tracing::Span::current()));
     let drainer = tokio::spawn(

@@ -9,7 +9,7 @@
 //! closed with an error. Connections holding nothing read on, so complete small frames keep
 //! flowing.
 
-use crate::metrics::{self, Metrics};
+use crate::metrics::Traffic;
 use broadcast_protocol::{ClientFrame, CodecError, FrameCodec, decode_body};
 use bytes::BytesMut;
 use futures::Stream;
@@ -95,9 +95,9 @@ pub(crate) struct FrameReader {
     starving: Option<Pin<Box<Sleep>>>,
     room: Option<Pin<Box<OwnedNotified>>>,
     eof: bool,
-    metrics: Arc<Metrics>,
-    /// Frames and bytes read and not yet added to `metrics` (added when the reader waits,
-    /// so that a busy connection does not touch the shared counters for every frame).
+    traffic: Arc<Traffic>,
+    /// Frames and bytes read and not yet added to `traffic` (added when the reader waits,
+    /// not for every frame).
     frames: u64,
     bytes: u64,
 }
@@ -107,7 +107,7 @@ impl FrameReader {
         rd: OwnedReadHalf,
         max_frame: u32,
         budget: Arc<PartialFrames>,
-        metrics: Arc<Metrics>,
+        traffic: Arc<Traffic>,
     ) -> Self {
         Self {
             rd,
@@ -118,16 +118,19 @@ impl FrameReader {
             starving: None,
             room: None,
             eof: false,
-            metrics,
+            traffic,
             frames: 0,
             bytes: 0,
         }
     }
 
-    /// Adds the frames and bytes read since the last time to the broker's counters.
+    /// Adds the frames and bytes read since the last time to the connection's counters.
     fn count(&mut self) {
-        metrics::add(&self.metrics.frames_in, std::mem::take(&mut self.frames));
-        metrics::add(&self.metrics.bytes_in, std::mem::take(&mut self.bytes));
+        let (frames, bytes) = (
+            std::mem::take(&mut self.frames),
+            std::mem::take(&mut self.bytes),
+        );
+        self.traffic.read.add(frames, bytes);
     }
 
     /// Counts `n` bytes of an incomplete frame as this connection's.

@@ -31,6 +31,8 @@ pub(crate) struct Writer {
     pub(crate) heartbeat: Duration,
     pub(crate) drain_timeout: Duration,
     pub(crate) shutdown: CancellationToken,
+    /// The connection's traffic counters.
+    pub(crate) traffic: Arc<crate::metrics::Traffic>,
 }
 
 impl Writer {
@@ -125,9 +127,8 @@ impl Writer {
         }
         let r = self.io.write_all(buf).await;
         if r.is_ok() {
-            let metrics = &self.engine.metrics;
-            crate::metrics::add(&metrics.frames_out, frames as u64 + u64::from(probe != 0));
-            crate::metrics::add(&metrics.bytes_out, buf.len() as u64);
+            let frames = frames as u64 + u64::from(probe != 0);
+            self.traffic.written.add(frames, buf.len() as u64);
         }
         self.out.shared.queued.fetch_sub(n, Ordering::AcqRel);
         self.out.shared.stalled.store(false, Ordering::Release);
