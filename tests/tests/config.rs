@@ -154,3 +154,20 @@ async fn the_default_config_file_passes_check_config_and_starts_a_broker() -> R 
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn the_packaged_config_file_passes_check_config() -> R {
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/broker.toml");
+    let out = broker(&["check-config", file.to_str().context("path")?], &[]).await?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let settings = stdout(&out);
+    assert!(
+        settings.contains("data_dir = \"/var/lib/broadcast/data\""),
+        "{settings}"
+    );
+    assert!(
+        settings.contains("admin_listen = \"127.0.0.1:7402\""),
+        "{settings}"
+    );
+    Ok(())
+}
