@@ -204,6 +204,63 @@ impl Client {
         Ok(id)
     }
 
+    /// Queues many messages in one call, in order, and returns one result per message: its id,
+    /// or why that message was not queued (an invalid one is left out; the others go). The
+    /// valid messages take their places in the send buffer together, waiting while it has no
+    /// room, so the connection writes them out in as few writes as it can.
+    ///
+    /// As with [`send`](Self::send), success means queued; [`flush`](Self::flush) waits until
+    /// the broker has processed them.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn example(client: broadcast_client::Client) {
+    /// use broadcast_client::OutgoingMessage;
+    /// let batch = (0..100).map(|i| OutgoingMessage::to_channel("ticks", format!("tick {i}")));
+    /// for result in client.send_batch(batch).await {
+    ///     if let Err(e) = result {
+    ///         eprintln!("not sent: {e}");
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub async fn send_batch(
+        &self,
+        msgs: impl IntoIterator<Item = OutgoingMessage>,
+    ) -> Vec<Result<String, SendError>> {
+        let mut results = Vec::new();
+        let mut ready = Vec::new();
+        for msg in msgs {
+            match self.prepare(msg, None) {
+                Ok((id, cmd)) => {
+                    ready.push((results.len(), cmd));
+                    results.push(Ok(id));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        // Slots for a whole chunk at once: its messages are queued one after the other, with
+        // nothing of another sender of this client between them.
+        let chunk = self.inner.commands.max_capacity().max(1);
+        let mut ready = ready.into_iter().peekable();
+        while ready.peek().is_some() {
+            let cmds: Vec<(usize, Command)> = ready.by_ref().take(chunk).collect();
+            match self.inner.commands.reserve_many(cmds.len()).await {
+                Ok(permits) => {
+                    for (permit, (_, cmd)) in permits.zip(cmds) {
+                        permit.send(cmd);
+                    }
+                }
+                Err(_) => {
+                    for (i, _) in cmds.into_iter().chain(ready.by_ref()) {
+                        results[i] = Err(SendError::Closed);
+                    }
+                }
+            }
+        }
+        results
+    }
+
     /// Like [`send`](Self::send), but fails instead of waiting when the send buffer is full.
     ///
     /// # Errors

@@ -507,3 +507,45 @@ async fn try_send_fails_with_buffer_full_while_the_broker_is_down_and_the_queue_
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_sent_in_order_with_one_result_per_message() -> R {
+    let b = TestBroker::start().await?;
+    // A send buffer smaller than the batch: the batch goes in chunks, still in order.
+    let alice = options("alice").send_buffer(64).connect(b.url()).await?;
+    let bob = connect(&b, "bob").await?;
+    let mut direct = bob.direct_messages().context("the direct stream")?;
+    let mut batch: Vec<OutgoingMessage> = (0..200u32)
+        .map(|i| OutgoingMessage::to_client("bob", i.to_be_bytes().to_vec()).persistent(false))
+        .collect();
+    // One message is not valid: it alone fails, in its place.
+    batch.insert(
+        100,
+        OutgoingMessage::to_client("not a name", "x").persistent(false),
+    );
+    let results = alice.send_batch(batch).await;
+    assert_eq!(results.len(), 201);
+    for (i, r) in results.iter().enumerate() {
+        match (i, r) {
+            (100, Err(SendError::InvalidName(_))) => {}
+            (100, other) => bail!("the invalid message gave {other:?}"),
+            (_, Ok(_)) => {}
+            (_, Err(e)) => bail!("message {i} failed: {e}"),
+        }
+    }
+    alice.flush().await?;
+    for i in 0..200u32 {
+        let m = next(&mut direct, "message of the batch").await?;
+        assert_eq!(&m.data[..], &i.to_be_bytes()[..], "message {i}");
+    }
+    // Sent by a client that has stopped, every message fails as closed.
+    alice.close().await;
+    let results = alice
+        .send_batch([OutgoingMessage::to_client("bob", "late")])
+        .await;
+    assert!(
+        matches!(results[..], [Err(SendError::Closed)]),
+        "{results:?}"
+    );
+    Ok(())
+}
