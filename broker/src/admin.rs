@@ -4,7 +4,8 @@
 //!
 //! - `GET /healthz`: 200 while the process serves requests.
 //! - `GET /readyz`: 200 when the broker takes messages; 503 with the reasons while it shuts
-//!   down or while its store refuses writes.
+//!   down, while its store refuses writes, or while a flush of the store has been stuck for
+//!   more than 10 s.
 //! - `GET /metrics`: every metric, in the OpenMetrics text format.
 //! - `GET /v1/server`: version, uptime, the settings in force and totals, as JSON.
 //! - `GET /v1/connections`, `/v1/queues`, `/v1/channels`: lists as JSON, sorted by key, in
@@ -100,6 +101,15 @@ async fn authorize(State(state): State<Arc<AdminState>>, request: Request, next:
     next.run(request).await
 }
 
+/// Whether the store's flush thread has been stuck for longer than a flush may take.
+fn stalled(state: &AdminState) -> bool {
+    let seen = state.engine.metrics.flusher_seen_ms.load(Ordering::Relaxed);
+    crate::engine::now_ms().saturating_sub(seen) > STALLED_MS
+}
+
+/// How long the flush thread may go without a round before the broker is not ready.
+const STALLED_MS: u64 = 10_000;
+
 async fn ready(State(state): State<Arc<AdminState>>) -> Response {
     let mut reasons = Vec::new();
     if state.shutdown.is_cancelled() {
@@ -107,6 +117,9 @@ async fn ready(State(state): State<Arc<AdminState>>) -> Response {
     }
     if state.engine.store_failed() {
         reasons.push("the store refuses writes");
+    }
+    if stalled(&state) {
+        reasons.push("the store's flush has not made progress for 10 s");
     }
     let status = if reasons.is_empty() {
         StatusCode::OK
@@ -155,7 +168,7 @@ async fn server(State(state): State<Arc<AdminState>>) -> Response {
         "version": env!("CARGO_PKG_VERSION"),
         "started_at_ms": state.started_ms,
         "uptime_secs": state.started.elapsed().as_secs_f64(),
-        "ready": !state.shutdown.is_cancelled() && !state.engine.store_failed(),
+        "ready": !state.shutdown.is_cancelled() && !state.engine.store_failed() && !stalled(&state),
         "store_failed": state.engine.store_failed(),
         "settings": state.options.settings.clone().unwrap_or(Value::Null),
         "connections": load(&m.connections_open),

@@ -113,8 +113,9 @@ pub(crate) struct Metrics {
     pub(crate) flush_groups: Histogram,
     /// Seconds the store thread took to apply each group of writes.
     pub(crate) apply_seconds: Histogram,
-    /// Milliseconds since the broker started at the end of the last flush.
-    pub(crate) last_flush_ms: AtomicU64,
+    /// When the flush thread last went round its loop, in milliseconds since the Unix epoch:
+    /// at least once a second unless a flush is stuck.
+    pub(crate) flusher_seen_ms: AtomicU64,
     /// Flushes made.
     pub(crate) flushes: AtomicU64,
 }
@@ -132,7 +133,7 @@ impl Default for Metrics {
             flush_seconds: Histogram::new(exponential_buckets(1e-5, 4.0, 11)),
             flush_groups: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
             apply_seconds: Histogram::new(exponential_buckets(1e-5, 4.0, 11)),
-            last_flush_ms: AtomicU64::new(0),
+            flusher_seen_ms: AtomicU64::new(crate::engine::now_ms()),
             flushes: AtomicU64::new(0),
         }
     }

@@ -263,3 +263,44 @@ async fn lists_of_connections_queues_and_channels_come_in_pages() -> R {
     assert_eq!(channels["items"][0]["connected_subscribers"], 1);
     Ok(())
 }
+
+#[tokio::test]
+async fn readyz_answers_503_while_the_store_refuses_writes_and_200_once_it_heals() -> R {
+    use broadcast_broker::store::QueueStore;
+    use broadcast_tests::FailingStore;
+    use std::sync::Arc;
+    let store = Arc::new(FailingStore::new());
+    let broker = TestBroker::start_with_store(store.clone() as Arc<dyn QueueStore>, |_| {}).await?;
+    let admin = serve_admin(&broker, None).await?;
+    assert_eq!(get(admin, "/readyz", None).await?.0, 200);
+
+    store.fail();
+    let mut alice = RawClient::connect(broker.addr(), Some("alice")).await?;
+    alice
+        .publish(Target::Client("bob".into()), b"x", true)
+        .await?;
+    let failure = alice.failure().await?;
+    assert_eq!(
+        failure.reason,
+        broadcast_protocol::FailureReason::StoreUnavailable
+    );
+    let (status, body) = get(admin, "/readyz", None).await?;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("the store refuses writes"), "{body}");
+
+    // The store heals about once a second once it works again.
+    store.recover();
+    let healed = tokio::time::timeout(WAIT, async {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+        loop {
+            tick.tick().await;
+            if get(admin, "/readyz", None).await?.0 == 200 {
+                return anyhow::Ok(());
+            }
+        }
+    });
+    healed
+        .await
+        .context("/readyz stayed 503 after the store healed")??;
+    Ok(())
+}

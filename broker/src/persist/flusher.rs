@@ -153,8 +153,11 @@ fn run(
 ) {
     let mut groups = Vec::new();
     let mut checked = Instant::now();
-    let started = Instant::now();
     loop {
+        // At least once a period while the thread is not stuck in a flush.
+        metrics
+            .flusher_seen_ms
+            .store(crate::engine::now_ms(), Ordering::Relaxed);
         // A store that can no longer make writes durable is noticed within a period, also
         // while nothing is written.
         if checked.elapsed() >= CHECK_EVERY {
@@ -184,9 +187,6 @@ fn run(
         } else {
             Ok(())
         };
-        metrics
-            .last_flush_ms
-            .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         if let Err(e) = &flushed {
             tracing::error!(error = %e, "store flush failed; persistent messages are refused until the store heals");
             failed.store(true, Ordering::Release);
