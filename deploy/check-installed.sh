@@ -3,6 +3,11 @@
 # systemd, waits until /readyz answers 200, reads it with the installed `broadcast stats`,
 # and stops it with SIGTERM; fails if any step does.
 set -euo pipefail
+# On a host where systemd runs, the package started the service: stop it, so that this check
+# runs the broker itself on the same ports.
+if [ -d /run/systemd/system ]; then
+  systemctl stop broadcast-broker.service || true
+fi
 log=$(mktemp)
 /usr/bin/broadcast-broker --config /etc/broadcast/broker.toml 2>"$log" &
 pid=$!

@@ -103,8 +103,10 @@ async fn authorize(State(state): State<Arc<AdminState>>, request: Request, next:
 
 /// Whether the store's flush thread has been stuck for longer than a flush may take.
 fn stalled(state: &AdminState) -> bool {
-    let seen = state.engine.metrics.flusher_seen_ms.load(Ordering::Relaxed);
-    crate::engine::now_ms().saturating_sub(seen) > STALLED_MS
+    let metrics = &state.engine.metrics;
+    let seen = metrics.flusher_seen_ms.load(Ordering::Relaxed);
+    let now = metrics.started.elapsed().as_millis() as u64;
+    now.saturating_sub(seen) > STALLED_MS
 }
 
 /// How long the flush thread may go without a round before the broker is not ready.
@@ -230,7 +232,7 @@ async fn connections(
     State(state): State<Arc<AdminState>>,
     Query(query): Query<PageQuery>,
 ) -> Response {
-    let (clients, _, _) = state.engine.rows();
+    let clients = state.engine.client_rows();
     let conns = state.engine.conns();
     let items = clients
         .into_iter()
@@ -252,7 +254,7 @@ async fn connections(
 }
 
 async fn queues(State(state): State<Arc<AdminState>>, Query(query): Query<PageQuery>) -> Response {
-    let (_, queues, _) = state.engine.rows();
+    let queues = state.engine.queue_rows();
     let items = queues
         .into_iter()
         .map(|q| {
@@ -280,7 +282,7 @@ async fn channels(
     State(state): State<Arc<AdminState>>,
     Query(query): Query<PageQuery>,
 ) -> Response {
-    let (_, _, channels) = state.engine.rows();
+    let channels = state.engine.channel_rows();
     let items = channels
         .into_iter()
         .map(|c| {

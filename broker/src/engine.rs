@@ -212,16 +212,19 @@ impl Engine {
         self.conns.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// The connected clients, queues and channels, for the admin API.
-    pub(crate) fn rows(
-        &self,
-    ) -> (
-        Vec<crate::core::ClientRow>,
-        Vec<crate::core::QueueRow>,
-        Vec<crate::core::ChannelRow>,
-    ) {
-        let core = self.lock();
-        (core.client_rows(), core.queue_rows(), core.channel_rows())
+    /// The connected clients, for the admin API.
+    pub(crate) fn client_rows(&self) -> Vec<crate::core::ClientRow> {
+        self.lock().client_rows()
+    }
+
+    /// The queues, for the admin API.
+    pub(crate) fn queue_rows(&self) -> Vec<crate::core::QueueRow> {
+        self.lock().queue_rows()
+    }
+
+    /// The channels, for the admin API.
+    pub(crate) fn channel_rows(&self) -> Vec<crate::core::ChannelRow> {
+        self.lock().channel_rows()
     }
 
     /// Whether the store refuses writes now.

@@ -67,7 +67,10 @@ impl BrokerHandle {
         let routed = self.engine.route(&Arc::from(BROKER_SENDER), msg);
         // The broker does not wait for slow recipients: they are reported at once.
         let mut failed = routed.failed;
-        failed.extend(routed.blocked.into_iter().map(|b| b.notice));
+        for blocked in routed.blocked {
+            self.engine.metrics.failed(blocked.notice.reason);
+            failed.push(blocked.notice);
+        }
         Ok(failed)
     }
 

@@ -118,7 +118,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         Some(Command::CheckConfig { file }) => {
             let settings = settings(Some(&file), args.overrides)?;
             settings.config()?;
-            print!("{}", settings.to_toml()?);
+            print!("{}", settings.redacted().to_toml()?);
             eprintln!("{}: ok", file.display());
             return Ok(());
         }
@@ -135,17 +135,24 @@ fn run(args: Args) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(&settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
-        let shutdown = CancellationToken::new();
-        let broker = Broker::start(config, listener, shutdown.clone()).await?;
-        eprintln!("broadcast-broker listening on {}", broker.local_addr());
-        let stopped = CancellationToken::new();
-        let admin = if settings.admin_listen.is_empty() {
+        // Bound before the broker starts: a port that is taken stops the start, not a
+        // broker already serving.
+        let admin_listener = if settings.admin_listen.is_empty() {
             None
         } else {
             let listener = tokio::net::TcpListener::bind(&settings.admin_listen)
                 .await
                 .with_context(|| format!("cannot listen on {} (admin)", settings.admin_listen))?;
-            eprintln!("admin API on http://{}", listener.local_addr()?);
+            Some(listener)
+        };
+        let shutdown = CancellationToken::new();
+        let broker = Broker::start(config, listener, shutdown.clone()).await?;
+        eprintln!("broadcast-broker listening on {}", broker.local_addr());
+        let stopped = CancellationToken::new();
+        let admin = if let Some(listener) = admin_listener {
+            if let Ok(addr) = listener.local_addr() {
+                eprintln!("admin API on http://{addr}");
+            }
             let options = AdminOptions {
                 token: Some(settings.admin_token.clone()).filter(|t| !t.is_empty()),
                 settings: Some(settings.to_json()),
@@ -159,6 +166,8 @@ fn run(args: Args) -> anyhow::Result<()> {
                     .with_graceful_shutdown(stopped.cancelled_owned())
                     .await
             }))
+        } else {
+            None
         };
         tokio::spawn(async move {
             wait_for_signal().await;

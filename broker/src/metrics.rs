@@ -113,9 +113,11 @@ pub(crate) struct Metrics {
     pub(crate) flush_groups: Histogram,
     /// Seconds the store thread took to apply each group of writes.
     pub(crate) apply_seconds: Histogram,
-    /// When the flush thread last went round its loop, in milliseconds since the Unix epoch:
-    /// at least once a second unless a flush is stuck.
+    /// When the flush thread last went round its loop, in milliseconds since `started`: at
+    /// least once a second unless a flush is stuck.
     pub(crate) flusher_seen_ms: AtomicU64,
+    /// A monotonic origin for `flusher_seen_ms`.
+    pub(crate) started: std::time::Instant,
     /// Flushes made.
     pub(crate) flushes: AtomicU64,
 }
@@ -133,7 +135,8 @@ impl Default for Metrics {
             flush_seconds: Histogram::new(exponential_buckets(1e-5, 4.0, 11)),
             flush_groups: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
             apply_seconds: Histogram::new(exponential_buckets(1e-5, 4.0, 11)),
-            flusher_seen_ms: AtomicU64::new(crate::engine::now_ms()),
+            flusher_seen_ms: AtomicU64::new(0),
+            started: std::time::Instant::now(),
             flushes: AtomicU64::new(0),
         }
     }
@@ -331,7 +334,7 @@ impl Collector for Scrape {
         counter(
             &mut e,
             "redeliveries",
-            "Persistent messages handed to a recipient again",
+            "Deliveries marked as redelivered: the recipient may have had them before",
             stats.redelivered,
         )?;
         counter(

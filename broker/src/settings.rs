@@ -56,7 +56,7 @@ macro_rules! settings {
         /// replaces the file's.
         #[derive(Debug, Clone, Default, clap::Args)]
         pub struct Overrides {
-            $( $(#[doc = $doc])* #[arg(long, env = $env)] pub $key: Option<$ty>, )*
+            $( $(#[doc = $doc])* #[arg(long, env = $env, hide_env_values = true)] pub $key: Option<$ty>, )*
         }
 
         impl Overrides {
@@ -278,15 +278,18 @@ impl Settings {
         Ok(out)
     }
 
+    /// The settings with secrets replaced by `(set)`, to show.
+    pub fn redacted(&self) -> Settings {
+        let mut shown = self.clone();
+        if !shown.admin_token.is_empty() {
+            shown.admin_token = "(set)".to_owned();
+        }
+        shown
+    }
+
     /// The settings as JSON for reports, secrets left out.
     pub fn to_json(&self) -> serde_json::Value {
-        let mut value = serde_json::to_value(self).unwrap_or_default();
-        if let Some(token) = value.get_mut("admin_token") {
-            if !self.admin_token.is_empty() {
-                *token = serde_json::Value::from("(set)");
-            }
-        }
-        value
+        serde_json::to_value(self.redacted()).unwrap_or_default()
     }
 
     /// The broker's [`Config`], checked.

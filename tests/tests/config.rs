@@ -171,3 +171,19 @@ async fn the_packaged_config_file_passes_check_config() -> R {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn the_admin_token_is_never_printed() -> R {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("broker.toml");
+    std::fs::write(&file, "admin_listen = \"127.0.0.1:0\"\n")?;
+    let env = [("BROADCAST_ADMIN_TOKEN", "t0ps3cr3t")];
+    let out = broker(&["check-config", file.to_str().context("path")?], &env).await?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("admin_token = \"(set)\""), "{}", stdout(&out));
+    let out = broker(&["--help"], &env).await?;
+    for text in [stdout(&out), stderr(&out)] {
+        assert!(!text.contains("t0ps3cr3t"), "{text}");
+    }
+    Ok(())
+}

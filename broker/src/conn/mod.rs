@@ -71,9 +71,10 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>
             Err(refusal) => {
                 metrics::add(&metrics.refused[metrics::refusal(refusal.0)], 1);
                 tracing::info!(reason = %refusal.1, "handshake refused");
-                let _ = wr
-                    .write_all(&encode::error(refusal.0, refusal.1, None))
-                    .await;
+                let refused = encode::error(refusal.0, refusal.1, None);
+                if wr.write_all(&refused).await.is_ok() {
+                    open.traffic.written.add(1, refused.len() as u64);
+                }
                 let _ = wr.shutdown().await;
                 return;
             }

@@ -53,7 +53,11 @@ impl Writer {
                 Err(_idle) => {
                     nonce += 1;
                     let ping = encode::frame(&ServerFrame::Ping { nonce });
-                    self.io.write_all(&ping).await
+                    let written = self.io.write_all(&ping).await;
+                    if written.is_ok() {
+                        self.traffic.written.add(1, ping.len() as u64);
+                    }
+                    written
                 }
             };
             if let Err(e) = result {
@@ -171,7 +175,9 @@ impl Writer {
             })
         });
         if let Some(f) = farewell {
-            let _ = self.io.write_all(&f).await;
+            if self.io.write_all(&f).await.is_ok() {
+                self.traffic.written.add(1, f.len() as u64);
+            }
         }
         let _ = self.io.shutdown().await;
     }

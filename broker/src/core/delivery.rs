@@ -76,7 +76,14 @@ impl<O: Outlet> Core<O> {
             let Some(inflight) = client.inflight.remove(tag) else {
                 continue;
             };
-            st.stats.acked += 1;
+            if let InflightKind::Live { .. }
+            | InflightKind::Queued {
+                entry: StoredEntry::Message(_),
+                ..
+            } = inflight.what
+            {
+                st.stats.acked += 1;
+            }
             match inflight.what {
                 InflightKind::Live { confirm, .. } => st.confirms.settle(confirm),
                 InflightKind::Queued { seq, entry } => {
@@ -215,9 +222,9 @@ impl<O: Outlet> Core<O> {
                 }
                 Err(PushError::Closed) => break,
             }
-            if let StoredEntry::Message(_) = entry {
+            if let StoredEntry::Message(m) = &entry {
                 st.stats.delivered += 1;
-                st.stats.redelivered += u64::from(again);
+                st.stats.redelivered += u64::from(again || m.redelivered);
             }
             progress = true;
             client.cursor = seq + 1;

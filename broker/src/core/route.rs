@@ -330,6 +330,10 @@ fn route_one<O: Outlet>(
     *appends = std::mem::take(&mut r.appends);
     st.stats.published(&msg.target, msg.persistent);
     st.stats.delivered += r.delivered;
+    if msg.resent {
+        // Delivered marked as redelivered: its sender sent it again after losing a connection.
+        st.stats.redelivered += r.delivered;
+    }
     for notice in &r.failed {
         st.stats.failed(notice.reason);
     }

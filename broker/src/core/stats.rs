@@ -133,10 +133,11 @@ pub struct Stats {
     pub published: [[u64; 2]; TARGET_KINDS.len()],
     /// Messages handed to a recipient's connection, redeliveries included.
     pub delivered: u64,
-    /// Of those, persistent messages handed out again (not acknowledged in time, or after a
-    /// reconnect).
+    /// Of those, deliveries marked as redelivered: the recipient may have had the message
+    /// before (not acknowledged in time, handed out again after a reconnect or a restart, or
+    /// sent again by its sender after a reconnect).
     pub redelivered: u64,
-    /// Persistent deliveries acknowledged.
+    /// Persistent deliveries of messages acknowledged.
     pub acked: u64,
     /// Delivery failures told (or to be told) to senders, by reason (as [`FAILURE_REASONS`]).
     pub failed: [u64; FAILURE_REASONS.len()],

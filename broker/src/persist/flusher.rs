@@ -155,9 +155,10 @@ fn run(
     let mut checked = Instant::now();
     loop {
         // At least once a period while the thread is not stuck in a flush.
-        metrics
-            .flusher_seen_ms
-            .store(crate::engine::now_ms(), Ordering::Relaxed);
+        metrics.flusher_seen_ms.store(
+            metrics.started.elapsed().as_millis() as u64,
+            Ordering::Relaxed,
+        );
         // A store that can no longer make writes durable is noticed within a period, also
         // while nothing is written.
         if checked.elapsed() >= CHECK_EVERY {

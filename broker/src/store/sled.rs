@@ -16,10 +16,13 @@
 //! An append or a settlement is several sled writes, not one batch, ordered so that the store
 //! is valid after any prefix of them (sled recovers a prefix of its log, and nothing is
 //! confirmed before a flush): an append writes its segments, then their headers (a queue's
-//! next seq is the larger of its record's and the end of its last segment; a segment without
-//! a header was never confirmed, is never read, and is dropped when the store is compacted);
-//! a settlement writes the record, then deletes the segments it settles in full, each before
-//! its header (a settled header still present is deleted, with its segment, on open).
+//! next seq is the larger of its record's and the end of its last segment). A settlement
+//! writes the record, then deletes the headers of the segments it settles in full, each before
+//! its segment. So a header always has its segment; a segment without a header (of an append
+//! never confirmed, or of a settlement cut short) is never read, and is dropped when the store
+//! is compacted. The record does not always cover a segment settled in full (one settled
+//! before an earlier segment is not in it): cut before its header is deleted, such a segment
+//! is delivered again, which is what a settlement that was never made durable means.
 
 use super::codec::{self, EncodedSegment, EntryMeta, Mask, QueueRecord};
 use super::compact;
@@ -576,9 +579,9 @@ impl QueueStore for SledStore {
             return Ok(());
         }
         let record = state.record(&changed);
-        // The record first, then the segments it settles in full are deleted, each before
-        // its header: a header left behind (by a crash or a failed delete) is settled by the
-        // record, and deleted with its segment when the store is next opened.
+        // The record first, then the segments it settles in full, each header before its
+        // segment: a segment is never left with a header and without its value (see the
+        // module documentation).
         let db = self.db()?;
         db.insert(codec::queue_key(queue), codec::encode(&record)?)
             .map_err(io)?;
@@ -586,8 +589,8 @@ impl QueueStore for SledStore {
         for (&first, &mask) in &changed {
             if state.segments[&first].is_full(mask) {
                 let removed = db
-                    .remove(codec::segment_key(queue, first))
-                    .and_then(|_| db.remove(codec::header_key(queue, first)));
+                    .remove(codec::header_key(queue, first))
+                    .and_then(|_| db.remove(codec::segment_key(queue, first)));
                 if let Err(e) = removed {
                     deleted = deleted.and(Err(io(e)));
                 }

@@ -295,6 +295,59 @@ fn a_store_cut_between_the_writes_of_an_append_or_a_settlement_opens_whole() {
 }
 
 #[test]
+fn a_segment_settled_before_an_earlier_one_and_cut_between_its_deletes_opens_whole() {
+    // Segment A (seqs 0..100) stays unsettled; segment B (100..228) is settled in full. The
+    // record cannot say B is settled (A before it is not), so what a cut leaves of B's
+    // deletes decides what opens.
+    let entries: Vec<StoredEntry> = (0..228).map(|s| message(s, 10)).collect();
+    let b = codec::encode_segments(100, &entries[100..])
+        .unwrap()
+        .remove(0);
+    let seqs = |store: &SledStore| -> Vec<Seq> {
+        let read = store.read(&alice(), 0, 1000).unwrap();
+        read.into_iter().map(|(seq, _)| seq).collect()
+    };
+    for cut_after_header_delete in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        store.append(&alice(), 0, &entries[..100]).unwrap();
+        store.append(&alice(), 100, &entries[100..]).unwrap();
+        store
+            .settle(&alice(), &(100..228).collect::<Vec<_>>())
+            .unwrap();
+        assert_eq!(store.segment_count().unwrap(), 1);
+        if cut_after_header_delete {
+            // The header is gone, the segment not yet: never read, B stays settled.
+            store
+                .raw_db()
+                .insert(codec::segment_key(&alice(), 100), &b.value[..])
+                .unwrap();
+        } else {
+            // Neither is gone: B comes back whole, to be delivered again.
+            put_segment(&store, &alice(), 100, &b.value);
+        }
+        store.flush().unwrap();
+        drop(store);
+        let store = SledStore::open(dir.path()).unwrap();
+        let expected: Vec<Seq> = if cut_after_header_delete {
+            (0..100).collect()
+        } else {
+            (0..228).collect()
+        };
+        assert_eq!(
+            seqs(&store),
+            expected,
+            "cut after header delete: {cut_after_header_delete}"
+        );
+        assert_eq!(store.queues().unwrap()[0].next_seq, 228);
+        assert_eq!(
+            store.expired(u64::MAX, None, 1000).unwrap().len(),
+            expected.len()
+        );
+    }
+}
+
+#[test]
 fn a_damaged_segment_header_fails_open_naming_the_directory() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path()).unwrap();
