@@ -119,6 +119,8 @@ pub(crate) struct Engine {
     pub(crate) metrics: Arc<Metrics>,
     /// Connections that completed their handshake, by connection number, for the admin API.
     conns: Mutex<HashMap<u64, ConnInfo>>,
+    /// The store, for its size on disk (every write goes through `persist`).
+    store: Arc<dyn QueueStore>,
 }
 
 /// What the admin API shows of a connection beside what the core knows.
@@ -169,7 +171,13 @@ impl Engine {
             rest,
         };
         let metrics = Arc::new(Metrics::default());
-        let persist = Persist::start(store, &queues, failed.clone(), done, metrics.clone())?;
+        let persist = Persist::start(
+            store.clone(),
+            &queues,
+            failed.clone(),
+            done,
+            metrics.clone(),
+        )?;
         let (observers, _) = broadcast::channel(1024);
         let engine = Arc::new(Self {
             core,
@@ -181,6 +189,7 @@ impl Engine {
             clock,
             metrics,
             conns: Mutex::new(HashMap::default()),
+            store,
         });
         rt.spawn(completions(engine.clone(), done_rx));
         Ok(engine)
@@ -499,5 +508,9 @@ impl Source for Engine {
 
     fn store_failed(&self) -> bool {
         Engine::store_failed(self)
+    }
+
+    fn store_bytes(&self) -> Option<u64> {
+        self.store.size_on_disk()
     }
 }

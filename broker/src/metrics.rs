@@ -195,6 +195,8 @@ pub(crate) trait Source: Send + Sync + 'static {
     fn core(&self) -> (Stats, Gauges);
     /// Whether the store refuses writes.
     fn store_failed(&self) -> bool;
+    /// Bytes the store takes on disk, when known.
+    fn store_bytes(&self) -> Option<u64>;
 }
 
 /// A registry of every metric of one broker.
@@ -381,6 +383,14 @@ impl Collector for Scrape {
             "1 while the store refuses writes (persistent messages are refused), else 0",
             u64::from(self.source.store_failed()),
         )?;
+        if let Some(bytes) = self.source.store_bytes() {
+            gauge(
+                &mut e,
+                "store_bytes",
+                "Bytes the store takes on disk",
+                bytes,
+            )?;
+        }
         process(&mut e)
     }
 }

@@ -180,7 +180,11 @@ async fn the_admin_token_is_never_printed() -> R {
     let env = [("BROADCAST_ADMIN_TOKEN", "t0ps3cr3t")];
     let out = broker(&["check-config", file.to_str().context("path")?], &env).await?;
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("admin_token = \"(set)\""), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("admin_token = \"(set)\""),
+        "{}",
+        stdout(&out)
+    );
     let out = broker(&["--help"], &env).await?;
     for text in [stdout(&out), stderr(&out)] {
         assert!(!text.contains("t0ps3cr3t"), "{text}");

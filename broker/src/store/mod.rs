@@ -305,6 +305,11 @@ pub trait QueueStore: Send + Sync + 'static {
         self.check()?;
         self.flush()
     }
+
+    /// Bytes the store takes on disk, when it is on disk and they can be told.
+    fn size_on_disk(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// The queues of `queues` from the queue of `after` on (all without it), each with the least

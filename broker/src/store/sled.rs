@@ -779,6 +779,10 @@ impl QueueStore for SledStore {
         self.flush()
     }
 
+    fn size_on_disk(&self) -> Option<u64> {
+        self.db().ok()?.size_on_disk().ok()
+    }
+
     fn check(&self) -> Result<(), StoreError> {
         self.data_dir
             .lock()
