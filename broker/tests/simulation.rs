@@ -1649,3 +1649,39 @@ fn a_seed_replays_exactly() {
     };
     assert_eq!(trace(7), trace(7));
 }
+
+/// A session restored after a crash may have been recorded while its client was connected (its
+/// last-seen time is then older, or 0): its time away counts from the restart, not from then.
+#[test]
+fn after_a_crash_a_restored_session_counts_its_time_away_from_the_restart() {
+    let cfg = Config {
+        session_expiry: Duration::from_secs(3600),
+        ..Config::default()
+    };
+    let session = Session {
+        name: "sub".into(),
+        channels: vec!["news".into()],
+        last_seen_ms: 0,
+    };
+    let mut core: Core<SimOutlet> = Core::new(cfg, Vec::new(), vec![session]);
+    let restart = 1_000_000_000_000;
+    let at = |ms: u64| Now {
+        wall_ms: restart + ms,
+        mono_ms: ms,
+    };
+    core.expire_sessions(at(0));
+    core.expire_sessions(at(60_000));
+    assert_eq!(
+        core.gauges().sessions,
+        1,
+        "expired a minute after the restart"
+    );
+    core.expire_sessions(at(3_600_000));
+    assert_eq!(
+        core.gauges().sessions,
+        1,
+        "expired at its limit, not past it"
+    );
+    core.expire_sessions(at(3_600_001));
+    assert_eq!(core.gauges().sessions, 0, "kept past its limit");
+}

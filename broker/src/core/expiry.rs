@@ -52,14 +52,22 @@ impl<O: Outlet> Core<O> {
     }
 
     /// Forgets the subscriptions of clients away for longer than `session_expiry` at `now`.
+    ///
+    /// A client's time away counts from when it was last seen, and at the earliest from this
+    /// core's first look: a session restored from the store after a crash may have been
+    /// recorded while its client was connected (last seen long before, or never), and a
+    /// client cannot come back while the broker is down.
     pub fn expire_sessions(&mut self, now: Now) {
         let expiry = self.config.session_expiry.as_millis() as u64;
         let cutoff = now.wall_ms.saturating_sub(expiry);
         let st = &mut self.st;
+        let since = *st.sessions_since_ms.get_or_insert(now.wall_ms);
         let mut expired: Vec<_> = st
             .sessions
             .iter()
-            .filter(|(name, s)| !st.clients.contains_key(&***name) && s.last_seen_ms < cutoff)
+            .filter(|(name, s)| {
+                !st.clients.contains_key(&***name) && s.last_seen_ms.max(since) < cutoff
+            })
             .map(|(name, _)| name.clone())
             .collect();
         expired.sort_unstable();

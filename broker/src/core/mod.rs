@@ -147,6 +147,9 @@ struct State<O: Outlet> {
     notice_ttl_ms: u64,
     /// Counts of what was decided, for metrics.
     stats: Stats,
+    /// The wall time of the first look for expired sessions: no client is counted away for
+    /// longer than since then.
+    sessions_since_ms: Option<u64>,
 }
 
 /// Tags of deliveries made straight from a sender have the top bit set; tags of deliveries
@@ -184,6 +187,7 @@ impl<O: Outlet> Core<O> {
             lost: Vec::new(),
             notice_ttl_ms: config.default_ttl.as_millis() as u64,
             stats: Stats::default(),
+            sessions_since_ms: None,
         };
         for s in sessions {
             let name: Arc<str> = Arc::from(s.name);
