@@ -1654,6 +1654,8 @@ fn a_seed_replays_exactly() {
 /// last-seen time is then older, or 0): its time away counts from the restart, not from then.
 #[test]
 fn after_a_crash_a_restored_session_counts_its_time_away_from_the_restart() {
+    // Before any map is made: the other tests of this process replay seeds with it.
+    assert!(core::predictable_hashing());
     let cfg = Config {
         session_expiry: Duration::from_secs(3600),
         ..Config::default()
