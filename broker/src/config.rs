@@ -14,6 +14,13 @@ pub struct Config {
     /// Most connections at once; further connections get an error frame and are closed.
     /// Default 20,000.
     pub max_connections: usize,
+    /// Most connections open at once from one source address; further ones get a
+    /// `LimitReached` error and are closed. Default 0: no limit but `max_connections`.
+    pub max_connections_per_address: usize,
+    /// Most new connections a second from one source address (fractions allowed, bursts of a
+    /// second's worth); faster ones get a `LimitReached` error and are closed. Default 0: no
+    /// limit.
+    pub connections_per_address_per_sec: f64,
     /// Largest message payload accepted, in bytes. Default 1 MiB. Frames may be this plus
     /// 64 KiB of envelope.
     pub max_payload: u32,
@@ -87,6 +94,8 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from("broadcast-data"),
             max_connections: 20_000,
+            max_connections_per_address: 0,
+            connections_per_address_per_sec: 0.0,
             max_payload: broadcast_protocol::DEFAULT_MAX_PAYLOAD,
             outbound_frames: 8192,
             outbound_bytes: 8 * 1024 * 1024,
@@ -151,6 +160,14 @@ impl Config {
         }
         if self.max_connections == 0 {
             return err("max_connections", "must be at least 1");
+        }
+        if !(self.connections_per_address_per_sec >= 0.0
+            && self.connections_per_address_per_sec.is_finite())
+        {
+            return err(
+                "connections_per_address_per_sec",
+                "must be a number of zero or more",
+            );
         }
         if self.outbound_frames < 16 {
             return err("outbound_frames", "must be at least 16");

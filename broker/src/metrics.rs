@@ -20,8 +20,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Why a connection was refused before its handshake completed, as metrics label it.
-pub(crate) const REFUSALS: [&str; 7] = [
+pub(crate) const REFUSALS: [&str; 9] = [
     "max_connections",
+    "max_connections_per_address",
+    "connections_per_address_per_sec",
     "handshake_timeout",
     "bad_handshake",
     "unsupported_version",
@@ -33,17 +35,21 @@ pub(crate) const REFUSALS: [&str; 7] = [
 /// The refusal label of a handshake refused with `code`.
 pub(crate) fn refusal(code: ErrorCode) -> usize {
     match code {
-        ErrorCode::Timeout => 1,
-        ErrorCode::UnsupportedVersion => 3,
-        ErrorCode::InvalidName => 4,
-        ErrorCode::FrameTooLarge => 5,
-        ErrorCode::LimitReached => 6,
-        _ => 2,
+        ErrorCode::Timeout => 3,
+        ErrorCode::UnsupportedVersion => 5,
+        ErrorCode::InvalidName => 6,
+        ErrorCode::FrameTooLarge => 7,
+        ErrorCode::LimitReached => 8,
+        _ => 4,
     }
 }
 
 /// The refusal label of the connection limit.
 pub(crate) const REFUSED_MAX_CONNECTIONS: usize = 0;
+/// The refusal label of the limit of connections open per address.
+pub(crate) const REFUSED_PER_ADDRESS: usize = 1;
+/// The refusal label of the limit of new connections a second per address.
+pub(crate) const REFUSED_ADDRESS_RATE: usize = 2;
 
 fn reason_index(reason: FailureReason) -> usize {
     FAILURE_REASONS

@@ -89,6 +89,12 @@ settings! {
     admin_token: String = "BROADCAST_ADMIN_TOKEN",
     /// Most connections at once; further connections get an error frame and are closed.
     max_connections: usize = "BROADCAST_MAX_CONNECTIONS",
+    /// Most connections open at once from one source address (0: no limit but
+    /// max_connections).
+    max_connections_per_address: usize = "BROADCAST_MAX_CONNECTIONS_PER_ADDRESS",
+    /// Most new connections a second from one source address, fractions allowed, in bursts
+    /// of a second's worth (0: no limit).
+    connections_per_address_per_sec: f64 = "BROADCAST_CONNECTIONS_PER_ADDRESS_PER_SEC",
     /// Largest message payload accepted, in bytes (4 KiB to 64 MiB less 64 KiB).
     max_payload: u32 = "BROADCAST_MAX_PAYLOAD",
     /// Most frames waiting in one connection's outbound queue.
@@ -162,6 +168,8 @@ impl Default for Settings {
             admin_listen: String::new(),
             admin_token: String::new(),
             max_connections: c.max_connections,
+            max_connections_per_address: c.max_connections_per_address,
+            connections_per_address_per_sec: c.connections_per_address_per_sec,
             max_payload: c.max_payload,
             outbound_frames: c.outbound_frames,
             outbound_bytes: c.outbound_bytes,
@@ -300,6 +308,8 @@ impl Settings {
         let config = Config {
             data_dir: self.data_dir.clone(),
             max_connections: self.max_connections,
+            max_connections_per_address: self.max_connections_per_address,
+            connections_per_address_per_sec: self.connections_per_address_per_sec,
             max_payload: self.max_payload,
             outbound_frames: self.outbound_frames,
             outbound_bytes: self.outbound_bytes,

@@ -292,3 +292,34 @@ async fn incomplete_frames_over_the_brokers_budget_are_held_back_then_closed_oth
     assert_eq!(d.id, id);
     Ok(())
 }
+
+#[tokio::test]
+async fn connections_from_one_address_are_bounded_in_number_and_in_rate() -> R {
+    // Two open at once per address.
+    let b = TestBroker::start_with(|c| c.max_connections_per_address = 2).await?;
+    let first = RawClient::connect(b.addr(), Some("one")).await?;
+    let _second = RawClient::connect(b.addr(), Some("two")).await?;
+    let mut third = RawClientFrames(RawClient::open(b.addr()).await?);
+    assert_eq!(third.error().await?, ErrorCode::LimitReached);
+    // The first two are served all along; once one closes, a new one is let in.
+    drop(first);
+    let again = tokio::time::timeout(broadcast_tests::WAIT, async {
+        loop {
+            if let Ok(c) = RawClient::connect(b.addr(), Some("three")).await {
+                return c;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await?;
+    assert_eq!(again.name(), "three");
+
+    // One new connection every thousand seconds: the second is refused however fast the
+    // machine is, while the first stays served.
+    let b = TestBroker::start_with(|c| c.connections_per_address_per_sec = 0.001).await?;
+    let mut first = RawClient::connect(b.addr(), Some("one")).await?;
+    let mut second = RawClientFrames(RawClient::open(b.addr()).await?);
+    assert_eq!(second.error().await?, ErrorCode::LimitReached);
+    assert!(first.sync().await?.is_empty());
+    Ok(())
+}

@@ -1,7 +1,9 @@
-//! The accept loop: one task per connection, a bound on connections, back-off on accept
-//! errors.
+//! The accept loop: one task per connection, bounds on connections (in all, and per source
+//! address), back-off on accept errors.
 
+use super::addresses::Addresses;
 use super::{Context, refuse, serve};
+use crate::metrics::{self, REFUSED_ADDRESS_RATE, REFUSED_MAX_CONNECTIONS, REFUSED_PER_ADDRESS};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -11,6 +13,10 @@ use tokio_util::task::TaskTracker;
 /// Accepts connections until shutdown.
 pub(crate) async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, tracker: &TaskTracker) {
     let permits = Arc::new(Semaphore::new(ctx.config.max_connections));
+    let addresses = Arc::new(Addresses::new(
+        ctx.config.max_connections_per_address,
+        ctx.config.connections_per_address_per_sec,
+    ));
     let mut backoff = Duration::from_millis(10);
     loop {
         let accepted = tokio::select! {
@@ -20,20 +26,32 @@ pub(crate) async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, tracke
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(10);
+                let address = match addresses.admit(peer.ip(), std::time::Instant::now()) {
+                    Ok(address) => address,
+                    Err(refusal) => {
+                        tracing::warn!(%peer, %refusal, "refusing a connection");
+                        let label = match refusal {
+                            super::addresses::Refusal::TooMany(_) => REFUSED_PER_ADDRESS,
+                            super::addresses::Refusal::TooFast(_) => REFUSED_ADDRESS_RATE,
+                        };
+                        metrics::add(&ctx.engine.metrics.refused[label], 1);
+                        tracker.spawn(async move {
+                            refuse(stream, &format!("refused: {refusal}")).await;
+                        });
+                        continue;
+                    }
+                };
                 match permits.clone().try_acquire_owned() {
                     Ok(permit) => {
                         let ctx = ctx.clone();
                         tracker.spawn(async move {
                             serve(stream, peer, ctx).await;
-                            drop(permit);
+                            drop((permit, address));
                         });
                     }
                     Err(_) => {
                         tracing::warn!(%peer, "connection limit reached, refusing");
-                        crate::metrics::add(
-                            &ctx.engine.metrics.refused[crate::metrics::REFUSED_MAX_CONNECTIONS],
-                            1,
-                        );
+                        metrics::add(&ctx.engine.metrics.refused[REFUSED_MAX_CONNECTIONS], 1);
                         let max = ctx.config.max_connections;
                         tracker.spawn(async move {
                             let msg = format!("the broker is at its limit of {max} connections");

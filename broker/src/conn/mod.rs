@@ -7,6 +7,7 @@
 //! - `writer`: frames out, in batches; at close, what is left, then a farewell.
 //! - `drain`: each connection's drainer of its queue in the store, and its late deliveries.
 
+mod addresses;
 mod drain;
 pub(crate) mod listener;
 mod outbound;
