@@ -51,13 +51,6 @@ pub(crate) const REFUSED_PER_ADDRESS: usize = 1;
 /// The refusal label of the limit of new connections a second per address.
 pub(crate) const REFUSED_ADDRESS_RATE: usize = 2;
 
-fn reason_index(reason: FailureReason) -> usize {
-    FAILURE_REASONS
-        .iter()
-        .position(|r| *r == reason)
-        .unwrap_or_default()
-}
-
 /// Frames and bytes one way, on a cache line of their own.
 #[derive(Debug, Default)]
 #[repr(align(128))]
@@ -191,7 +184,7 @@ impl Metrics {
 
     /// A delivery the shell gave up on.
     pub(crate) fn failed(&self, reason: FailureReason) {
-        add(&self.failed_after_wait[reason_index(reason)], 1);
+        add(&self.failed_after_wait[reason.index()], 1);
     }
 }
 

@@ -130,18 +130,7 @@ pub(crate) fn error_line(code: ErrorCode, message: &str, id: Option<&str>) -> St
 
 /// The snake_case name of a delivery failure reason, as printed in `"reason"`.
 pub(crate) fn reason_name(reason: FailureReason) -> &'static str {
-    match reason {
-        FailureReason::NotConnected => "not_connected",
-        FailureReason::NoSubscribers => "no_subscribers",
-        FailureReason::SlowConsumer => "slow_consumer",
-        FailureReason::TooLarge => "too_large",
-        FailureReason::Expired => "expired",
-        FailureReason::QueueFull => "queue_full",
-        FailureReason::AttemptsExhausted => "attempts_exhausted",
-        FailureReason::StoreUnavailable => "store_unavailable",
-        FailureReason::ShuttingDown => "shutting_down",
-        FailureReason::NotSubscribed => "not_subscribed",
-    }
+    reason.name()
 }
 
 /// The snake_case name of an error code, as printed in `"code"`.

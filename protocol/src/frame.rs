@@ -161,6 +161,43 @@ pub enum FailureReason {
     NotSubscribed,
 }
 
+impl FailureReason {
+    /// Every reason, in the order of their wire numbers.
+    pub const ALL: [FailureReason; 10] = [
+        FailureReason::NotConnected,
+        FailureReason::NoSubscribers,
+        FailureReason::SlowConsumer,
+        FailureReason::TooLarge,
+        FailureReason::Expired,
+        FailureReason::QueueFull,
+        FailureReason::AttemptsExhausted,
+        FailureReason::StoreUnavailable,
+        FailureReason::ShuttingDown,
+        FailureReason::NotSubscribed,
+    ];
+
+    /// The reason's name in snake case (`not_connected`), as reports and metrics print it.
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureReason::NotConnected => "not_connected",
+            FailureReason::NoSubscribers => "no_subscribers",
+            FailureReason::SlowConsumer => "slow_consumer",
+            FailureReason::TooLarge => "too_large",
+            FailureReason::Expired => "expired",
+            FailureReason::QueueFull => "queue_full",
+            FailureReason::AttemptsExhausted => "attempts_exhausted",
+            FailureReason::StoreUnavailable => "store_unavailable",
+            FailureReason::ShuttingDown => "shutting_down",
+            FailureReason::NotSubscribed => "not_subscribed",
+        }
+    }
+
+    /// Its position in [`FailureReason::ALL`] (its wire number).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// Notice to a sender that one recipient will not get one of its messages.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryFailed {

@@ -4,18 +4,7 @@
 use broadcast_protocol::{FailureReason, Target};
 
 /// Every failure reason, in the order of [`Stats::failed`].
-pub const FAILURE_REASONS: [FailureReason; 10] = [
-    FailureReason::NotConnected,
-    FailureReason::NoSubscribers,
-    FailureReason::SlowConsumer,
-    FailureReason::TooLarge,
-    FailureReason::Expired,
-    FailureReason::QueueFull,
-    FailureReason::AttemptsExhausted,
-    FailureReason::StoreUnavailable,
-    FailureReason::ShuttingDown,
-    FailureReason::NotSubscribed,
-];
+pub const FAILURE_REASONS: [FailureReason; 10] = FailureReason::ALL;
 
 /// Every kind of target, in the order of [`Stats::published`].
 pub const TARGET_KINDS: [&str; 6] = [
@@ -29,33 +18,11 @@ pub const TARGET_KINDS: [&str; 6] = [
 
 /// A failure reason's name in metrics and reports.
 pub fn reason_name(reason: FailureReason) -> &'static str {
-    match reason {
-        FailureReason::NotConnected => "not_connected",
-        FailureReason::NoSubscribers => "no_subscribers",
-        FailureReason::SlowConsumer => "slow_consumer",
-        FailureReason::TooLarge => "too_large",
-        FailureReason::Expired => "expired",
-        FailureReason::QueueFull => "queue_full",
-        FailureReason::AttemptsExhausted => "attempts_exhausted",
-        FailureReason::StoreUnavailable => "store_unavailable",
-        FailureReason::ShuttingDown => "shutting_down",
-        FailureReason::NotSubscribed => "not_subscribed",
-    }
+    reason.name()
 }
 
 fn reason_index(reason: FailureReason) -> usize {
-    match reason {
-        FailureReason::NotConnected => 0,
-        FailureReason::NoSubscribers => 1,
-        FailureReason::SlowConsumer => 2,
-        FailureReason::TooLarge => 3,
-        FailureReason::Expired => 4,
-        FailureReason::QueueFull => 5,
-        FailureReason::AttemptsExhausted => 6,
-        FailureReason::StoreUnavailable => 7,
-        FailureReason::ShuttingDown => 8,
-        FailureReason::NotSubscribed => 9,
-    }
+    reason.index()
 }
 
 fn target_index(target: &Target) -> usize {
