@@ -366,3 +366,40 @@ async fn a_client_over_its_publish_rate_loses_nothing_and_keeps_its_order() -> R
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn an_error_about_an_overlong_id_or_channel_leaves_it_out_and_fits_the_smallest_frame() -> R {
+    let b = TestBroker::start().await?;
+    let mut alice = RawClient::connect_with(
+        b.addr(),
+        Hello {
+            max_frame: broadcast_protocol::MIN_FRAME,
+            ..hello(Some("alice"))
+        },
+    )
+    .await?;
+    let long = "x".repeat(8 * 1024);
+    let mut msg = broadcast_tests::publish(Target::Client("bob".into()), b"x", false);
+    msg.id = long.clone();
+    alice.send(ClientFrame::Publish(msg)).await?;
+    alice.send(ClientFrame::Subscribe { channel: long }).await?;
+    for what in ["publish", "subscribe"] {
+        match alice.next().await? {
+            ServerFrame::Error(e) => {
+                assert_eq!(e.code, ErrorCode::InvalidName, "{what}");
+                assert_eq!(e.id, None, "{what}");
+                assert!(e.message.len() < 512, "{what}: {}", e.message);
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    // A valid id is still repeated, and the connection goes on.
+    let id = alice
+        .publish(Target::Channel("has space".into()), b"x", false)
+        .await?;
+    match alice.next().await? {
+        ServerFrame::Error(e) => assert_eq!(e.id, Some(id)),
+        other => panic!("{other:?}"),
+    }
+    Ok(())
+}

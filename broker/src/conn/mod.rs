@@ -402,6 +402,13 @@ async fn read_loop(
     }
 }
 
+/// The message id or channel an error is about, repeated as the client sent it when it is no
+/// longer than a valid name: an error about a longer one (refused for its length) leaves it
+/// out, so that every error fits the smallest frame a client may accept.
+fn echoed(id: &str) -> Option<&str> {
+    (id.len() <= broadcast_protocol::names::MAX_NAME_LEN).then_some(id)
+}
+
 /// The error of a connection closed because its incomplete frame waited too long for room.
 fn starved(wait: Duration) -> String {
     format!(
@@ -437,7 +444,7 @@ async fn publish_persistent(
                 return Handled::Close;
             }
             start = i + 1;
-            let f = encode::error(r.code, r.message, Some(&msg.id));
+            let f = encode::error(r.code, r.message, echoed(&msg.id));
             if out.push(OutFrame::control(f)).await.is_err() {
                 return Handled::Close;
             }
@@ -525,7 +532,7 @@ async fn handle(
         }
         ClientFrame::Publish(msg) => {
             if let Err(r) = engine.validate(&msg) {
-                replies.push(encode::error(r.code, r.message, Some(&msg.id)));
+                replies.push(encode::error(r.code, r.message, echoed(&msg.id)));
             } else {
                 let routed = engine.route(name, &msg);
                 replies.extend(routed.failed.into_iter().map(encode::failed));
@@ -558,7 +565,7 @@ async fn handle(
                     }
                 }
                 // The refused channel goes where a message id would, so the client can match it.
-                Ok(Err(r)) => replies.push(encode::error(r.code, r.message, Some(&channel))),
+                Ok(Err(r)) => replies.push(encode::error(r.code, r.message, echoed(&channel))),
                 Err(_stopped) => return Handled::Close,
             }
         }
