@@ -43,12 +43,6 @@ pub struct Config {
     /// How long a connection holding part of a frame may wait for room under
     /// `partial_frames_max_bytes` before it is closed with an error. Default 5 s.
     pub partial_frame_wait: Duration,
-    /// Most messages a second one connection may publish (fractions allowed; bursts of a
-    /// second's worth): above it the connection is not read until its rate allows (its sender
-    /// is held back by TCP); nothing is dropped. Default 0: no limit.
-    pub max_publish_rate: f64,
-    /// Most payload bytes a second one connection may publish, likewise. Default 0: no limit.
-    pub max_publish_bytes_rate: f64,
     /// Most subscriptions per connection. Default 10,000.
     pub max_subscriptions: usize,
     /// Most names in a group or channel list target. Default 1,024.
@@ -110,8 +104,6 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(5),
             partial_frames_max_bytes: 256 << 20,
             partial_frame_wait: Duration::from_secs(5),
-            max_publish_rate: 0.0,
-            max_publish_bytes_rate: 0.0,
             max_subscriptions: 10_000,
             max_target_names: 1024,
             ack_timeout: Duration::from_secs(30),
@@ -169,17 +161,13 @@ impl Config {
         if self.max_connections == 0 {
             return err("max_connections", "must be at least 1");
         }
-        for (field, rate) in [
-            (
+        if !(self.connections_per_address_per_sec >= 0.0
+            && self.connections_per_address_per_sec.is_finite())
+        {
+            return err(
                 "connections_per_address_per_sec",
-                self.connections_per_address_per_sec,
-            ),
-            ("max_publish_rate", self.max_publish_rate),
-            ("max_publish_bytes_rate", self.max_publish_bytes_rate),
-        ] {
-            if !(rate >= 0.0 && rate.is_finite()) {
-                return err(field, "must be a number of zero or more");
-            }
+                "must be a number of zero or more",
+            );
         }
         if self.outbound_frames < 16 {
             return err("outbound_frames", "must be at least 16");

@@ -113,12 +113,6 @@ settings! {
     partial_frames_max_mib: usize = "BROADCAST_PARTIAL_FRAMES_MAX_MIB",
     /// Seconds a connection holding part of a frame may wait for room before it is closed.
     partial_frame_wait_secs: f64 = "BROADCAST_PARTIAL_FRAME_WAIT_SECS",
-    /// Most messages a second one connection may publish, fractions allowed, in bursts of a
-    /// second's worth; above it the connection is not read until its rate allows, and nothing
-    /// is dropped (0: no limit).
-    max_publish_rate: f64 = "BROADCAST_MAX_PUBLISH_RATE",
-    /// Most payload bytes a second one connection may publish, likewise (0: no limit).
-    max_publish_bytes_rate: f64 = "BROADCAST_MAX_PUBLISH_BYTES_RATE",
     /// Most subscriptions per connection.
     max_subscriptions: usize = "BROADCAST_MAX_SUBSCRIPTIONS",
     /// Most names in a group or channel list target.
@@ -184,8 +178,6 @@ impl Default for Settings {
             drain_timeout_secs: c.drain_timeout.as_secs_f64(),
             partial_frames_max_mib: c.partial_frames_max_bytes / MIB as usize,
             partial_frame_wait_secs: c.partial_frame_wait.as_secs_f64(),
-            max_publish_rate: c.max_publish_rate,
-            max_publish_bytes_rate: c.max_publish_bytes_rate,
             max_subscriptions: c.max_subscriptions,
             max_target_names: c.max_target_names,
             ack_timeout_secs: c.ack_timeout.as_secs_f64(),
@@ -326,8 +318,6 @@ impl Settings {
             drain_timeout: secs("drain_timeout_secs", self.drain_timeout_secs)?,
             partial_frames_max_bytes: self.partial_frames_max_mib.saturating_mul(MIB as usize),
             partial_frame_wait: secs("partial_frame_wait_secs", self.partial_frame_wait_secs)?,
-            max_publish_rate: self.max_publish_rate,
-            max_publish_bytes_rate: self.max_publish_bytes_rate,
             max_subscriptions: self.max_subscriptions,
             max_target_names: self.max_target_names,
             ack_timeout: secs("ack_timeout_secs", self.ack_timeout_secs)?,

@@ -325,49 +325,6 @@ async fn connections_from_one_address_are_bounded_in_number_and_in_rate() -> R {
 }
 
 #[tokio::test]
-async fn a_client_over_its_publish_rate_loses_nothing_and_keeps_its_order() -> R {
-    // Fifty messages a second, for a sender of 150: it is read in bursts of a second's worth.
-    let b = TestBroker::start_with(|c| c.max_publish_rate = 50.0).await?;
-    let mut bob = RawClient::connect(b.addr(), Some("bob")).await?;
-    let mut alice = RawClient::connect(b.addr(), Some("alice")).await?;
-    for i in 0..100u8 {
-        alice
-            .feed(ClientFrame::Publish(broadcast_tests::publish(
-                Target::Client("bob".into()),
-                &[i],
-                false,
-            )))
-            .await?;
-    }
-    for i in 100..150u8 {
-        alice
-            .feed(ClientFrame::Publish(broadcast_tests::publish(
-                Target::Client("bob".into()),
-                &[i],
-                true,
-            )))
-            .await?;
-    }
-    alice.flush().await?;
-    for i in 0..150u8 {
-        let d = bob.delivery().await?;
-        assert_eq!(&d.data[..], &[i][..], "delivery {i}");
-        if let Some(tag) = d.ack_tag {
-            bob.ack([tag]).await?;
-        }
-    }
-    // Every persistent message is accepted, with no notice.
-    let mut accepted = 0;
-    while accepted < 50 {
-        match alice.next().await? {
-            ServerFrame::Accepted { .. } => accepted += 1,
-            other => anyhow::bail!("unexpected {other:?}"),
-        }
-    }
-    Ok(())
-}
-
-#[tokio::test]
 async fn an_error_about_an_overlong_id_or_channel_leaves_it_out_and_fits_the_smallest_frame() -> R {
     let b = TestBroker::start().await?;
     let mut alice = RawClient::connect_with(

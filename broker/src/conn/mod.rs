@@ -12,7 +12,6 @@ mod drain;
 pub(crate) mod listener;
 mod outbound;
 mod reader;
-mod throttle;
 mod writer;
 
 pub(crate) use outbound::Outbound;
@@ -284,10 +283,6 @@ async fn read_loop(
 ) -> Option<Bytes> {
     let close = out.shared.close.clone();
     let unconfirmed = Arc::new(Semaphore::new(ctx.config.max_unconfirmed));
-    let mut throttle = throttle::Throttle::new(
-        ctx.config.max_publish_rate,
-        ctx.config.max_publish_bytes_rate,
-    );
     // A frame read ahead while gathering persistent messages, to be handled next.
     let mut carried = None;
     let mut nonce = 0u64;
@@ -357,8 +352,6 @@ async fn read_loop(
             }
             Some(Ok(Ok(frame))) => frame,
         };
-        // Messages and payload bytes this frame (or run of frames) published.
-        let mut published = (0, 0);
         let handled = match frame {
             ClientFrame::Publish(msg) if msg.persistent => {
                 // Persistent messages already read are routed together: one hold of the
@@ -374,30 +367,12 @@ async fn read_loop(
                         }
                     }
                 }
-                published = (run.len(), run.iter().map(|m| m.data.len()).sum());
                 publish_persistent(run, out, name, ctx, &unconfirmed).await
             }
-            frame => {
-                if let ClientFrame::Publish(msg) = &frame {
-                    published = (1, msg.data.len());
-                }
-                handle(frame, out, name, ctx, &unconfirmed).await
-            }
+            frame => handle(frame, out, name, ctx, &unconfirmed).await,
         };
         if let Handled::Close = handled {
             return None;
-        }
-        if throttle.is_on() && published.0 > 0 {
-            // Over its rate the connection is not read (TCP holds its sender back) until the
-            // rate allows what it sent.
-            let wait = throttle.take(published.0, published.1, tokio::time::Instant::now());
-            if !wait.is_zero() {
-                tokio::select! {
-                    biased;
-                    _ = close.cancelled() => return None,
-                    _ = tokio::time::sleep(wait) => {}
-                }
-            }
         }
     }
 }
