@@ -1,12 +1,18 @@
 //! Connections per source address: how many are open at once and how fast new ones come, each
 //! bounded when configured, so that one host cannot take every connection the broker allows.
+//!
+//! An IPv4 address (also one mapped into IPv6) counts alone; an IPv6 address counts with its
+//! /64, which one host usually holds whole. The book keeps every address with a connection
+//! open, and those with an allowance not yet refilled up to a bound: past it they are
+//! forgotten (their allowance starts full again), so many addresses cannot make it grow.
 
 use crate::maps::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-/// Entries kept before those of addresses with nothing open and a full allowance are dropped.
+/// Entries kept before those of addresses with nothing open are dropped (first those with a
+/// full allowance, then all of them).
 const PRUNE_AT: usize = 16 * 1024;
 
 /// The open connections and allowance of new ones of every address that has either.
@@ -17,7 +23,15 @@ pub(crate) struct Addresses {
     rate: f64,
     /// Most new connections at once: a second's worth, at least one.
     burst: f64,
-    book: Mutex<HashMap<IpAddr, Entry>>,
+    book: Mutex<Book>,
+}
+
+#[derive(Debug, Default)]
+struct Book {
+    entries: HashMap<IpAddr, Entry>,
+    /// Size at which the next prune runs: twice what the last one left, so that pruning costs
+    /// a constant share of each admission however many connections are open.
+    prune_at: usize,
 }
 
 #[derive(Debug)]
@@ -68,7 +82,10 @@ impl Addresses {
             max_open,
             rate,
             burst: rate.max(1.0),
-            book: Mutex::new(HashMap::default()),
+            book: Mutex::new(Book {
+                entries: HashMap::default(),
+                prune_at: PRUNE_AT,
+            }),
         }
     }
 
@@ -76,25 +93,36 @@ impl Addresses {
         self.max_open > 0 || self.rate > 0.0
     }
 
-    fn book(&self) -> MutexGuard<'_, HashMap<IpAddr, Entry>> {
+    fn book(&self) -> MutexGuard<'_, Book> {
         self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drops entries with nothing open: those with a full allowance, and if that is not
+    /// enough, all of them.
+    fn prune(&self, book: &mut Book, now: Instant) {
+        let (rate, burst) = (self.rate, self.burst);
+        book.entries.retain(|_, e| {
+            e.refill(now, rate, burst);
+            e.open > 0 || e.allowance < burst
+        });
+        if book.entries.len() >= PRUNE_AT {
+            book.entries.retain(|_, e| e.open > 0);
+        }
+        book.prune_at = PRUNE_AT.max(2 * book.entries.len());
     }
 
     /// Admits a new connection from `ip` at `now`, or says why not. The permit counts it as
     /// open until dropped.
     pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<Permit, Refusal> {
+        let ip = key(ip);
         if !self.limited() {
             return Ok(Permit { book: None, ip });
         }
         let mut book = self.book();
-        if book.len() >= PRUNE_AT {
-            let (rate, burst) = (self.rate, self.burst);
-            book.retain(|_, e| {
-                e.refill(now, rate, burst);
-                e.open > 0 || e.allowance < burst
-            });
+        if book.entries.len() >= book.prune_at {
+            self.prune(&mut book, now);
         }
-        let entry = book.entry(ip).or_insert(Entry {
+        let entry = book.entries.entry(ip).or_insert(Entry {
             open: 0,
             allowance: self.burst,
             at: now,
@@ -119,7 +147,19 @@ impl Addresses {
     /// Addresses with an entry, for tests.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.book().len()
+        self.book().entries.len()
+    }
+}
+
+/// The address a connection counts against: an IPv4 address as it is (also when mapped into
+/// IPv6), an IPv6 address as its /64.
+fn key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(bits))
+        }
+        v4 => v4,
     }
 }
 
@@ -136,11 +176,11 @@ impl Drop for Permit {
             return;
         };
         let mut book = addresses.book();
-        if let Some(entry) = book.get_mut(&self.ip) {
+        if let Some(entry) = book.entries.get_mut(&self.ip) {
             entry.open = entry.open.saturating_sub(1);
             entry.refill(Instant::now(), addresses.rate, addresses.burst);
             if entry.open == 0 && entry.allowance >= addresses.burst {
-                book.remove(&self.ip);
+                book.entries.remove(&self.ip);
             }
         }
     }
@@ -219,5 +259,39 @@ mod tests {
         let _new = addresses.admit(many(PRUNE_AT), later).unwrap();
         assert_eq!(addresses.len(), 2);
         drop(kept);
+    }
+
+    #[test]
+    fn an_ipv6_64_counts_as_one_address_and_mapped_ipv4_as_ipv4() {
+        let addresses = Arc::new(Addresses::new(1, 0.0));
+        let now = Instant::now();
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let _a = addresses.admit(a, now).unwrap();
+        assert_eq!(addresses.admit(b, now).unwrap_err(), Refusal::TooMany(1));
+        let _other = addresses.admit(other, now).unwrap();
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        let _v4 = addresses.admit(v4, now).unwrap();
+        assert_eq!(
+            addresses.admit(mapped, now).unwrap_err(),
+            Refusal::TooMany(1)
+        );
+        // Mapped IPv4 addresses do not share one bucket.
+        let _next = addresses
+            .admit("::ffff:192.0.2.8".parse().unwrap(), now)
+            .unwrap();
+    }
+
+    #[test]
+    fn many_addresses_with_allowances_not_yet_refilled_do_not_grow_the_book() {
+        let addresses = Arc::new(Addresses::new(0, 0.001));
+        let now = Instant::now();
+        for i in 0..3 * PRUNE_AT {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(i as u32));
+            drop(addresses.admit(ip, now).unwrap());
+            assert!(addresses.len() <= PRUNE_AT, "{} entries", addresses.len());
+        }
     }
 }
