@@ -1650,8 +1650,8 @@ fn a_seed_replays_exactly() {
     assert_eq!(trace(7), trace(7));
 }
 
-/// A session restored after a crash may have been recorded while its client was connected (its
-/// last-seen time is then older, or 0): its time away counts from the restart, not from then.
+/// A session restored after a crash while its client was connected counts as last seen at the
+/// restart; one whose client had left before counts from when it left, restarts or not.
 #[test]
 fn after_a_crash_a_restored_session_counts_its_time_away_from_the_restart() {
     // Before any map is made: the other tests of this process replay seeds with it.
@@ -1660,13 +1660,20 @@ fn after_a_crash_a_restored_session_counts_its_time_away_from_the_restart() {
         session_expiry: Duration::from_secs(3600),
         ..Config::default()
     };
-    let session = Session {
-        name: "sub".into(),
-        channels: vec!["news".into()],
-        last_seen_ms: 0,
-    };
-    let mut core: Core<SimOutlet> = Core::new(cfg, Vec::new(), vec![session]);
     let restart = 1_000_000_000_000;
+    let sessions = vec![
+        Session {
+            name: "connected".into(),
+            channels: vec!["news".into()],
+            last_seen_ms: Session::CONNECTED,
+        },
+        Session {
+            name: "left".into(),
+            channels: vec!["news".into()],
+            last_seen_ms: restart - 1_800_000,
+        },
+    ];
+    let mut core: Core<SimOutlet> = Core::new(cfg, Vec::new(), sessions);
     let at = |ms: u64| Now {
         wall_ms: restart + ms,
         mono_ms: ms,
@@ -1675,9 +1682,12 @@ fn after_a_crash_a_restored_session_counts_its_time_away_from_the_restart() {
     core.expire_sessions(at(60_000));
     assert_eq!(
         core.gauges().sessions,
-        1,
+        2,
         "expired a minute after the restart"
     );
+    // Half an hour after the restart, the client that left half an hour before it is gone.
+    core.expire_sessions(at(1_800_001));
+    assert_eq!(core.gauges().sessions, 1, "kept past its limit");
     core.expire_sessions(at(3_600_000));
     assert_eq!(
         core.gauges().sessions,

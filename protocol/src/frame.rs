@@ -194,7 +194,18 @@ impl FailureReason {
 
     /// Its position in [`FailureReason::ALL`] (its wire number).
     pub fn index(self) -> usize {
-        self as usize
+        match self {
+            FailureReason::NotConnected => 0,
+            FailureReason::NoSubscribers => 1,
+            FailureReason::SlowConsumer => 2,
+            FailureReason::TooLarge => 3,
+            FailureReason::Expired => 4,
+            FailureReason::QueueFull => 5,
+            FailureReason::AttemptsExhausted => 6,
+            FailureReason::StoreUnavailable => 7,
+            FailureReason::ShuttingDown => 8,
+            FailureReason::NotSubscribed => 9,
+        }
     }
 }
 

@@ -37,7 +37,16 @@ impl<O: Outlet> Core<O> {
             settled_unread: Vec::new(),
         };
         let old = st.clients.insert(name.clone(), client);
-        st.sessions.entry(name.clone()).or_default();
+        // Marked connected, on disk too when it has subscriptions: after a crash the session
+        // then counts as last seen at the restart, not at an older disconnect.
+        let session = st.sessions.entry(name.clone()).or_default();
+        if session.last_seen_ms != Session::CONNECTED {
+            session.last_seen_ms = Session::CONNECTED;
+            if !session.channels.is_empty() {
+                st.ops
+                    .push(StoreOp::PutSession(session_record(&name, session)));
+            }
+        }
         if let Some(old) = &old {
             let requeued = st.requeue(&name, old);
             if let Some(c) = st.clients.get_mut(&name) {

@@ -5,7 +5,7 @@ use super::ops::StoreOp;
 use super::outlet::Outlet;
 use super::{Core, InflightKind, Now, State};
 use crate::maps::HashMap;
-use crate::store::{QueueId, Seq, StoredEntry};
+use crate::store::{QueueId, Seq, Session, StoredEntry};
 use broadcast_protocol::{DeliveryFailed, FailureReason, Recipient};
 
 impl<O: Outlet> Core<O> {
@@ -53,10 +53,9 @@ impl<O: Outlet> Core<O> {
 
     /// Forgets the subscriptions of clients away for longer than `session_expiry` at `now`.
     ///
-    /// A client's time away counts from when it was last seen, and at the earliest from this
-    /// core's first look: a session restored from the store after a crash may have been
-    /// recorded while its client was connected (last seen long before, or never), and a
-    /// client cannot come back while the broker is down.
+    /// A client's time away counts from when it was last seen; a session restored after a
+    /// crash while its client was connected ([`Session::CONNECTED`]) counts as last seen at
+    /// this core's first look.
     pub fn expire_sessions(&mut self, now: Now) {
         let expiry = self.config.session_expiry.as_millis() as u64;
         let cutoff = now.wall_ms.saturating_sub(expiry);
@@ -66,7 +65,12 @@ impl<O: Outlet> Core<O> {
             .sessions
             .iter()
             .filter(|(name, s)| {
-                !st.clients.contains_key(&***name) && s.last_seen_ms.max(since) < cutoff
+                let seen = if s.last_seen_ms == Session::CONNECTED {
+                    since
+                } else {
+                    s.last_seen_ms
+                };
+                !st.clients.contains_key(&***name) && seen < cutoff
             })
             .map(|(name, _)| name.clone())
             .collect();

@@ -147,8 +147,8 @@ struct State<O: Outlet> {
     notice_ttl_ms: u64,
     /// Counts of what was decided, for metrics.
     stats: Stats,
-    /// The wall time of the first look for expired sessions: no client is counted away for
-    /// longer than since then.
+    /// The wall time of the first look for expired sessions: when a session restored as
+    /// connected (after a crash) counts as last seen.
     sessions_since_ms: Option<u64>,
 }
 

@@ -139,8 +139,16 @@ pub struct Session {
     pub name: String,
     /// The channels the client is subscribed to.
     pub channels: Vec<String>,
-    /// When the client was last connected, in milliseconds since the Unix epoch.
+    /// When the client was last connected, in milliseconds since the Unix epoch;
+    /// [`Session::CONNECTED`] while it is connected.
     pub last_seen_ms: u64,
+}
+
+impl Session {
+    /// The `last_seen_ms` of a client that is connected: a session found with it when the
+    /// store opens belonged to a client connected when the broker stopped without saying so
+    /// (a crash), and counts as last seen when the broker started again.
+    pub const CONNECTED: u64 = u64::MAX;
 }
 
 /// The state of one queue, as [`QueueStore::queues`] reports it.
