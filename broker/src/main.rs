@@ -76,6 +76,36 @@ fn parse_args() -> Args {
     Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
+/// Refuses to listen for clients anywhere but on loopback unless the operator says so: the
+/// broker has no credentials yet, so anyone who reaches the port can connect under any name.
+async fn check_exposure(settings: &Settings) -> anyhow::Result<()> {
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host(&settings.listen)
+        .await
+        .with_context(|| format!("cannot resolve {}", settings.listen))?
+        .collect();
+    let exposed: Vec<String> = addrs
+        .iter()
+        .filter(|a| !a.ip().is_loopback())
+        .map(ToString::to_string)
+        .collect();
+    if exposed.is_empty() {
+        return Ok(());
+    }
+    if !settings.allow_unauthenticated {
+        anyhow::bail!(
+            "listening on {} would let anyone who reaches it connect under any name, without \
+             credentials; set allow_unauthenticated (--allow-unauthenticated true) to do so \
+             on purpose, or listen on a loopback address",
+            exposed.join(", ")
+        );
+    }
+    tracing::warn!(
+        addrs = %exposed.join(", "),
+        "listening beyond loopback without credentials: anyone who reaches the port can connect under any name"
+    );
+    Ok(())
+}
+
 /// Starts jemalloc's background thread, which gives memory that was freed back to the system
 /// while the broker is idle. Without it jemalloc does so only as it allocates, so a broker that
 /// went quiet after a burst kept the burst's memory (154 MB twelve seconds after 300,000
@@ -132,6 +162,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
+        check_exposure(&settings).await?;
         let listener = tokio::net::TcpListener::bind(&settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;

@@ -72,8 +72,12 @@ macro_rules! settings {
 }
 
 settings! {
-    /// Address to listen on for clients.
+    /// Address to listen on for clients. Anything but a loopback address needs
+    /// allow_unauthenticated: the broker has no credentials yet.
     listen: String = "BROADCAST_LISTEN",
+    /// Let clients connect without credentials on an address other than loopback (anyone who
+    /// reaches the port can then connect under any name); the broker warns at start.
+    allow_unauthenticated: bool = "BROADCAST_ALLOW_UNAUTHENTICATED",
     /// Directory of the message store; created when missing.
     data_dir: PathBuf = "BROADCAST_DATA_DIR",
     /// Log filter, in tracing-subscriber's syntax (the `RUST_LOG` environment variable
@@ -162,6 +166,7 @@ impl Default for Settings {
         let c = Config::default();
         Self {
             listen: "127.0.0.1:7400".to_owned(),
+            allow_unauthenticated: false,
             data_dir: c.data_dir,
             log: "info".to_owned(),
             log_format: LogFormat::Text,

@@ -191,3 +191,30 @@ async fn the_admin_token_is_never_printed() -> R {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn listening_beyond_loopback_without_credentials_needs_to_be_asked_for() -> R {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let data = data.to_str().context("path")?;
+    // Refused before anything is bound or opened.
+    let out = broker(&["--listen", "0.0.0.0:0", "--data-dir", data], &[]).await?;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("allow_unauthenticated"), "{err}");
+    assert!(err.contains("0.0.0.0:0"), "{err}");
+    assert!(!std::path::Path::new(data).exists(), "the store was opened");
+    // The same from the environment and from a file.
+    let out = broker(&["--data-dir", data], &[("BROADCAST_LISTEN", "[::]:0")]).await?;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    // Asked for, it is only checked, not refused: check-config shows it in force.
+    let file = dir.path().join("broker.toml");
+    std::fs::write(
+        &file,
+        "listen = \"0.0.0.0:7400\"\nallow_unauthenticated = true\n",
+    )?;
+    let out = broker(&["check-config", file.to_str().context("path")?], &[]).await?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("allow_unauthenticated = true"));
+    Ok(())
+}
