@@ -79,7 +79,8 @@ pub fn router(handle: &BrokerHandle, options: AdminOptions) -> Router {
 
 /// Compares two byte strings in time that depends on their lengths only.
 fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq as _;
+    a.ct_eq(b).into()
 }
 
 async fn authorize(State(state): State<Arc<AdminState>>, request: Request, next: Next) -> Response {

@@ -11,7 +11,8 @@
 use crate::core::{FAILURE_REASONS, Gauges, Stats, TARGET_KINDS, reason_name};
 use broadcast_protocol::{ErrorCode, FailureReason};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -238,6 +239,20 @@ fn counter(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: u64) ->
     metric.encode(e.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
+/// A counter with one sample per label set.
+fn counters<L: EncodeLabelSet>(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, u64)>,
+) -> std::fmt::Result {
+    let mut d = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in samples {
+        ConstCounter::new(value).encode(d.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
 fn gauge(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: u64) -> std::fmt::Result {
     let metric = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
     metric.encode(e.encode_descriptor(name, help, None, metric.metric_type())?)
@@ -265,19 +280,15 @@ impl Collector for Scrape {
             "Connections accepted",
             load(&m.connections),
         )?;
-        {
-            let family = ConstCounter::new(0u64);
-            let mut d = e.encode_descriptor(
-                "connections_refused",
-                "Connections refused before their handshake completed, by reason",
-                None,
-                family.metric_type(),
-            )?;
-            for (label, value) in REFUSALS.iter().zip(&m.refused) {
-                let labels = [("reason", *label)];
-                ConstCounter::new(load(value)).encode(d.encode_family(&labels)?)?;
-            }
-        }
+        counters(
+            &mut e,
+            "connections_refused",
+            "Connections refused before their handshake completed, by reason",
+            REFUSALS
+                .iter()
+                .zip(&m.refused)
+                .map(|(label, value)| ([("reason", *label)], load(value))),
+        )?;
         gauge(
             &mut e,
             "clients",
@@ -310,21 +321,22 @@ impl Collector for Scrape {
             bytes_in,
         )?;
         counter(&mut e, "sent_bytes", "Bytes sent to clients", bytes_out)?;
-        {
-            let family = ConstCounter::new(0u64);
-            let mut d = e.encode_descriptor(
-                "messages_published",
-                "Messages taken for routing, by target kind and persistence",
-                None,
-                family.metric_type(),
-            )?;
-            for (kind, counts) in TARGET_KINDS.iter().zip(&stats.published) {
-                for (persistence, value) in ["non_persistent", "persistent"].iter().zip(counts) {
-                    let labels = [("target", *kind), ("persistence", *persistence)];
-                    ConstCounter::new(*value).encode(d.encode_family(&labels)?)?;
-                }
-            }
-        }
+        counters(
+            &mut e,
+            "messages_published",
+            "Messages taken for routing, by target kind and persistence",
+            TARGET_KINDS
+                .iter()
+                .zip(&stats.published)
+                .flat_map(|(kind, counts)| {
+                    ["non_persistent", "persistent"]
+                        .into_iter()
+                        .zip(counts)
+                        .map(move |(persistence, value)| {
+                            ([("target", *kind), ("persistence", persistence)], *value)
+                        })
+                }),
+        )?;
         let delivered = stats.delivered + load(&m.delivered_after_wait);
         counter(
             &mut e,
@@ -344,20 +356,15 @@ impl Collector for Scrape {
             "Persistent deliveries acknowledged",
             stats.acked,
         )?;
-        {
-            let family = ConstCounter::new(0u64);
-            let mut d = e.encode_descriptor(
-                "delivery_failures",
-                "Deliveries that failed, each told to its sender, by reason",
-                None,
-                family.metric_type(),
-            )?;
-            for (i, reason) in FAILURE_REASONS.iter().enumerate() {
+        counters(
+            &mut e,
+            "delivery_failures",
+            "Deliveries that failed, each told to its sender, by reason",
+            FAILURE_REASONS.iter().enumerate().map(|(i, reason)| {
                 let value = stats.failed[i] + load(&m.failed_after_wait[i]);
-                let labels = [("reason", reason_name(*reason))];
-                ConstCounter::new(value).encode(d.encode_family(&labels)?)?;
-            }
-        }
+                ([("reason", reason_name(*reason))], value)
+            }),
+        )?;
         gauge(
             &mut e,
             "queued_messages",

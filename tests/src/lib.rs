@@ -392,6 +392,29 @@ fn fastrand_nonce() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
+/// Waits until a broker process serves on `addr` (a handshake succeeds), trying every few
+/// milliseconds; fails when `exited` reports that the process ended, or after [`WAIT`].
+pub async fn wait_until_serving(
+    addr: SocketAddr,
+    mut exited: impl FnMut() -> std::io::Result<Option<std::process::ExitStatus>>,
+) -> anyhow::Result<()> {
+    let ready = tokio::time::timeout(WAIT, async {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            tick.tick().await;
+            if let Some(status) = exited()? {
+                bail!("the broker exited with {status} before accepting connections");
+            }
+            if RawClient::connect(addr, None).await.is_ok() {
+                return Ok(());
+            }
+        }
+    });
+    ready
+        .await
+        .with_context(|| format!("the broker did not accept connections on {addr}"))?
+}
+
 /// A `Hello` of this protocol version.
 pub fn hello(name: Option<&str>) -> Hello {
     Hello {

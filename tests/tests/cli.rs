@@ -3,7 +3,7 @@
 
 use anyhow::{Context as _, bail};
 use broadcast_protocol::{FailureReason, ServerFrame, Target};
-use broadcast_tests::{RawClient, WAIT, bin_path};
+use broadcast_tests::{RawClient, WAIT, bin_path, wait_until_serving};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::process::{Output, Stdio};
@@ -45,23 +45,8 @@ impl BrokerProcess {
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()?;
-        // Nothing announces readiness on stdout: try to connect every few milliseconds until
-        // a handshake succeeds, giving up if the broker exits or after WAIT.
-        let ready = tokio::time::timeout(WAIT, async {
-            let mut tick = tokio::time::interval(Duration::from_millis(20));
-            loop {
-                tick.tick().await;
-                if let Some(status) = child.try_wait()? {
-                    bail!("the broker exited with {status} before accepting connections");
-                }
-                if RawClient::connect(addr, None).await.is_ok() {
-                    return Ok(());
-                }
-            }
-        });
-        ready
-            .await
-            .with_context(|| format!("the broker did not accept connections on {addr}"))??;
+        // Nothing announces readiness on stdout.
+        wait_until_serving(addr, || child.try_wait()).await?;
         Ok(Self {
             addr,
             admin,

@@ -1,9 +1,8 @@
 //! The `broadcast-broker` binary's settings: a config file, the environment and flags.
 
 use anyhow::{Context as _, bail};
-use broadcast_tests::{RawClient, WAIT, bin_path};
+use broadcast_tests::{WAIT, bin_path, wait_until_serving};
 use std::process::{Output, Stdio};
-use std::time::Duration;
 use tokio::process::Command;
 
 type R = anyhow::Result<()>;
@@ -133,21 +132,9 @@ async fn the_default_config_file_passes_check_config_and_starts_a_broker() -> R 
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()?;
-    let connected = tokio::time::timeout(WAIT, async {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        loop {
-            tick.tick().await;
-            if let Some(status) = child.try_wait()? {
-                bail!("the broker exited with {status}");
-            }
-            if RawClient::connect(addr, None).await.is_ok() {
-                return Ok(());
-            }
-        }
-    });
-    connected
+    wait_until_serving(addr, || child.try_wait())
         .await
-        .context("no broker on the file's address")??;
+        .context("no broker on the file's address")?;
     assert!(
         data.join("db").exists(),
         "the store is not in the file's data_dir"

@@ -63,7 +63,6 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>
         let (rd, mut wr) = stream.into_split();
         let max_frame = ctx.config.max_frame();
         let metrics = ctx.engine.metrics.clone();
-        metrics::add(&metrics.connections, 1);
         // Declared before the reader, so dropped after it: the reader's last counts are in.
         let open = Open::new(&metrics, conn_id);
         let mut reader = Reader::new(rd, max_frame, ctx.partial.clone(), open.traffic.clone());
@@ -97,6 +96,7 @@ struct Open<'a> {
 
 impl<'a> Open<'a> {
     fn new(metrics: &'a metrics::Metrics, conn_id: u64) -> Self {
+        metrics::add(&metrics.connections, 1);
         metrics::add(&metrics.connections_open, 1);
         let traffic = metrics.open_traffic(conn_id);
         Self {

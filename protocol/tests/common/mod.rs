@@ -170,18 +170,7 @@ pub(crate) fn recipient() -> impl Strategy<Value = Recipient> {
 }
 
 /// Every failure reason, in wire order.
-pub(crate) const FAILURE_REASONS: [FailureReason; 10] = [
-    FailureReason::NotConnected,
-    FailureReason::NoSubscribers,
-    FailureReason::SlowConsumer,
-    FailureReason::TooLarge,
-    FailureReason::Expired,
-    FailureReason::QueueFull,
-    FailureReason::AttemptsExhausted,
-    FailureReason::StoreUnavailable,
-    FailureReason::ShuttingDown,
-    FailureReason::NotSubscribed,
-];
+pub(crate) const FAILURE_REASONS: [FailureReason; 10] = FailureReason::ALL;
 
 /// Every error code, in wire order.
 pub(crate) const ERROR_CODES: [ErrorCode; 12] = [
