@@ -1,5 +1,6 @@
 //! Broker configuration.
 
+use crate::auth::{AuthSettings, Credentials};
 pub use crate::store::SyncMode;
 use broadcast_protocol::{FRAME_ENVELOPE, MAX_FRAME_CAP, MIN_FRAME};
 use std::path::PathBuf;
@@ -87,6 +88,9 @@ pub struct Config {
     /// that is slower than its sender. A recipient that made its sender wait in vain is not
     /// waited for again until it takes frames. Default 1 s.
     pub slow_consumer_wait: Duration,
+    /// Identities, tokens, JWT keys and rights. Default: none, and then clients connect
+    /// without credentials.
+    pub auth: AuthSettings,
 }
 
 impl Default for Config {
@@ -121,6 +125,7 @@ impl Default for Config {
             session_expiry: Duration::from_secs(24 * 3600),
             expiry_interval: Duration::from_secs(1),
             slow_consumer_wait: Duration::from_secs(1),
+            auth: AuthSettings::default(),
         }
     }
 }
@@ -160,6 +165,9 @@ impl Config {
         }
         if self.max_connections == 0 {
             return err("max_connections", "must be at least 1");
+        }
+        if let Err(e) = Credentials::new(&self.auth) {
+            return err("auth", &e.0);
         }
         if !(self.connections_per_address_per_sec >= 0.0
             && self.connections_per_address_per_sec.is_finite())

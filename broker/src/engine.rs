@@ -322,17 +322,39 @@ impl Engine {
         self.lock().connected()
     }
 
-    /// Registers a connection under `name`; returns the connection it took the name from.
+    /// Registers a connection under `name`, first dropping the name's subscriptions that
+    /// `keep` refuses; returns the connection it took the name from and the channels dropped.
     pub(crate) async fn register(
         &self,
         name: Arc<str>,
         out: Outbound,
-    ) -> Result<Option<Outbound>, StoreStopped> {
+        keep: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<(Option<Outbound>, Vec<Arc<str>>), StoreStopped> {
         let slot = self.persist.reserve().await.ok_or(StoreStopped)?;
         let mut core = self.lock();
+        let dropped = core.retain_subscriptions(&name, keep);
         let old = core.register(name, out);
         Self::send_ops(&mut core, Some(slot), None);
-        Ok(old)
+        Ok((old, dropped))
+    }
+
+    /// Drops the subscriptions of `name` that `keep` refuses, while connection `conn_id`
+    /// holds the name; returns them.
+    pub(crate) async fn retain_subscriptions(
+        &self,
+        name: &Arc<str>,
+        conn_id: u64,
+        keep: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<Vec<Arc<str>>, StoreStopped> {
+        let slot = self.persist.reserve().await.ok_or(StoreStopped)?;
+        let mut core = self.lock();
+        let dropped = if core.holds(name, conn_id) {
+            core.retain_subscriptions(name, keep)
+        } else {
+            Vec::new()
+        };
+        Self::send_ops(&mut core, Some(slot), None);
+        Ok(dropped)
     }
 
     /// Removes a connection unless its name was taken over.

@@ -1,12 +1,13 @@
 //! Embedding API: send messages as the broker and observe what clients send.
 
 use crate::BROKER_SENDER;
+use crate::auth::{AuthError, AuthSettings, Credentials};
 use crate::engine::Engine;
 use crate::error::BrokerError;
 use broadcast_protocol::{DeliveryFailed, Publish, Target, new_message_id};
 use bytes::Bytes;
 use std::sync::Arc;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 /// A message a client sent, as seen by an observer.
@@ -23,9 +24,24 @@ pub struct Observed {
 pub struct BrokerHandle {
     pub(crate) engine: Arc<Engine>,
     pub(crate) shutdown: CancellationToken,
+    pub(crate) credentials: Arc<watch::Sender<Option<Arc<Credentials>>>>,
 }
 
 impl BrokerHandle {
+    /// Replaces the credentials clients must present, while the broker serves. Settings that
+    /// fail validation change nothing. Every connection is then checked again before it
+    /// handles its next frame: one whose token no longer proves its identity, or whose
+    /// identity may no longer have its name, is closed with `Unauthorized`; subscriptions its
+    /// rights no longer cover are dropped (`Unsubscribed`).
+    ///
+    /// # Errors
+    /// [`AuthError`] naming what is wrong; the credentials in force stay.
+    pub fn reload_auth(&self, settings: &AuthSettings) -> Result<(), AuthError> {
+        let credentials = Credentials::new(settings)?.map(Arc::new);
+        self.credentials.send_replace(credentials);
+        Ok(())
+    }
+
     /// Sends a non-persistent message from the broker itself (sender name `$broker`) and
     /// returns its id and a notice for every recipient that did not get it.
     ///

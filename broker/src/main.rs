@@ -40,6 +40,37 @@ enum Command {
     },
     /// Prints a config file of every setting with its default and what it does.
     PrintDefaultConfig,
+    /// Service tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Makes a new service token: prints the token alone on the first line (it is shown only
+    /// this once), then the config-file lines that admit it.
+    New {
+        /// The identity the token proves.
+        #[arg(long)]
+        identity: String,
+    },
+}
+
+/// Prints a new token and the lines of the config file that admit it.
+fn new_token(identity: &str) -> anyhow::Result<()> {
+    broadcast_protocol::validate_client_name(identity)
+        .map_err(|e| anyhow::anyhow!("--identity: {e}"))?;
+    let token = broadcast_broker::auth::token::new_token();
+    let hash = broadcast_broker::auth::token::to_hex(&broadcast_broker::auth::token::hash(&token));
+    println!("{token}");
+    println!(
+        "# The broker keeps only the token's hash. Add these lines to its config file (or the\n\
+         # hash to the identity's tokens_sha256), then reload it (SIGHUP):\n\
+         [[auth.identities]]\n\
+         identity = {identity:?}\n\
+         tokens_sha256 = [\"{hash}\"]"
+    );
+    Ok(())
 }
 
 /// Runs the broker; an error is reported on one line (with its causes), never as a
@@ -91,10 +122,13 @@ async fn check_exposure(settings: &Settings) -> anyhow::Result<()> {
     if exposed.is_empty() {
         return Ok(());
     }
+    if settings.auth.required() {
+        return Ok(());
+    }
     if !settings.allow_unauthenticated {
         anyhow::bail!(
             "listening on {} would let anyone who reaches it connect under any name, without \
-             credentials; set allow_unauthenticated (--allow-unauthenticated true) to do so \
+             credentials; configure credentials ([auth] in the config file), or set allow_unauthenticated (--allow-unauthenticated true) to do so \
              on purpose, or listen on a loopback address",
             exposed.join(", ")
         );
@@ -145,6 +179,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             print!("{}", Settings::default_file()?);
             return Ok(());
         }
+        Some(Command::Token(TokenCommand::New { identity })) => return new_token(&identity),
         Some(Command::CheckConfig { file }) => {
             let settings = settings(Some(&file), args.overrides)?;
             settings.config()?;
@@ -154,6 +189,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         None => {}
     }
+    let config_file = args.config.clone();
     let settings = settings(args.config.as_deref(), args.overrides)?;
     let config = settings.config()?;
     init_logs(&settings);
@@ -176,6 +212,9 @@ fn run(args: Args) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen on {} (admin)", settings.admin_listen))?;
             Some(listener)
         };
+        // Watched before the broker serves, so that a SIGHUP from then on reloads and never
+        // ends the process.
+        let hangup = watch_hangup();
         let shutdown = CancellationToken::new();
         let broker = Broker::start(config, listener, shutdown.clone()).await?;
         eprintln!("broadcast-broker listening on {}", broker.local_addr());
@@ -200,6 +239,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         } else {
             None
         };
+        tokio::spawn(reload_on_hangup(hangup, config_file, broker.handle()));
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!("signal received, shutting down");
@@ -213,6 +253,62 @@ fn run(args: Args) -> anyhow::Result<()> {
         result?;
         anyhow::Ok(())
     })
+}
+
+#[cfg(unix)]
+type Hangup = tokio::signal::unix::Signal;
+#[cfg(not(unix))]
+type Hangup = ();
+
+fn watch_hangup() -> Option<Hangup> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(hangup) => Some(hangup),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch for SIGHUP: credentials cannot be reloaded");
+                None
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    None
+}
+
+/// Re-reads the credentials (`[auth]`) of the config file on each SIGHUP. A file that cannot
+/// be read or fails validation changes nothing, and says why.
+async fn reload_on_hangup(
+    hangup: Option<Hangup>,
+    file: Option<PathBuf>,
+    broker: broadcast_broker::BrokerHandle,
+) {
+    #[cfg(unix)]
+    {
+        let Some(mut hangup) = hangup else {
+            return;
+        };
+        while hangup.recv().await.is_some() {
+            let Some(file) = &file else {
+                tracing::warn!("SIGHUP: there is no config file to reload");
+                continue;
+            };
+            let reloaded = Settings::from_file(file)
+                .map_err(|e| format!("{e:#}"))
+                .and_then(|s| broker.reload_auth(&s.auth).map_err(|e| e.to_string()));
+            match reloaded {
+                Ok(()) => tracing::info!(file = %file.display(), "credentials reloaded"),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "credentials NOT reloaded: the ones in force stay"
+                ),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (hangup, file, broker);
+    }
 }
 
 async fn wait_for_signal() {

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Why a connection was refused before its handshake completed, as metrics label it.
-pub(crate) const REFUSALS: [&str; 9] = [
+pub(crate) const REFUSALS: [&str; 10] = [
     "max_connections",
     "max_connections_per_address",
     "connections_per_address_per_sec",
@@ -31,6 +31,7 @@ pub(crate) const REFUSALS: [&str; 9] = [
     "invalid_name",
     "frame_too_large",
     "limit_reached",
+    "unauthorized",
 ];
 
 /// The refusal label of a handshake refused with `code`.
@@ -41,6 +42,7 @@ pub(crate) fn refusal(code: ErrorCode) -> usize {
         ErrorCode::InvalidName => 6,
         ErrorCode::FrameTooLarge => 7,
         ErrorCode::LimitReached => 8,
+        ErrorCode::Unauthorized => 9,
         _ => 4,
     }
 }

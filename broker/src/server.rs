@@ -1,6 +1,7 @@
 //! Starting a broker on a bound listener and waiting for it to stop.
 
-use crate::config::Config;
+use crate::auth::Credentials;
+use crate::config::{Config, ConfigError};
 use crate::conn::{Context, listener};
 use crate::engine::Engine;
 use crate::error::BrokerError;
@@ -84,15 +85,24 @@ impl Broker {
             config.partial_frames_max_bytes,
             config.partial_frame_wait,
         );
+        let credentials = Credentials::new(&config.auth)
+            .map_err(|e| ConfigError {
+                field: "auth",
+                reason: e.0,
+            })?
+            .map(Arc::new);
+        let credentials = Arc::new(tokio::sync::watch::Sender::new(credentials));
         let ctx = Arc::new(Context {
             engine: engine.clone(),
             config,
             shutdown: shutdown.clone(),
             partial: Arc::new(partial),
+            credentials: credentials.clone(),
         });
         let handle = BrokerHandle {
             engine: engine.clone(),
             shutdown: shutdown.clone(),
+            credentials,
         };
         let task = tokio::spawn(async move {
             let tracker = TaskTracker::new();

@@ -9,6 +9,7 @@
 //! [`Settings::default`]); the file's reader refuses unknown keys and values of the wrong type,
 //! naming the key, and [`Settings::config`] refuses values out of range, naming the key.
 
+use crate::auth::AuthSettings;
 use crate::config::{Config, ConfigError, SyncMode};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -50,6 +51,9 @@ macro_rules! settings {
         #[serde(deny_unknown_fields, default)]
         pub struct Settings {
             $( $(#[doc = $doc])* pub $key: $ty, )*
+            /// The `[auth]` table: identities, tokens, JWT keys and rights (the file only; no
+            /// flag or variable). Re-read on SIGHUP.
+            pub auth: AuthSettings,
         }
 
         /// The settings given on the command line or in the environment; each one given
@@ -200,6 +204,7 @@ impl Default for Settings {
             store_sync: c.store_sync,
             store_cache_mib: c.store_cache_bytes / MIB,
             store_min_free_mib: c.store_min_free_bytes / MIB,
+            auth: c.auth,
         }
     }
 }
@@ -297,6 +302,7 @@ impl Settings {
         if !shown.admin_token.is_empty() {
             shown.admin_token = "(set)".to_owned();
         }
+        shown.auth = shown.auth.redacted();
         shown
     }
 
@@ -340,6 +346,7 @@ impl Settings {
             session_expiry: secs("session_expiry_secs", self.session_expiry_secs)?,
             expiry_interval: secs("expiry_interval_secs", self.expiry_interval_secs)?,
             slow_consumer_wait: secs("slow_consumer_wait_secs", self.slow_consumer_wait_secs)?,
+            auth: self.auth.clone(),
         };
         config.validate().map_err(|e| ConfigError {
             field: key_of(e.field),

@@ -148,6 +148,9 @@ pub(crate) fn code_name(code: ErrorCode) -> &'static str {
         ErrorCode::ShuttingDown => "shutting_down",
         ErrorCode::Timeout => "timeout",
         ErrorCode::Internal => "internal",
+        ErrorCode::Unauthorized => "unauthorized",
+        ErrorCode::Forbidden => "forbidden",
+        ErrorCode::AuthExpired => "auth_expired",
     }
 }
 

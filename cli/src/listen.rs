@@ -26,6 +26,9 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Arguments of `broadcast listen`.
 #[derive(Debug, Args)]
 pub(crate) struct ListenArgs {
+    /// The credential, from the global `--token`.
+    #[arg(skip)]
+    pub(crate) token: Option<String>,
     /// Name to connect under; messages sent to this name are printed. A running client with
     /// the same name is disconnected by the broker.
     #[arg(long, value_name = "NAME", value_parser = parse_client_name)]
@@ -154,7 +157,11 @@ async fn setup(
     LocalBoxStream<'static, Message>,
     broadcast_client::Events,
 )> {
-    let connect = ConnectOptions::new()
+    let mut options = ConnectOptions::new();
+    if let Some(token) = &args.token {
+        options = options.token(token.clone());
+    }
+    let connect = options
         .name(args.name.clone())
         .reconnect_delay(Duration::from_millis(200), Duration::from_secs(3))
         .max_reconnect_attempts(Some(RECONNECT_ATTEMPTS))

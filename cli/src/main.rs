@@ -8,7 +8,7 @@ use std::io::{self, Write as _};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use broadcast_client::ConnectError;
+use broadcast_client::{ConnectError, ErrorCode};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
@@ -28,6 +28,10 @@ const EXIT_FAILURE: u8 = 1;
 const EXIT_INCOMPLETE: u8 = 2;
 /// Exit status when the broker cannot be reached or the connection is lost for good.
 const EXIT_UNREACHABLE: u8 = 3;
+/// Exit status when the broker refuses the credential (or its absence), or it expired.
+const EXIT_UNAUTHORIZED: u8 = 4;
+/// Exit status when the broker refuses a message as forbidden to this identity.
+const EXIT_FORBIDDEN: u8 = 5;
 /// Exit status after an interrupt (Ctrl-C), as shells report a process killed by SIGINT.
 const EXIT_INTERRUPTED: u8 = 130;
 
@@ -57,6 +61,16 @@ struct Cli {
         default_value = DEFAULT_SERVER
     )]
     server: String,
+
+    /// The credential to present (a service token or a JWT), for a broker that requires one.
+    #[arg(
+        long,
+        global = true,
+        value_name = "TOKEN",
+        env = "BROADCAST_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
 
     /// What to do.
     #[command(subcommand)]
@@ -152,6 +166,16 @@ impl std::error::Error for Exit {}
 
 /// The error for a failed first connection, with a hint when the broker seems not to run.
 fn connect_failed(server: &str, err: &ConnectError) -> Exit {
+    if let ConnectError::Refused { code, message } = err
+        && matches!(code, ErrorCode::Unauthorized | ErrorCode::AuthExpired)
+    {
+        // As a JSON line too, as other refusals are reported, for scripts to read.
+        let _ = print_line(&json::error_line(*code, message, None));
+        return Exit {
+            status: EXIT_UNAUTHORIZED,
+            message: format!("the broker at {server} refused the credential: {message}"),
+        };
+    }
     let hint = match err {
         ConnectError::Io(_) | ConnectError::Timeout | ConnectError::AttemptsExhausted { .. } => {
             " (is the broker running there? Set the address with --server or BROADCAST_SERVER)"
@@ -228,8 +252,14 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Listen(args) => listen::run(&cli.server, args).await,
-            Command::Send(args) => send::run(&cli.server, *args).await,
+            Command::Listen(mut args) => {
+                args.token = cli.token;
+                listen::run(&cli.server, args).await
+            }
+            Command::Send(mut args) => {
+                args.token = cli.token;
+                send::run(&cli.server, *args).await
+            }
             Command::Stats(args) => admin::stats(&args),
             Command::Queues(args) => admin::queues(&args),
         }

@@ -26,6 +26,9 @@ const DEFAULT_ACCEPT_WAIT: Duration = Duration::from_secs(10);
 /// Arguments of `broadcast send`.
 #[derive(Debug, Args)]
 pub(crate) struct SendArgs {
+    /// The credential, from the global `--token`.
+    #[arg(skip)]
+    pub(crate) token: Option<String>,
     /// Name to connect under (the broker makes one up when absent). A running client with the
     /// same name is disconnected by the broker.
     #[arg(long, value_name = "NAME", value_parser = parse_client_name)]
@@ -178,6 +181,8 @@ struct Report {
     accepted: bool,
     /// The connection closed or was lost.
     disconnected: bool,
+    /// The broker refused the message as forbidden to this identity.
+    forbidden: bool,
 }
 
 impl Report {
@@ -190,6 +195,7 @@ impl Report {
             refused: false,
             accepted: false,
             disconnected: false,
+            forbidden: false,
         }
     }
 
@@ -224,9 +230,10 @@ impl Report {
         }
         match event {
             Event::Accepted { .. } => self.accepted = true,
-            Event::ServerError { .. } => {
+            Event::ServerError { code, .. } => {
                 self.failed = true;
                 self.refused = true;
+                self.forbidden |= *code == ErrorCode::Forbidden;
             }
             _ => self.failed = true,
         }
@@ -266,7 +273,7 @@ fn read_data(data: String) -> anyhow::Result<Bytes> {
 }
 
 /// Runs `broadcast send` against the broker at `server`; returns the exit status.
-pub(crate) async fn run(server: &str, args: SendArgs) -> anyhow::Result<u8> {
+pub(crate) async fn run(server: &str, mut args: SendArgs) -> anyhow::Result<u8> {
     let data = read_data(args.data)?;
     let mut message = args.target.message(data).persistent(args.persistent);
     if let Some(event) = args.event {
@@ -287,6 +294,9 @@ pub(crate) async fn run(server: &str, args: SendArgs) -> anyhow::Result<u8> {
         .connect_timeout(CONNECT_TIMEOUT);
     if let Some(name) = args.name {
         options = options.name(name);
+    }
+    if let Some(token) = args.token.take() {
+        options = options.token(token);
     }
     let client = options
         .connect(server)
@@ -315,7 +325,9 @@ pub(crate) async fn run(server: &str, args: SendArgs) -> anyhow::Result<u8> {
     if !report.printed && print_line(&json::sent_line(&report.id)).is_err() {
         return Ok(0);
     }
-    Ok(if report.failed {
+    Ok(if report.forbidden {
+        crate::EXIT_FORBIDDEN
+    } else if report.failed {
         crate::EXIT_FAILURE
     } else {
         0
@@ -357,11 +369,13 @@ async fn exchange(
         Err(err @ SendError::InvalidName(_)) => Some((ErrorCode::InvalidName, err)),
         Err(err @ SendError::InvalidTarget(_)) => Some((ErrorCode::InvalidTarget, err)),
         Err(err @ SendError::BufferFull) => Some((ErrorCode::LimitReached, err)),
+        Err(err @ SendError::Forbidden(_)) => Some((ErrorCode::Forbidden, err)),
     };
     if let Some((code, err)) = code {
         print_line(&json::error_line(code, &err.to_string(), Some(&report.id)))?;
         report.printed = true;
         report.failed = true;
+        report.forbidden = code == ErrorCode::Forbidden;
         return Ok(report);
     }
 

@@ -7,7 +7,7 @@ use crate::task::Task;
 use crate::unconfirmed::Confirm;
 use crate::{
     ConnectError, ConnectOptions, DirectMessages, Event, Events, Message, OutgoingMessage,
-    SendError, SubscribeError, Subscription,
+    ReauthError, SendError, SubscribeError, Subscription,
 };
 use broadcast_protocol::{
     CodecError, MAX_FRAME_CAP, Welcome, encode_publish, validate_channel, validate_client_name,
@@ -33,6 +33,13 @@ pub(crate) struct Shared {
     next_subscription: AtomicU64,
     /// Acknowledgements of deliveries taken from the streams, for the connection task.
     pub(crate) acks: Arc<AckQueue>,
+    /// The credential presented on each (re)connection: the configured token, then the latest
+    /// one the broker accepted in a `Reauth`.
+    token: Mutex<Option<String>>,
+    /// The identity the broker reported, from the latest `Welcome`.
+    identity: Mutex<Option<String>>,
+    /// When the credential expires (ms since the Unix epoch), from `Welcome` and `Reauthed`.
+    pub(crate) expires_ms: tokio::sync::watch::Sender<Option<u64>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -43,7 +50,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     /// The state of a client before its first connection, with room for `event_buffer` events
     /// per receiver and `direct`, the direct stream until the application takes it.
-    pub(crate) fn new(event_buffer: usize, direct: mpsc::Receiver<Inbound>) -> Self {
+    pub(crate) fn new(
+        event_buffer: usize,
+        direct: mpsc::Receiver<Inbound>,
+        token: Option<String>,
+    ) -> Self {
         let (events, _) = broadcast::channel(event_buffer);
         Self {
             name: Mutex::new(String::new()),
@@ -54,7 +65,20 @@ impl Shared {
             direct_taken: AtomicBool::new(false),
             next_subscription: AtomicU64::new(0),
             acks: Arc::default(),
+            token: Mutex::new(token),
+            identity: Mutex::new(None),
+            expires_ms: tokio::sync::watch::Sender::new(None),
         }
+    }
+
+    pub(crate) fn token(&self) -> Option<String> {
+        lock(&self.token).clone()
+    }
+
+    /// A `Reauth` was accepted: its token is the one to reconnect with.
+    pub(crate) fn reauthed(&self, token: String, expires_ms: Option<u64>) {
+        *lock(&self.token) = Some(token);
+        self.expires_ms.send_replace(expires_ms);
     }
 
     pub(crate) fn name(&self) -> String {
@@ -67,6 +91,8 @@ impl Shared {
             .store(welcome.max_payload, Ordering::Relaxed);
         self.max_frame
             .store(welcome.max_frame.min(MAX_FRAME_CAP), Ordering::Relaxed);
+        lock(&self.identity).clone_from(&welcome.identity);
+        self.expires_ms.send_replace(welcome.expires_ms);
     }
 }
 
@@ -81,10 +107,10 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     commands: mpsc::Sender<Command>,
     control: mpsc::UnboundedSender<Control>,
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     receive_buffer: usize,
     manual_ack: bool,
 }
@@ -134,7 +160,12 @@ impl Client {
         let (commands, commands_rx) = mpsc::channel(options.send_buffer);
         let (control, control_rx) = mpsc::unbounded_channel();
         let (direct_tx, direct_rx) = mpsc::channel(options.receive_buffer);
-        let shared = Arc::new(Shared::new(options.event_buffer, direct_rx));
+        let shared = Arc::new(Shared::new(
+            options.event_buffer,
+            direct_rx,
+            options.token.clone(),
+        ));
+        let refresh = options.token_refresh.clone();
         let receive_buffer = options.receive_buffer;
         let manual_ack = options.manual_ack;
         let mut task = Task::new(
@@ -150,7 +181,7 @@ impl Client {
         // seen: events report changes after `connect`).
         conn.span.in_scope(|| task.start(&conn));
         tokio::spawn(task.run(conn));
-        Ok(Client {
+        let client = Client {
             inner: Arc::new(Inner {
                 commands,
                 control,
@@ -158,7 +189,47 @@ impl Client {
                 receive_buffer,
                 manual_ack,
             }),
-        })
+        };
+        if let Some(refresh) = refresh {
+            tokio::spawn(crate::refresh::run(Arc::downgrade(&client.inner), refresh));
+        }
+        Ok(client)
+    }
+
+    /// A handle on the client `inner` belongs to.
+    pub(crate) fn from_inner(inner: Arc<Inner>) -> Client {
+        Client { inner }
+    }
+
+    /// The identity the broker's credentials proved, when the broker requires credentials.
+    pub fn identity(&self) -> Option<String> {
+        lock(&self.inner.shared.identity).clone()
+    }
+
+    /// When the credential expires, in milliseconds since the Unix epoch, if it does.
+    pub fn credential_expires_ms(&self) -> Option<u64> {
+        *self.inner.shared.expires_ms.borrow()
+    }
+
+    /// Presents a fresh credential for the same identity on the live connection (`Reauth`),
+    /// so that it outlives the expiry of the one it was opened with; later reconnections use
+    /// it too. Returns the new expiry.
+    ///
+    /// # Errors
+    /// [`ReauthError::Refused`] when the broker refuses the token (it then closes the
+    /// connection, and the client reconnects with the credential it had);
+    /// [`ReauthError::Closed`] when the connection ended before the answer or the client is
+    /// closed.
+    pub async fn reauth(&self, token: impl Into<String>) -> Result<Option<u64>, ReauthError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .control
+            .send(Control::Reauth {
+                token: token.into(),
+                reply,
+            })
+            .map_err(|_| ReauthError::Closed)?;
+        answer.await.map_err(|_| ReauthError::Closed)?
     }
 
     /// The name the broker registered this client under (the configured one, or the one the

@@ -46,4 +46,9 @@ pub(crate) enum Control {
     Acks,
     /// [`Client::ack`](crate::Client::ack) (manual acknowledgement).
     ManualAck { tag: u64 },
+    /// [`Client::reauth`](crate::Client::reauth).
+    Reauth {
+        token: String,
+        reply: oneshot::Sender<Result<Option<u64>, crate::ReauthError>>,
+    },
 }

@@ -28,6 +28,7 @@ pub(crate) struct Connection {
 pub(crate) fn frame_kind(frame: &ServerFrame) -> &'static str {
     match frame {
         ServerFrame::Welcome(_) => "Welcome",
+        ServerFrame::Reauthed { .. } => "Reauthed",
         ServerFrame::Deliver(_) => "Deliver",
         ServerFrame::DeliveryFailed(_) => "DeliveryFailed",
         ServerFrame::Accepted { .. } => "Accepted",

@@ -20,12 +20,13 @@ pub(crate) async fn establish(
     addr: &str,
     options: &ConnectOptions,
     name: Option<&str>,
+    token: Option<&str>,
 ) -> Result<Connection, ConnectError> {
     let span = tracing::info_span!("client_conn", name = field::Empty, addr = %addr);
     if let Some(name) = name {
         span.record("name", name);
     }
-    let attempt = handshake(addr, options, name, span.clone()).instrument(span);
+    let attempt = handshake(addr, options, name, token, span.clone()).instrument(span);
     match tokio::time::timeout(options.connect_timeout, attempt).await {
         Ok(res) => res,
         Err(_) => Err(ConnectError::Timeout),
@@ -36,6 +37,7 @@ async fn handshake(
     addr: &str,
     options: &ConnectOptions,
     name: Option<&str>,
+    token: Option<&str>,
     span: Span,
 ) -> Result<Connection, ConnectError> {
     let stream = TcpStream::connect(addr).await?;
@@ -47,7 +49,7 @@ async fn handshake(
     let hello = ClientFrame::Hello(Hello {
         version: PROTOCOL_VERSION,
         name: name.map(str::to_owned),
-        token: None,
+        token: token.map(str::to_owned),
         namespace: None,
         max_frame: options.max_frame,
         heartbeat_ms: options.heartbeat_ms(),
@@ -116,7 +118,8 @@ pub(crate) async fn connect_first(
     let mut attempt = 0u32;
     loop {
         attempt = attempt.saturating_add(1);
-        match establish(addr, options, options.name.as_deref()).await {
+        let token = options.token.as_deref();
+        match establish(addr, options, options.name.as_deref(), token).await {
             Ok(conn) => return Ok(conn),
             Err(e @ (ConnectError::Io(_) | ConnectError::Timeout)) => {
                 if max.is_some_and(|max| attempt >= max) {
@@ -168,6 +171,7 @@ impl Connector {
     pub(crate) async fn reconnect(
         &mut self,
         name: &str,
+        token: Option<&str>,
         events: &broadcast::Sender<Event>,
     ) -> Option<Connection> {
         let mut attempt = 0u32;
@@ -183,7 +187,7 @@ impl Connector {
             // No receiver is not an error: nobody is watching events.
             let _ = events.send(Event::Reconnecting { attempt, delay });
             tokio::time::sleep(delay).await;
-            match establish(&self.addr, &self.options, Some(name)).await {
+            match establish(&self.addr, &self.options, Some(name), token).await {
                 Ok(conn) => return Some(conn),
                 Err(e) => {
                     tracing::warn!(addr = %self.addr, attempt, error = %e, "reconnect failed");

@@ -66,6 +66,26 @@ pub enum SendError {
     /// The target is not valid: an empty list, or a name listed twice.
     #[error("invalid target: {0}")]
     InvalidTarget(String),
+    /// The broker refused the message: the client's identity may not send to one of its
+    /// recipients. Nothing of it was delivered or kept.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+}
+
+/// Why [`Client::reauth`](crate::Client::reauth) failed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ReauthError {
+    /// The connection ended before the broker answered, or the client is closed.
+    #[error("the connection ended before the broker answered")]
+    Closed,
+    /// The broker refused the credential; it closes the connection.
+    #[error("the broker refused the credential ({code:?}): {message}")]
+    Refused {
+        /// The broker's error code (`Unauthorized`).
+        code: ErrorCode,
+        /// The broker's explanation.
+        message: String,
+    },
 }
 
 /// Why a subscription could not be made.

@@ -128,14 +128,15 @@ mod inbound;
 mod index;
 pub mod message;
 pub mod options;
+mod refresh;
 pub mod subscription;
 mod task;
 mod unconfirmed;
 
 pub use broadcast_protocol::{ErrorCode, FailureReason, Recipient, Target};
 pub use client::Client;
-pub use error::{ConnectError, SendError, SubscribeError};
+pub use error::{ConnectError, ReauthError, SendError, SubscribeError};
 pub use events::{Event, Events};
 pub use message::{Message, OutgoingMessage};
-pub use options::ConnectOptions;
+pub use options::{ConnectOptions, TokenRefresh};
 pub use subscription::{DirectMessages, Subscription};

@@ -38,7 +38,7 @@ use std::time::Duration;
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConnectOptions {
     /// Name to register under; the broker generates one when `None`.
     pub(crate) name: Option<String>,
@@ -68,6 +68,31 @@ pub struct ConnectOptions {
     pub(crate) manual_ack: bool,
     /// How many `(sender, id)` pairs of received messages are remembered to drop duplicates.
     pub(crate) dedup_window: usize,
+    /// The credential sent in `Hello` (version 2).
+    pub(crate) token: Option<String>,
+    /// Makes a fresh token before the current one expires.
+    pub(crate) token_refresh: Option<TokenRefresh>,
+}
+
+/// A source of fresh tokens, for [`ConnectOptions::token_refresh`].
+pub type TokenRefresh = std::sync::Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = Result<String, String>> + Send>>
+        + Send
+        + Sync,
+>;
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("name", &self.name)
+            .field("token", &self.token.as_ref().map(|_| "(set)"))
+            .field("token_refresh", &self.token_refresh.is_some())
+            .field("heartbeat", &self.heartbeat)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_frame", &self.max_frame)
+            .field("manual_ack", &self.manual_ack)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ConnectOptions {
@@ -87,6 +112,8 @@ impl Default for ConnectOptions {
             close_timeout: Duration::from_secs(5),
             manual_ack: false,
             dedup_window: 16_384,
+            token: None,
+            token_refresh: None,
         }
     }
 }
@@ -95,6 +122,27 @@ impl ConnectOptions {
     /// The default options.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The credential to present: a service token or a JWT, sent in the handshake and again
+    /// on every reconnection (the latest one given to [`Client::reauth`](crate::Client::reauth)
+    /// once there is one). Needed by a broker that requires credentials.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Renews the credential on the live connection before it expires: when the broker says
+    /// the current one expires (`Welcome`, `Reauthed`), the client calls `refresh` once 80% of
+    /// the time left has passed and sends the token it returns in a `Reauth`. A failure is
+    /// logged and tried again a second later, until the credential expires.
+    pub fn token_refresh<F, Fut>(mut self, refresh: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<String, String>> + Send + 'static,
+    {
+        self.token_refresh = Some(std::sync::Arc::new(move || Box::pin(refresh())));
+        self
     }
 
     /// Registers under `name`. Without a name the broker generates one; either way the client

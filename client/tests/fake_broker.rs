@@ -135,6 +135,9 @@ fn welcome(name: &str) -> ServerFrame {
         max_frame: 1 << 20,
         max_payload: 1 << 16,
         heartbeat_ms: 5000,
+        identity: None,
+        namespace: None,
+        expires_ms: None,
     })
 }
 

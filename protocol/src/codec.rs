@@ -5,7 +5,10 @@
 //! the body with a bincode size limit and with strings borrowed before they are copied, so that
 //! a frame can never make it allocate more than the frame's own size (plus a small constant).
 
-use crate::{ClientFrame, CodecError, HEADER_LEN, MAX_FRAME_CAP, PROTOCOL_VERSION, ServerFrame};
+use crate::{
+    ClientFrame, CodecError, HEADER_LEN, MAX_FRAME_CAP, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    ServerFrame,
+};
 use bincode::config::{Configuration, Limit};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Serialize, de::DeserializeOwned};
@@ -135,10 +138,12 @@ pub(crate) fn decode_serde<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecE
 /// handshake has another shape.
 fn check_version(body: &[u8]) -> Result<(), CodecError> {
     match bincode::decode_from_slice::<(u32, u16), _>(body, CONFIG) {
-        Ok(((0, got), _)) if got != PROTOCOL_VERSION => Err(CodecError::UnsupportedVersion {
-            got,
-            supported: PROTOCOL_VERSION,
-        }),
+        Ok(((0, got), _)) if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&got) => {
+            Err(CodecError::UnsupportedVersion {
+                got,
+                supported: PROTOCOL_VERSION,
+            })
+        }
         _ => Ok(()),
     }
 }
@@ -313,9 +318,53 @@ mod tests {
             err,
             CodecError::UnsupportedVersion {
                 got: 7,
-                supported: 1
+                supported: 2
             }
         ));
+        let bytes = encode_frame(&hello(0), 1 << 20).unwrap();
+        assert!(decode_body::<ClientFrame>(&bytes[HEADER_LEN..]).is_err());
+        for version in [1, 2] {
+            let bytes = encode_frame(&hello(version), 1 << 20).unwrap();
+            assert_eq!(
+                decode_body::<ClientFrame>(&bytes[HEADER_LEN..]).unwrap(),
+                hello(version)
+            );
+        }
+    }
+
+    fn welcome(version: u16) -> crate::Welcome {
+        crate::Welcome {
+            version,
+            name: "alice".into(),
+            server: "broadcast".into(),
+            max_frame: 4096,
+            max_payload: 1024,
+            heartbeat_ms: 0,
+            identity: Some("billing".into()),
+            namespace: None,
+            expires_ms: Some(1 << 40),
+        }
+    }
+
+    #[test]
+    fn a_version_1_welcome_ends_before_the_fields_of_version_2() {
+        let v1 = encode_frame(&ServerFrame::Welcome(welcome(1)), 1 << 20).unwrap();
+        let v2 = encode_frame(&ServerFrame::Welcome(welcome(2)), 1 << 20).unwrap();
+        // identity (1 + 1 + 7), namespace (1), expires_ms (1 + 1 + 8)
+        assert_eq!(v2.len() - v1.len(), 9 + 1 + 10);
+        let got = decode_body::<ServerFrame>(&v1[HEADER_LEN..]).unwrap();
+        let stripped = crate::Welcome {
+            identity: None,
+            expires_ms: None,
+            ..welcome(1)
+        };
+        assert_eq!(got, ServerFrame::Welcome(stripped));
+        let got = decode_body::<ServerFrame>(&v2[HEADER_LEN..]).unwrap();
+        assert_eq!(got, ServerFrame::Welcome(welcome(2)));
+        // A version 2 Welcome cut after its version 1 fields is malformed.
+        let mut cut = v1[HEADER_LEN..].to_vec();
+        cut[1] = 2;
+        assert!(decode_body::<ServerFrame>(&cut).is_err());
     }
 
     #[test]

@@ -23,7 +23,10 @@ pub enum CodecError {
     #[error("cannot encode frame: {0}")]
     Encode(String),
     /// The peer speaks a protocol version this side does not support.
-    #[error("unsupported protocol version {got} (supported: {supported})")]
+    #[error(
+        "unsupported protocol version {got} (supported: {} to {supported})",
+        crate::MIN_PROTOCOL_VERSION
+    )]
     UnsupportedVersion {
         /// Version the peer announced.
         got: u16,

@@ -31,15 +31,17 @@ pub struct Hello {
 }
 
 /// The broker's answer to a valid [`Hello`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Its first six fields are those of version 1; the last three are on the wire only when
+/// `version` is 2 or later (a version 1 `Welcome` ends after `heartbeat_ms`, and decodes with
+/// them `None`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Welcome {
-    /// Protocol version the broker speaks.
+    /// Protocol version of the connection: the client's, when the broker speaks it.
     pub version: u16,
     /// Name the connection is registered under.
-    #[serde(deserialize_with = "wire::string")]
     pub name: String,
     /// Broker software and version, for diagnostics.
-    #[serde(deserialize_with = "wire::string")]
     pub server: String,
     /// Largest frame body the broker accepts, in bytes.
     pub max_frame: u32,
@@ -47,6 +49,40 @@ pub struct Welcome {
     pub max_payload: u32,
     /// How often the broker pings an idle connection, in milliseconds.
     pub heartbeat_ms: u32,
+    /// Version 2: the identity the credential proved; absent when the broker requires none.
+    pub identity: Option<String>,
+    /// Version 2: the namespace the connection lives in; absent for the default namespace.
+    pub namespace: Option<String>,
+    /// Version 2: when the credential expires, in milliseconds since the Unix epoch; absent
+    /// when it does not. The broker closes the connection then (`AuthExpired`) unless a
+    /// `Reauth` brought a later expiry.
+    pub expires_ms: Option<u64>,
+}
+
+impl Serialize for Welcome {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let v2 = self.version >= 2;
+        let mut t = s.serialize_tuple(if v2 { 9 } else { 6 })?;
+        t.serialize_element(&self.version)?;
+        t.serialize_element(&self.name)?;
+        t.serialize_element(&self.server)?;
+        t.serialize_element(&self.max_frame)?;
+        t.serialize_element(&self.max_payload)?;
+        t.serialize_element(&self.heartbeat_ms)?;
+        if v2 {
+            t.serialize_element(&self.identity)?;
+            t.serialize_element(&self.namespace)?;
+            t.serialize_element(&self.expires_ms)?;
+        }
+        t.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Welcome {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_tuple(9, wire::WelcomeVisitor)
+    }
 }
 
 /// Where a message goes.
@@ -254,6 +290,14 @@ pub enum ErrorCode {
     Timeout,
     /// A fault in the broker.
     Internal,
+    /// Version 2: the credential, or the name asked for, is refused; the connection closes.
+    Unauthorized,
+    /// Version 2: the connection's rights do not allow this publish or subscribe; nothing of it
+    /// was done (`id` names the message, or the channel), and the connection goes on.
+    Forbidden,
+    /// Version 2: the connection's credential expired without a `Reauth`; the connection
+    /// closes.
+    AuthExpired,
 }
 
 /// An error reported to the peer.
@@ -307,6 +351,14 @@ pub enum ClientFrame {
     },
     /// The client is closing the connection on purpose.
     Bye,
+    /// Version 2: a fresh credential for the same identity, so that the connection outlives
+    /// the expiry of the one it was opened with; answered by `Reauthed`, or by an
+    /// `Unauthorized` error that closes the connection.
+    Reauth {
+        /// The new token.
+        #[serde(deserialize_with = "wire::string")]
+        token: String,
+    },
 }
 
 /// Frames the broker sends to a client.
@@ -354,5 +406,12 @@ pub enum ServerFrame {
         /// Why.
         #[serde(deserialize_with = "wire::string")]
         reason: String,
+    },
+    /// Version 2: a `Reauth` was accepted; the connection goes on under the new credential,
+    /// with the rights it grants.
+    Reauthed {
+        /// When the new credential expires, in milliseconds since the Unix epoch; absent when
+        /// it does not.
+        expires_ms: Option<u64>,
     },
 }

@@ -37,8 +37,12 @@ pub use fast::{
 pub use frame::*;
 pub use names::{NameError, new_message_id, validate_channel, validate_client_name, validate_id};
 
-/// Version of the protocol spoken by this crate, sent in `Hello` and `Welcome`.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Newest version of the protocol spoken by this crate, sent in `Hello` and `Welcome`.
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// Oldest version of the protocol this crate still speaks: a version 1 peer is answered in
+/// version 1 (no credentials, no `Reauth`, `Welcome` without the fields of version 2).
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
 
 /// Default largest message payload (`data`) in bytes: 1 MiB.
 pub const DEFAULT_MAX_PAYLOAD: u32 = 1024 * 1024;

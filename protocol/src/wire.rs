@@ -156,3 +156,67 @@ impl<'de> Visitor<'de> for BytesVisitor {
 pub(crate) fn bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
     d.deserialize_bytes(BytesVisitor)
 }
+
+/// Reads a `Welcome`: the fields of version 1, then those of version 2 when the version read
+/// first says so.
+pub(crate) struct WelcomeVisitor;
+
+struct Str(String);
+
+impl<'de> serde::Deserialize<'de> for Str {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        string(d).map(Str)
+    }
+}
+
+struct OptStr(Option<String>);
+
+impl<'de> serde::Deserialize<'de> for OptStr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        opt_string(d).map(OptStr)
+    }
+}
+
+fn field<'de, T: serde::Deserialize<'de>, A: SeqAccess<'de>>(
+    seq: &mut A,
+    i: usize,
+) -> Result<T, A::Error> {
+    seq.next_element()?
+        .ok_or_else(|| de::Error::invalid_length(i, &"a Welcome"))
+}
+
+impl<'de> Visitor<'de> for WelcomeVisitor {
+    type Value = crate::Welcome;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a Welcome")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let version: u16 = field(&mut seq, 0)?;
+        let Str(name) = field(&mut seq, 1)?;
+        let Str(server) = field(&mut seq, 2)?;
+        let max_frame = field(&mut seq, 3)?;
+        let max_payload = field(&mut seq, 4)?;
+        let heartbeat_ms = field(&mut seq, 5)?;
+        let mut welcome = crate::Welcome {
+            version,
+            name,
+            server,
+            max_frame,
+            max_payload,
+            heartbeat_ms,
+            identity: None,
+            namespace: None,
+            expires_ms: None,
+        };
+        if version >= 2 {
+            let OptStr(identity) = field(&mut seq, 6)?;
+            let OptStr(namespace) = field(&mut seq, 7)?;
+            welcome.identity = identity;
+            welcome.namespace = namespace;
+            welcome.expires_ms = field(&mut seq, 8)?;
+        }
+        Ok(welcome)
+    }
+}

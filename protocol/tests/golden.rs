@@ -13,8 +13,8 @@ mod common;
 
 use broadcast_protocol::{
     ClientFrame, DEFAULT_MAX_FRAME, DEFAULT_MAX_PAYLOAD, Delivery, DeliveryFailed, ErrorCode,
-    ErrorFrame, FailureReason, FrameCodec, HEADER_LEN, Hello, PROTOCOL_VERSION, Publish, Recipient,
-    ServerFrame, Target, Welcome, encode_frame,
+    ErrorFrame, FailureReason, FrameCodec, HEADER_LEN, Hello, Publish, Recipient, ServerFrame,
+    Target, Welcome, encode_frame,
 };
 use bytes::{Bytes, BytesMut};
 use std::collections::BTreeSet;
@@ -83,7 +83,7 @@ fn vectors() -> Vec<Vector> {
         client(
             "client_hello.bin",
             ClientFrame::Hello(Hello {
-                version: PROTOCOL_VERSION,
+                version: 1,
                 name: Some("alice".into()),
                 token: None,
                 namespace: None,
@@ -94,7 +94,7 @@ fn vectors() -> Vec<Vector> {
         client(
             "client_hello_anonymous.bin",
             ClientFrame::Hello(Hello {
-                version: PROTOCOL_VERSION,
+                version: 1,
                 name: None,
                 token: None,
                 namespace: None,
@@ -170,12 +170,15 @@ fn vectors() -> Vec<Vector> {
         server(
             "server_welcome.bin",
             ServerFrame::Welcome(Welcome {
-                version: PROTOCOL_VERSION,
+                version: 1,
                 name: "alice".into(),
                 server: "broadcast 0.1.0".into(),
                 max_frame: DEFAULT_MAX_FRAME,
                 max_payload: DEFAULT_MAX_PAYLOAD,
                 heartbeat_ms: 5000,
+                identity: None,
+                namespace: None,
+                expires_ms: None,
             }),
         ),
         server(
@@ -263,6 +266,51 @@ fn vectors() -> Vec<Vector> {
             ServerFrame::Bye {
                 reason: "shutting down".into(),
             },
+        ),
+        client(
+            "client_hello_v2.bin",
+            ClientFrame::Hello(Hello {
+                version: 2,
+                name: Some("billing".into()),
+                token: Some("bc_secret".into()),
+                namespace: None,
+                max_frame: DEFAULT_MAX_FRAME,
+                heartbeat_ms: 5000,
+            }),
+        ),
+        client(
+            "client_reauth.bin",
+            ClientFrame::Reauth {
+                token: "bc_fresh".into(),
+            },
+        ),
+        server(
+            "server_welcome_v2.bin",
+            ServerFrame::Welcome(Welcome {
+                version: 2,
+                name: "billing".into(),
+                server: "broadcast 0.1.0".into(),
+                max_frame: DEFAULT_MAX_FRAME,
+                max_payload: DEFAULT_MAX_PAYLOAD,
+                heartbeat_ms: 5000,
+                identity: Some("billing".into()),
+                namespace: None,
+                expires_ms: Some(1_800_000_000_000),
+            }),
+        ),
+        server(
+            "server_reauthed.bin",
+            ServerFrame::Reauthed {
+                expires_ms: Some(1_800_000_000_000),
+            },
+        ),
+        server(
+            "server_error_forbidden.bin",
+            ServerFrame::Error(ErrorFrame {
+                code: ErrorCode::Forbidden,
+                message: "not allowed to send to bob".into(),
+                id: Some(ID.into()),
+            }),
         ),
     ]
 }
@@ -637,7 +685,8 @@ fn every_variant_is_listed(
         | ClientFrame::Ack { .. }
         | ClientFrame::Ping { .. }
         | ClientFrame::Pong { .. }
-        | ClientFrame::Bye => 8,
+        | ClientFrame::Bye
+        | ClientFrame::Reauth { .. } => 9,
     };
     let s = match s {
         ServerFrame::Welcome(_)
@@ -649,7 +698,8 @@ fn every_variant_is_listed(
         | ServerFrame::Error(_)
         | ServerFrame::Ping { .. }
         | ServerFrame::Pong { .. }
-        | ServerFrame::Bye { .. } => 10,
+        | ServerFrame::Bye { .. }
+        | ServerFrame::Reauthed { .. } => 11,
     };
     let t = match t {
         Target::Client(_)
@@ -686,7 +736,10 @@ fn every_variant_is_listed(
         | ErrorCode::LimitReached
         | ErrorCode::ShuttingDown
         | ErrorCode::Timeout
-        | ErrorCode::Internal => common::ERROR_CODES.len(),
+        | ErrorCode::Internal
+        | ErrorCode::Unauthorized
+        | ErrorCode::Forbidden
+        | ErrorCode::AuthExpired => common::ERROR_CODES.len(),
     };
     c + s + t + r + f + e
 }

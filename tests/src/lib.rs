@@ -10,8 +10,8 @@ use broadcast_broker::store::{
 };
 use broadcast_broker::{Broker, BrokerHandle, Config};
 use broadcast_protocol::{
-    ClientFrame, DEFAULT_MAX_FRAME, Delivery, DeliveryFailed, FrameCodec, Hello, MAX_ACK_TAGS,
-    PROTOCOL_VERSION, Publish, ServerFrame, Target, Welcome, new_message_id,
+    ClientFrame, DEFAULT_MAX_FRAME, Delivery, DeliveryFailed, ErrorCode, FrameCodec, Hello,
+    MAX_ACK_TAGS, PROTOCOL_VERSION, Publish, ServerFrame, Target, Welcome, new_message_id,
 };
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -392,8 +392,8 @@ fn fastrand_nonce() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Waits until a broker process serves on `addr` (a handshake succeeds), trying every few
-/// milliseconds; fails when `exited` reports that the process ended, or after [`WAIT`].
+/// Waits until a broker process serves on `addr` (it answers a handshake: a `Welcome`, or
+/// `Unauthorized` from a broker that requires credentials), trying every few milliseconds; fails when `exited` reports that the process ended, or after [`WAIT`].
 pub async fn wait_until_serving(
     addr: SocketAddr,
     mut exited: impl FnMut() -> std::io::Result<Option<std::process::ExitStatus>>,
@@ -405,7 +405,7 @@ pub async fn wait_until_serving(
             if let Some(status) = exited()? {
                 bail!("the broker exited with {status} before accepting connections");
             }
-            if RawClient::connect(addr, None).await.is_ok() {
+            if answers_handshake(addr).await {
                 return Ok(());
             }
         }
@@ -413,6 +413,21 @@ pub async fn wait_until_serving(
     ready
         .await
         .with_context(|| format!("the broker did not accept connections on {addr}"))?
+}
+
+/// Whether a broker on `addr` answers a `Hello` with a `Welcome` or `Unauthorized`.
+async fn answers_handshake(addr: SocketAddr) -> bool {
+    let Ok(mut io) = RawClient::open(addr).await else {
+        return false;
+    };
+    if io.send(&ClientFrame::Hello(hello(None))).await.is_err() {
+        return false;
+    }
+    match next_frame(&mut io).await {
+        Ok(ServerFrame::Welcome(_)) => true,
+        Ok(ServerFrame::Error(e)) => e.code == ErrorCode::Unauthorized,
+        _ => false,
+    }
 }
 
 /// A `Hello` of this protocol version.

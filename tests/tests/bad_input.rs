@@ -61,7 +61,9 @@ async fn the_handshake_refuses_other_versions_bad_names_and_non_hello_frames() -
         refused(&b, ClientFrame::Bye).await?,
         ErrorCode::BadHandshake
     );
+    // Version 1 has no token; namespaces are not there yet in version 2.
     let token = Hello {
+        version: 1,
         token: Some("t".into()),
         ..hello(Some("a"))
     };
@@ -69,6 +71,22 @@ async fn the_handshake_refuses_other_versions_bad_names_and_non_hello_frames() -
         refused(&b, ClientFrame::Hello(token)).await?,
         ErrorCode::BadHandshake
     );
+    let namespace = Hello {
+        namespace: Some("ns".into()),
+        ..hello(Some("a"))
+    };
+    assert_eq!(
+        refused(&b, ClientFrame::Hello(namespace)).await?,
+        ErrorCode::BadHandshake
+    );
+    // A broker that requires no credentials takes a version 2 token without checking it, and
+    // says so: no identity in its Welcome.
+    let token = Hello {
+        token: Some("t".into()),
+        ..hello(Some("a"))
+    };
+    let c = RawClient::connect_with(b.addr(), token).await?;
+    assert_eq!((c.welcome.version, c.welcome.identity.as_ref()), (2, None));
     Ok(())
 }
 

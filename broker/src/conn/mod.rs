@@ -7,6 +7,7 @@
 //! - `writer`: frames out, in batches; at close, what is left, then a farewell.
 //! - `drain`: each connection's drainer of its queue in the store, and its late deliveries.
 
+mod access;
 mod addresses;
 mod drain;
 pub(crate) mod listener;
@@ -16,14 +17,17 @@ mod writer;
 
 pub(crate) use outbound::Outbound;
 
+use crate::auth::Credentials;
+use access::Access;
+
 use crate::config::Config;
 use crate::core::{Liveness, NewConfirm, Silence};
 use crate::encode;
 use crate::engine::Engine;
 use crate::metrics;
 use broadcast_protocol::{
-    ClientFrame, CodecError, ErrorCode, FailureReason, Hello, MIN_FRAME, PROTOCOL_VERSION, Publish,
-    ServerFrame, Welcome, validate_client_name,
+    ClientFrame, CodecError, ErrorCode, FailureReason, Hello, MIN_FRAME, MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION, Publish, ServerFrame, Welcome,
 };
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
@@ -47,6 +51,8 @@ pub(crate) struct Context {
     pub(crate) shutdown: CancellationToken,
     /// Bytes of incomplete frames, across connections.
     pub(crate) partial: Arc<PartialFrames>,
+    /// The credentials connections must present (`None`: none), replaced on reload.
+    pub(crate) credentials: Arc<tokio::sync::watch::Sender<Option<Arc<Credentials>>>>,
 }
 
 pub(crate) use reader::PartialFrames;
@@ -55,7 +61,7 @@ use reader::{FrameReader as Reader, ReadError};
 /// Serves one accepted connection until it closes.
 pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
     let conn_id = ctx.engine.next_conn_id();
-    let span = tracing::info_span!("conn", %peer, conn_id, client = tracing::field::Empty);
+    let span = tracing::info_span!("conn", %peer, conn_id, client = tracing::field::Empty, identity = tracing::field::Empty);
     async move {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
@@ -66,8 +72,11 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>
         // Declared before the reader, so dropped after it: the reader's last counts are in.
         let open = Open::new(&metrics, conn_id);
         let mut reader = Reader::new(rd, max_frame, ctx.partial.clone(), open.traffic.clone());
-        let hello = match handshake(&mut reader, &ctx).await {
-            Ok(hello) => hello,
+        let admitted = handshake(&mut reader, &ctx).await.and_then(|hello| {
+            Access::admit(&hello, ctx.credentials.subscribe()).map(|a| (hello, a))
+        });
+        let (hello, (name, access)) = match admitted {
+            Ok(admitted) => admitted,
             Err(refusal) => {
                 metrics::add(&metrics.refused[metrics::refusal(refusal.0)], 1);
                 tracing::info!(reason = %refusal.1, "handshake refused");
@@ -80,7 +89,7 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>
             }
         };
         let traffic = open.traffic.clone();
-        run(hello, reader, wr, conn_id, peer, traffic, ctx).await;
+        run(hello, name, access, reader, wr, conn_id, peer, traffic, ctx).await;
     }
     .instrument(span)
     .await
@@ -162,19 +171,26 @@ async fn handshake(reader: &mut Reader, ctx: &Context) -> Result<Hello, (ErrorCo
             "the first frame must be a Hello".into(),
         ));
     };
-    if hello.version != PROTOCOL_VERSION {
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&hello.version) {
         return Err((
             ErrorCode::UnsupportedVersion,
             format!(
-                "protocol version {} is not supported; this broker speaks {PROTOCOL_VERSION}",
+                "protocol version {} is not supported; this broker speaks \
+                 {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}",
                 hello.version
             ),
         ));
     }
-    if hello.token.is_some() || hello.namespace.is_some() {
+    if hello.version < 2 && hello.token.is_some() {
         return Err((
             ErrorCode::BadHandshake,
-            "token and namespace are not supported by this broker version".into(),
+            "a token needs protocol version 2".into(),
+        ));
+    }
+    if hello.namespace.is_some() {
+        return Err((
+            ErrorCode::BadHandshake,
+            "namespaces are not supported by this broker version".into(),
         ));
     }
     if hello.max_frame < MIN_FRAME {
@@ -183,14 +199,14 @@ async fn handshake(reader: &mut Reader, ctx: &Context) -> Result<Hello, (ErrorCo
             format!("max_frame must be at least {MIN_FRAME} bytes"),
         ));
     }
-    if let Some(name) = &hello.name {
-        validate_client_name(name).map_err(|e| (ErrorCode::InvalidName, e.to_string()))?;
-    }
     Ok(hello)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run(
     hello: Hello,
+    name: Arc<str>,
+    mut access: Access,
     mut reader: Reader,
     wr: OwnedWriteHalf,
     conn_id: u64,
@@ -198,11 +214,10 @@ async fn run(
     traffic: Arc<metrics::Traffic>,
     ctx: Arc<Context>,
 ) {
-    let name: Arc<str> = match hello.name {
-        Some(n) => Arc::from(n),
-        None => Arc::from(format!("client-{}", nanoid::nanoid!(12))),
-    };
     tracing::Span::current().record("client", &*name);
+    if let Some(identity) = access.identity() {
+        tracing::Span::current().record("identity", identity);
+    }
     let cfg = &ctx.config;
     let close = ctx.shutdown.child_token();
     let (out, rx) = Outbound::new(
@@ -213,21 +228,27 @@ async fn run(
         close.clone(),
     );
     let welcome = encode::frame(&ServerFrame::Welcome(Welcome {
-        version: PROTOCOL_VERSION,
+        version: access.version(),
         name: name.to_string(),
         server: format!("broadcast-broker {}", env!("CARGO_PKG_VERSION")),
         max_frame: cfg.max_frame(),
         max_payload: cfg.max_payload,
         heartbeat_ms: u32::try_from(cfg.heartbeat.as_millis()).unwrap_or(u32::MAX),
+        identity: access.identity().map(str::to_owned),
+        namespace: None,
+        expires_ms: access.expires_ms(),
     }));
     // The welcome is queued before the connection is registered, so it precedes every
     // delivery.
     if out.try_push(OutFrame::control(welcome)).is_err() {
         return;
     }
-    let Ok(old) = ctx.engine.register(name.clone(), out.clone()).await else {
+    // Subscriptions the name kept that this identity may not have are dropped first.
+    let keep = |channel: &str| access.may_subscribe(channel);
+    let Ok((old, dropped)) = ctx.engine.register(name.clone(), out.clone(), &keep).await else {
         return;
     };
+
     if let Some(old) = old {
         tracing::info!("name taken over from an older connection");
         old.close_with(Some(encode::error(
@@ -260,11 +281,20 @@ async fn run(
         )
         .instrument(tracing::Span::current()),
     );
+    // Told once the writer runs: there may be more than the outbound queue holds.
+    let farewell = if unsubscribed(&out, dropped).await {
+        None
+    } else {
+        Some(None)
+    };
     let liveness = Liveness::new(
         cfg.heartbeat,
         Duration::from_millis(u64::from(hello.heartbeat_ms)),
     );
-    let farewell = read_loop(&mut reader, &out, &name, &ctx, liveness).await;
+    let farewell = match farewell {
+        Some(farewell) => farewell,
+        None => read_loop(&mut reader, &out, &name, &ctx, liveness, &mut access).await,
+    };
     ctx.engine.conn_closed(conn_id);
     ctx.engine.unregister(&name, conn_id).await;
     out.close_with(farewell);
@@ -280,6 +310,7 @@ async fn read_loop(
     name: &Arc<str>,
     ctx: &Context,
     mut liveness: Liveness,
+    access: &mut Access,
 ) -> Option<Bytes> {
     let close = out.shared.close.clone();
     let unconfirmed = Arc::new(Semaphore::new(ctx.config.max_unconfirmed));
@@ -290,6 +321,19 @@ async fn read_loop(
         if close.is_cancelled() {
             return None;
         }
+        if access.reloaded() {
+            if let Err(refused) = recheck(access, out, name, ctx).await {
+                return refused;
+            }
+        }
+        if access.expired() {
+            tracing::info!("credential expired");
+            return Some(encode::error(
+                ErrorCode::AuthExpired,
+                "the credential expired and no Reauth came",
+                None,
+            ));
+        }
         // A frame already read needs no timer and no wait for the close signal: those are
         // set up only when the connection has nothing to hand.
         let ready = carried.take().or_else(|| reader.next().now_or_never());
@@ -297,9 +341,12 @@ async fn read_loop(
             Some(r) => r,
             None => {
                 let wait = liveness.wait();
+                let expiry = access.time_left().unwrap_or(Duration::MAX);
                 let r = tokio::select! {
                     biased;
                     _ = close.cancelled() => return None,
+                    _ = access.wait_reload() => continue,
+                    _ = tokio::time::sleep(expiry), if expiry < wait => continue,
                     r = tokio::time::timeout(wait, reader.next()) => r,
                 };
                 match r {
@@ -367,13 +414,61 @@ async fn read_loop(
                         }
                     }
                 }
-                publish_persistent(run, out, name, ctx, &unconfirmed).await
+                publish_persistent(run, out, name, ctx, &unconfirmed, access).await
             }
-            frame => handle(frame, out, name, ctx, &unconfirmed).await,
+            frame => handle(frame, out, name, ctx, &unconfirmed, access).await,
         };
-        if let Handled::Close = handled {
-            return None;
+        match handled {
+            Handled::Continue => {}
+            Handled::Close => return None,
+            Handled::CloseWith(frame) => return Some(frame),
         }
+    }
+}
+
+/// Tells the client of subscriptions dropped because its rights no longer cover them; false
+/// when the connection is closing.
+async fn unsubscribed(out: &Outbound, dropped: Vec<Arc<str>>) -> bool {
+    for channel in dropped {
+        tracing::info!(%channel, "subscription dropped: the identity may no longer subscribe");
+        let f = encode::frame(&ServerFrame::Unsubscribed {
+            channel: channel.to_string(),
+        });
+        if out.push(OutFrame::control(f)).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// Applies rights that changed (a reload or a `Reauth`) to the name's subscriptions.
+async fn rights_changed(access: &Access, out: &Outbound, name: &Arc<str>, ctx: &Context) -> bool {
+    let keep = |channel: &str| access.may_subscribe(channel);
+    match ctx
+        .engine
+        .retain_subscriptions(name, out.conn_id, &keep)
+        .await
+    {
+        Ok(dropped) => unsubscribed(out, dropped).await,
+        Err(_stopped) => false,
+    }
+}
+
+/// Checks the connection against reloaded credentials; `Err` holds what to close with.
+async fn recheck(
+    access: &mut Access,
+    out: &Outbound,
+    name: &Arc<str>,
+    ctx: &Context,
+) -> Result<(), Option<Bytes>> {
+    if let Err((code, message)) = access.recheck(name) {
+        tracing::info!(reason = %message, "closed after the credentials were reloaded");
+        return Err(Some(encode::error(code, message, None)));
+    }
+    if rights_changed(access, out, name, ctx).await {
+        Ok(())
+    } else {
+        Err(None)
     }
 }
 
@@ -407,13 +502,14 @@ async fn publish_persistent(
     name: &Arc<str>,
     ctx: &Context,
     unconfirmed: &Arc<Semaphore>,
+    access: &Access,
 ) -> Handled {
     // The messages stay where they are; the valid ones from `start` on, each with its
     // confirmation in `confirms`, are routed together.
     let mut confirms: Vec<NewConfirm<Outbound>> = Vec::with_capacity(msgs.len());
     let mut start = 0;
     for (i, msg) in msgs.iter().enumerate() {
-        if let Err(r) = ctx.engine.validate(msg) {
+        if let Err(r) = check(msg, ctx, access) {
             if let Handled::Close = route_run(&msgs[start..i], &mut confirms, out, name, ctx).await
             {
                 return Handled::Close;
@@ -490,6 +586,19 @@ async fn route_run(
 enum Handled {
     Continue,
     Close,
+    /// Close with this frame last.
+    CloseWith(Bytes),
+}
+
+/// Checks a message before routing: valid, and allowed to every recipient.
+fn check(msg: &Publish, ctx: &Context, access: &Access) -> Result<(), crate::core::Refusal> {
+    ctx.engine.validate(msg)?;
+    access
+        .check_send(&msg.target)
+        .map_err(|message| crate::core::Refusal {
+            code: ErrorCode::Forbidden,
+            message,
+        })
 }
 
 async fn handle(
@@ -498,15 +607,16 @@ async fn handle(
     name: &Arc<str>,
     ctx: &Context,
     unconfirmed: &Arc<Semaphore>,
+    access: &mut Access,
 ) -> Handled {
     let engine = &ctx.engine;
     let mut replies: Vec<Bytes> = Vec::new();
     match frame {
         ClientFrame::Publish(msg) if msg.persistent => {
-            return publish_persistent(vec![msg], out, name, ctx, unconfirmed).await;
+            return publish_persistent(vec![msg], out, name, ctx, unconfirmed, access).await;
         }
         ClientFrame::Publish(msg) => {
-            if let Err(r) = engine.validate(&msg) {
+            if let Err(r) = check(&msg, ctx, access) {
                 replies.push(encode::error(r.code, r.message, echoed(&msg.id)));
             } else {
                 let routed = engine.route(name, &msg);
@@ -529,6 +639,14 @@ async fn handle(
                     replies.push(encode::failed(notice));
                 }
             }
+        }
+        ClientFrame::Subscribe { channel } if !access.may_subscribe(&channel) => {
+            let message = format!("not allowed to subscribe to {channel}");
+            replies.push(encode::error(
+                ErrorCode::Forbidden,
+                message,
+                echoed(&channel),
+            ));
         }
         ClientFrame::Subscribe { channel } => {
             match engine.subscribe(name, out.conn_id, &channel).await {
@@ -565,6 +683,19 @@ async fn handle(
             None,
         )),
         ClientFrame::Bye => return Handled::Close,
+        ClientFrame::Reauth { token } => match access.reauth(token, name) {
+            Ok(expires_ms) => {
+                tracing::info!(?expires_ms, "credential renewed");
+                if !rights_changed(access, out, name, ctx).await {
+                    return Handled::Close;
+                }
+                replies.push(encode::frame(&ServerFrame::Reauthed { expires_ms }));
+            }
+            Err((code, message)) => {
+                tracing::info!(reason = %message, "Reauth refused");
+                return Handled::CloseWith(encode::error(code, message, None));
+            }
+        },
     }
     for r in replies {
         if out.push(OutFrame::control(r)).await.is_err() {

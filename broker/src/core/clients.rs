@@ -155,6 +155,50 @@ impl<O: Outlet> Core<O> {
         })
     }
 
+    /// Whether connection `conn_id` holds `name`.
+    pub fn holds(&self, name: &str, conn_id: u64) -> bool {
+        super::client_on_ref(&self.st.clients, name, conn_id).is_some()
+    }
+
+    /// Removes the subscriptions of `name` that `keep` refuses, whether or not the name is
+    /// connected; returns them. A name's subscriptions outlive its connections, so a
+    /// connection whose identity may subscribe to less than the one before it sheds them
+    /// before it is registered, and again when its rights change.
+    pub fn retain_subscriptions(
+        &mut self,
+        name: &Arc<str>,
+        keep: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Vec<Arc<str>> {
+        let st = &mut self.st;
+        let Some(session) = st.sessions.get_mut(&**name) else {
+            return Vec::new();
+        };
+        let dropped: Vec<Arc<str>> = session
+            .channels
+            .iter()
+            .filter(|c| !keep(c))
+            .cloned()
+            .collect();
+        if dropped.is_empty() {
+            return dropped;
+        }
+        for channel in &dropped {
+            session.channels.remove(channel);
+            remove_subscriber(&mut st.channels, channel, name);
+        }
+        if session.channels.is_empty() {
+            st.ops.push(StoreOp::RemoveSession(name.to_string()));
+            // A session left empty is forgotten, unless its name is connected.
+            if session.last_seen_ms != Session::CONNECTED {
+                st.sessions.remove(&**name);
+            }
+        } else {
+            st.ops
+                .push(StoreOp::PutSession(session_record(name, session)));
+        }
+        dropped
+    }
+
     /// Removes a subscription; removing one that does not exist is not an error.
     pub fn unsubscribe(&mut self, name: &Arc<str>, conn_id: u64, channel: &str) {
         let st = &mut self.st;

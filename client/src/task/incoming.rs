@@ -73,7 +73,11 @@ pub(super) struct Incoming {
     ack_refs: Vec<AckRef>,
     /// Number of the current connection: a tag is acknowledged only on its own connection.
     epoch: u64,
+    /// A `Reauth` sent and not yet answered: its token and its caller.
+    reauth: Option<(String, ReauthReply)>,
 }
+
+type ReauthReply = oneshot::Sender<Result<Option<u64>, crate::ReauthError>>;
 
 impl Incoming {
     pub(super) fn new(
@@ -93,6 +97,7 @@ impl Incoming {
             dedup_key: Vec::new(),
             ack_refs: Vec::new(),
             epoch: 0,
+            reauth: None,
         }
     }
 
@@ -117,6 +122,16 @@ impl Incoming {
     pub(super) fn disconnected(&mut self) {
         self.subscriptions.disconnected();
         self.manual_tags.clear();
+        // Its caller learns that the connection ended before the answer.
+        self.reauth = None;
+    }
+
+    /// A `Reauth` was written; answered by `Reauthed` or an `Unauthorized` error.
+    pub(super) fn reauth_sent(&mut self, token: String, reply: ReauthReply) {
+        if let Some((_, earlier)) = self.reauth.replace((token, reply)) {
+            // Only the latest is waited for; the broker answers each in turn.
+            let _ = earlier.send(Err(crate::ReauthError::Closed));
+        }
     }
 
     /// Stops for good: callers of `subscribe` still waiting are released.
@@ -255,6 +270,12 @@ impl Incoming {
                 return Some(End::Lost(format!("the broker said goodbye: {reason}")));
             }
             ServerFrame::Welcome(_) => tracing::warn!("ignoring a second Welcome"),
+            ServerFrame::Reauthed { expires_ms } => {
+                if let Some((token, reply)) = self.reauth.take() {
+                    self.shared.reauthed(token, expires_ms);
+                    let _ = reply.send(Ok(expires_ms));
+                }
+            }
         }
         None
     }
@@ -266,6 +287,22 @@ impl Incoming {
             message: message.clone(),
             id: id.clone(),
         });
+        if code == ErrorCode::Unauthorized
+            && let Some((_, reply)) = self.reauth.take()
+        {
+            let _ = reply.send(Err(crate::ReauthError::Refused {
+                code,
+                message: message.clone(),
+            }));
+        }
+        if code == ErrorCode::Forbidden
+            && let Some(id) = id.as_deref()
+            && let Some(confirm) = out.confirm(id).and_then(|msg| msg.confirm)
+        {
+            // A persistent message refused whole: it will never be accepted.
+            let _ = confirm.send(Err(crate::SendError::Forbidden(message)));
+            return None;
+        }
         if code == ErrorCode::Replaced {
             return Some(End::Replaced(format!(
                 "another connection took the name: {message}"
@@ -403,7 +440,7 @@ mod tests {
 
     fn harness(options: ConnectOptions) -> Harness {
         let (direct_tx, direct) = mpsc::channel(4);
-        let shared = Arc::new(Shared::new(64, mpsc::channel(1).1));
+        let shared = Arc::new(Shared::new(64, mpsc::channel(1).1, None));
         shared.direct_taken.store(true, Ordering::Release);
         let events = shared.events.subscribe();
         let mut out = Outgoing::new(shared.events.clone(), 16);

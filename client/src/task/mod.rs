@@ -200,7 +200,8 @@ impl Task {
             shared,
             ..
         } = self;
-        let mut attempts = pin!(connector.reconnect(&name, &shared.events));
+        let token = shared.token();
+        let mut attempts = pin!(connector.reconnect(&name, token.as_deref(), &shared.events));
         loop {
             tokio::select! {
                 conn = &mut attempts => return conn.ok_or(None),
@@ -358,6 +359,12 @@ impl Task {
             }
             Some(Control::Acks) => self.incoming.take_acks(&mut self.outgoing),
             Some(Control::ManualAck { tag }) => self.incoming.manual_ack(tag, &mut self.outgoing),
+            Some(Control::Reauth { token, reply }) => {
+                self.outgoing.push_frame(&ClientFrame::Reauth {
+                    token: token.clone(),
+                });
+                self.incoming.reauth_sent(token, reply);
+            }
             Some(Control::Close { reply }) => return Some(End::Stop(Some(reply))),
             None => return Some(End::Stop(None)),
         }
@@ -467,6 +474,12 @@ fn on_control_offline(
             Ok(())
         }
         Some(Control::ManualAck { .. }) => Ok(()),
+        Some(Control::Reauth { reply, .. }) => {
+            // Nothing to renew while disconnected: the next connection presents the
+            // credential the client has.
+            let _ = reply.send(Err(crate::ReauthError::Closed));
+            Ok(())
+        }
         None => Err(None),
     }
 }

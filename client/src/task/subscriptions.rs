@@ -104,7 +104,10 @@ impl Subscriptions {
     pub(super) fn refused_by(&self, code: ErrorCode, id: Option<&str>) -> bool {
         matches!(
             code,
-            ErrorCode::InvalidName | ErrorCode::LimitReached | ErrorCode::Internal
+            ErrorCode::InvalidName
+                | ErrorCode::LimitReached
+                | ErrorCode::Internal
+                | ErrorCode::Forbidden
         ) && self
             .outstanding
             .front()

@@ -40,7 +40,7 @@ pub(crate) fn any_u32() -> impl Strategy<Value = u32> {
 
 /// A protocol version: mostly the supported one, sometimes any other.
 pub(crate) fn version() -> impl Strategy<Value = u16> {
-    prop_oneof![3 => Just(PROTOCOL_VERSION), 1 => any::<u16>()]
+    prop_oneof![3 => Just(PROTOCOL_VERSION), 1 => Just(1), 1 => any::<u16>()]
 }
 
 /// Names and other strings: empty, name-like, long, and arbitrary unicode.
@@ -90,16 +90,30 @@ pub(crate) fn hello() -> impl Strategy<Value = Hello> {
 }
 
 pub(crate) fn welcome() -> impl Strategy<Value = Welcome> {
-    (version(), text(), text(), any_u32(), any_u32(), any_u32()).prop_map(
-        |(version, name, server, max_frame, max_payload, heartbeat_ms)| Welcome {
-            version,
-            name,
-            server,
-            max_frame,
-            max_payload,
-            heartbeat_ms,
-        },
+    (
+        (version(), text(), text(), any_u32(), any_u32(), any_u32()),
+        (opt_text(), opt_text(), proptest::option::of(any_u64())),
     )
+        .prop_map(
+            |(
+                (version, name, server, max_frame, max_payload, heartbeat_ms),
+                (identity, namespace, expires_ms),
+            )| {
+                // A version 1 Welcome has no room for the fields of version 2.
+                let v2 = version >= 2;
+                Welcome {
+                    version,
+                    name,
+                    server,
+                    max_frame,
+                    max_payload,
+                    heartbeat_ms,
+                    identity: identity.filter(|_| v2),
+                    namespace: namespace.filter(|_| v2),
+                    expires_ms: expires_ms.filter(|_| v2),
+                }
+            },
+        )
 }
 
 pub(crate) fn target() -> impl Strategy<Value = Target> {
@@ -173,7 +187,7 @@ pub(crate) fn recipient() -> impl Strategy<Value = Recipient> {
 pub(crate) const FAILURE_REASONS: [FailureReason; 10] = FailureReason::ALL;
 
 /// Every error code, in wire order.
-pub(crate) const ERROR_CODES: [ErrorCode; 12] = [
+pub(crate) const ERROR_CODES: [ErrorCode; 15] = [
     ErrorCode::UnsupportedVersion,
     ErrorCode::BadHandshake,
     ErrorCode::InvalidName,
@@ -186,6 +200,9 @@ pub(crate) const ERROR_CODES: [ErrorCode; 12] = [
     ErrorCode::ShuttingDown,
     ErrorCode::Timeout,
     ErrorCode::Internal,
+    ErrorCode::Unauthorized,
+    ErrorCode::Forbidden,
+    ErrorCode::AuthExpired,
 ];
 
 pub(crate) fn delivery_failed() -> impl Strategy<Value = DeliveryFailed> {
@@ -220,6 +237,7 @@ pub(crate) fn client_frame() -> impl Strategy<Value = ClientFrame> {
         any_u64().prop_map(|nonce| ClientFrame::Ping { nonce }),
         any_u64().prop_map(|nonce| ClientFrame::Pong { nonce }),
         Just(ClientFrame::Bye),
+        text().prop_map(|token| ClientFrame::Reauth { token }),
     ]
 }
 
@@ -235,6 +253,7 @@ pub(crate) fn server_frame() -> impl Strategy<Value = ServerFrame> {
         any_u64().prop_map(|nonce| ServerFrame::Ping { nonce }),
         any_u64().prop_map(|nonce| ServerFrame::Pong { nonce }),
         text().prop_map(|reason| ServerFrame::Bye { reason }),
+        proptest::option::of(any_u64()).prop_map(|expires_ms| ServerFrame::Reauthed { expires_ms }),
     ]
 }
 

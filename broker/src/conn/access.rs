@@ -1,0 +1,219 @@
+//! What one connection proved at its handshake and may do: its identity's [`Grant`], checked
+//! again when it sends a `Reauth`, when the broker's credentials are reloaded, and when the
+//! credential expires.
+
+use crate::auth::{Credentials, Grant};
+use crate::engine::now_ms;
+use broadcast_protocol::{ErrorCode, Hello, Target, validate_client_name};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// The broker's current credentials (`None`: none required), replaced on reload.
+pub(crate) type CredentialsRx = watch::Receiver<Option<Arc<Credentials>>>;
+
+/// A refusal: the error code and message to close the connection with.
+pub(crate) type Refused = (ErrorCode, String);
+
+/// One connection's access.
+#[derive(Debug)]
+pub(crate) struct Access {
+    version: u16,
+    credentials: CredentialsRx,
+    /// The token the grant came from, checked again on reload.
+    token: Option<String>,
+    grant: Option<Grant>,
+    /// When the connection is closed for its credential's expiry.
+    deadline: Option<Instant>,
+    /// A reload was seen by [`Access::wait_reload`] and not yet checked.
+    reload_seen: bool,
+}
+
+impl Access {
+    /// Admits a `Hello`: the name it registers under and its access, or the refusal.
+    pub(crate) fn admit(
+        hello: &Hello,
+        mut credentials: CredentialsRx,
+    ) -> Result<(Arc<str>, Access), Refused> {
+        if let Some(name) = &hello.name {
+            validate_client_name(name).map_err(|e| (ErrorCode::InvalidName, e.to_string()))?;
+        }
+        let name: Arc<str> = match &hello.name {
+            Some(n) => Arc::from(n.as_str()),
+            None => Arc::from(format!("client-{}", nanoid::nanoid!(12))),
+        };
+        let current = credentials.borrow_and_update().clone();
+        let mut access = Access {
+            version: hello.version,
+            credentials,
+            token: None,
+            grant: None,
+            deadline: None,
+            reload_seen: false,
+        };
+        let Some(creds) = current else {
+            return Ok((name, access));
+        };
+        if hello.version < 2 {
+            return Err((
+                ErrorCode::BadHandshake,
+                "this broker requires credentials: speak protocol version 2 and send a token"
+                    .into(),
+            ));
+        }
+        let Some(token) = &hello.token else {
+            return Err((
+                ErrorCode::Unauthorized,
+                "this broker requires credentials: Hello.token is absent".into(),
+            ));
+        };
+        let grant = creds
+            .authenticate(token)
+            .map_err(|e| (ErrorCode::Unauthorized, e))?;
+        check_name(&grant, &name)?;
+        access.set(grant, token.clone(), creds.leeway_ms());
+        Ok((name, access))
+    }
+
+    fn set(&mut self, grant: Grant, token: String, leeway_ms: u64) {
+        self.deadline = grant.expires_ms.map(|expires| {
+            let left = expires.saturating_add(leeway_ms).saturating_sub(now_ms());
+            Instant::now() + Duration::from_millis(left)
+        });
+        self.grant = Some(grant);
+        self.token = Some(token);
+    }
+
+    /// The identity, when the broker requires credentials.
+    pub(crate) fn identity(&self) -> Option<&str> {
+        self.grant.as_ref().map(|g| &*g.identity)
+    }
+
+    /// When the credential expires, in milliseconds since the Unix epoch.
+    pub(crate) fn expires_ms(&self) -> Option<u64> {
+        self.grant.as_ref().and_then(|g| g.expires_ms)
+    }
+
+    /// The protocol version of the connection.
+    pub(crate) fn version(&self) -> u16 {
+        self.version
+    }
+
+    /// Checks every recipient of a message.
+    pub(crate) fn check_send(&self, target: &Target) -> Result<(), String> {
+        match &self.grant {
+            None => Ok(()),
+            Some(g) => g.rights.check_send(target),
+        }
+    }
+
+    /// Whether the connection may subscribe to `channel`.
+    pub(crate) fn may_subscribe(&self, channel: &str) -> bool {
+        self.grant
+            .as_ref()
+            .is_none_or(|g| g.rights.may_subscribe(channel))
+    }
+
+    /// Whether the credential has expired (beyond the leeway).
+    pub(crate) fn expired(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// Time left before the credential expires, if it does.
+    pub(crate) fn time_left(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// Whether the broker's credentials were replaced since the last look.
+    pub(crate) fn reloaded(&self) -> bool {
+        self.reload_seen || self.credentials.has_changed().unwrap_or(false)
+    }
+
+    /// Resolves when the broker's credentials are replaced (never, once the broker is gone).
+    pub(crate) async fn wait_reload(&mut self) {
+        if self.credentials.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        self.reload_seen = true;
+    }
+
+    /// Checks the connection against reloaded credentials: its token must still prove the same
+    /// identity, allowed its name. Its rights become the new ones.
+    pub(crate) fn recheck(&mut self, name: &str) -> Result<(), Refused> {
+        self.reload_seen = false;
+        let current = self.credentials.borrow_and_update().clone();
+        let Some(creds) = current else {
+            // Credentials are no longer required: what the connection does is no longer
+            // checked, as for a connection admitted without.
+            self.grant = None;
+            self.token = None;
+            self.deadline = None;
+            return Ok(());
+        };
+        let unauthorized = self.unauthorized_code();
+        let Some(token) = self.token.clone() else {
+            return Err((
+                unauthorized,
+                "this broker now requires credentials; connect again with a token".into(),
+            ));
+        };
+        let grant = creds
+            .authenticate(&token)
+            .map_err(|e| (unauthorized, format!("credentials reloaded: {e}")))?;
+        self.replace(grant, token, name, creds.leeway_ms())
+    }
+
+    /// Takes a fresh token for the same identity (`Reauth`); returns its expiry.
+    pub(crate) fn reauth(&mut self, token: String, name: &str) -> Result<Option<u64>, Refused> {
+        let current = self.credentials.borrow().clone();
+        let Some(creds) = current else {
+            return Ok(None);
+        };
+        let grant = creds
+            .authenticate(&token)
+            .map_err(|e| (ErrorCode::Unauthorized, e))?;
+        self.replace(grant, token, name, creds.leeway_ms())?;
+        Ok(self.expires_ms())
+    }
+
+    fn replace(
+        &mut self,
+        grant: Grant,
+        token: String,
+        name: &str,
+        leeway_ms: u64,
+    ) -> Result<(), Refused> {
+        if let Some(identity) = self.identity()
+            && identity != &*grant.identity
+        {
+            return Err((
+                self.unauthorized_code(),
+                format!("the credential is for {}, not {identity}", grant.identity),
+            ));
+        }
+        check_name(&grant, name).map_err(|(_, m)| (self.unauthorized_code(), m))?;
+        self.set(grant, token, leeway_ms);
+        Ok(())
+    }
+
+    /// `Unauthorized`, or for a version 1 connection (which does not know it) `BadHandshake`.
+    fn unauthorized_code(&self) -> ErrorCode {
+        if self.version >= 2 {
+            ErrorCode::Unauthorized
+        } else {
+            ErrorCode::BadHandshake
+        }
+    }
+}
+
+fn check_name(grant: &Grant, name: &str) -> Result<(), Refused> {
+    if grant.rights.may_take(name) {
+        Ok(())
+    } else {
+        Err((
+            ErrorCode::Unauthorized,
+            format!("{} may not register as {name}", grant.identity),
+        ))
+    }
+}
