@@ -16,6 +16,7 @@ use crate::core::{FAILURE_REASONS, reason_name};
 use crate::engine::Engine;
 use crate::handle::BrokerHandle;
 use crate::metrics::{self, Source};
+use crate::namespace::{namespace_of, shown};
 use crate::store::QueueId;
 use axum::Router;
 use axum::extract::{Query, Request, State};
@@ -240,7 +241,8 @@ async fn connections(
         .map(|c| {
             let info = conns.get(&c.conn_id);
             let item = json!({
-                "name": &*c.name,
+                "name": shown(&c.name),
+                "namespace": namespace_field(&c.name),
                 "connection": c.conn_id,
                 "address": info.map(|i| i.peer.to_string()),
                 "connected_since_ms": info.map(|i| i.since_ms),
@@ -252,6 +254,11 @@ async fn connections(
         })
         .collect();
     axum::Json(page(items, &query)).into_response()
+}
+
+/// A name's namespace for the lists: `null` for the default namespace.
+fn namespace_field(name: &str) -> Option<&str> {
+    Some(namespace_of(name)).filter(|ns| !ns.is_empty())
 }
 
 async fn queues(State(state): State<Arc<AdminState>>, Query(query): Query<PageQuery>) -> Response {
@@ -267,7 +274,8 @@ async fn queues(State(state): State<Arc<AdminState>>, Query(query): Query<PageQu
             let item = json!({
                 "key": key,
                 "kind": kind,
-                "name": name,
+                "name": shown(name),
+                "namespace": namespace_field(name),
                 "messages": q.messages,
                 "bytes": q.bytes,
                 "in_flight": q.in_flight,
@@ -288,7 +296,8 @@ async fn channels(
         .into_iter()
         .map(|c| {
             let item = json!({
-                "channel": &*c.channel,
+                "channel": shown(&c.channel),
+                "namespace": namespace_field(&c.channel),
                 "subscribers": c.subscribers,
                 "connected_subscribers": c.connected,
                 "backlog": c.backlog,

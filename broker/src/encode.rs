@@ -5,15 +5,23 @@
 //! protocol's hand-written encoders from borrowed fields (tested there against the serde
 //! encoding), without cloning the message's strings first.
 
+use crate::namespace;
 pub(crate) use broadcast_protocol::DeliveryRef;
 use broadcast_protocol::{
-    CodecError, DeliveryFailed, ErrorCode, ErrorFrame, MAX_FRAME_CAP, ServerFrame, encode_frame,
+    CodecError, DeliveryFailed, ErrorCode, ErrorFrame, MAX_FRAME_CAP, Recipient, ServerFrame,
+    encode_frame,
 };
 use bytes::Bytes;
 
 /// Encodes a `Deliver` frame. Size limits are checked by the caller against each recipient.
+/// The sender and channel are shown without their namespace: every recipient is in it.
 pub(crate) fn deliver(d: &DeliveryRef<'_>) -> Result<Bytes, CodecError> {
-    d.encode(MAX_FRAME_CAP as usize)
+    let shown = DeliveryRef {
+        sender: namespace::shown(d.sender),
+        channel: d.channel.map(namespace::shown),
+        ..*d
+    };
+    shown.encode(MAX_FRAME_CAP as usize)
 }
 
 /// An `Accepted` frame for message `id`.
@@ -44,7 +52,29 @@ pub(crate) fn error(code: ErrorCode, message: impl Into<String>, id: Option<&str
     }))
 }
 
-/// A `DeliveryFailed` frame.
-pub(crate) fn failed(notice: DeliveryFailed) -> Bytes {
+/// A `DeliveryFailed` frame, its names shown without their namespace.
+pub(crate) fn failed(mut notice: DeliveryFailed) -> Bytes {
+    shown_notice(&mut notice);
     frame(&ServerFrame::DeliveryFailed(notice))
+}
+
+/// A notice's names without their namespace, as its sender is shown them.
+pub(crate) fn shown_notice(notice: &mut DeliveryFailed) {
+    match &mut notice.recipient {
+        Recipient::Client(n) | Recipient::Channel(n) => {
+            if let Some(shown) = unscoped(n) {
+                *n = shown;
+            }
+        }
+        Recipient::All => {}
+    }
+    if let std::borrow::Cow::Owned(detail) = namespace::shown_text(&notice.detail) {
+        notice.detail = detail;
+    }
+}
+
+/// A broker name without its namespace, when it has one.
+fn unscoped(name: &str) -> Option<String> {
+    let shown = namespace::shown(name);
+    (shown.len() != name.len()).then(|| shown.to_owned())
 }

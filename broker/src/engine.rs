@@ -308,12 +308,27 @@ impl Engine {
 
     /// Hands a copy of a client's message to the observers, if any.
     fn notify_observers(&self, sender: &Arc<str>, msg: &Publish) {
-        if self.observers.receiver_count() > 0 && &**sender != crate::BROKER_SENDER {
+        let shown = crate::namespace::shown(sender);
+        if self.observers.receiver_count() > 0 && shown != crate::BROKER_SENDER {
+            let ns = crate::namespace::namespace_of(sender);
+            let observed = if ns.is_empty() {
+                Observed {
+                    namespace: None,
+                    sender: sender.to_string(),
+                    message: msg.clone(),
+                }
+            } else {
+                Observed {
+                    namespace: Some(ns.to_owned()),
+                    sender: shown.to_owned(),
+                    message: Publish {
+                        target: crate::namespace::shown_target(&msg.target),
+                        ..msg.clone()
+                    },
+                }
+            };
             // A lagging observer loses old entries; it never slows routing.
-            let _ = self.observers.send(Arc::new(Observed {
-                sender: sender.to_string(),
-                message: msg.clone(),
-            }));
+            let _ = self.observers.send(Arc::new(observed));
         }
     }
 

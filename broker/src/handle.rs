@@ -13,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 /// A message a client sent, as seen by an observer.
 #[derive(Debug, Clone)]
 pub struct Observed {
-    /// The sending client's name.
+    /// The sender's namespace; `None`: the default namespace.
+    pub namespace: Option<String>,
+    /// The sending client's name (within its namespace).
     pub sender: String,
     /// The message as the client sent it.
     pub message: Publish,
@@ -74,18 +76,64 @@ impl BrokerHandle {
     /// # Errors
     /// As [`BrokerHandle::publish`].
     pub fn publish_message(&self, msg: &Publish) -> Result<Vec<DeliveryFailed>, BrokerError> {
+        self.publish_message_in(None, msg)
+    }
+
+    /// As [`BrokerHandle::publish`], to the clients of `namespace` (`None`: the default
+    /// namespace); `All` reaches that namespace only.
+    ///
+    /// # Errors
+    /// As [`BrokerHandle::publish`], and [`BrokerError::InvalidMessage`] for a namespace name
+    /// that is not valid.
+    pub fn publish_in(
+        &self,
+        namespace: Option<&str>,
+        target: Target,
+        name: Option<String>,
+        data: Bytes,
+    ) -> Result<(String, Vec<DeliveryFailed>), BrokerError> {
+        let msg = Publish {
+            id: new_message_id(),
+            target,
+            name,
+            data,
+            persistent: false,
+            ttl_ms: None,
+            resent: false,
+        };
+        let failed = self.publish_message_in(namespace, &msg)?;
+        Ok((msg.id, failed))
+    }
+
+    /// As [`BrokerHandle::publish_message`], in `namespace` (`None`: the default namespace).
+    ///
+    /// # Errors
+    /// As [`BrokerHandle::publish_in`].
+    pub fn publish_message_in(
+        &self,
+        namespace: Option<&str>,
+        msg: &Publish,
+    ) -> Result<Vec<DeliveryFailed>, BrokerError> {
         if self.shutdown.is_cancelled() {
             return Err(BrokerError::Stopped);
+        }
+        if let Some(ns) = namespace {
+            crate::auth::validate_namespace(ns).map_err(BrokerError::InvalidMessage)?;
         }
         self.engine
             .validate(msg)
             .map_err(|r| BrokerError::InvalidMessage(r.message))?;
-        let routed = self.engine.route(&Arc::from(BROKER_SENDER), msg);
+        let sender = Arc::from(crate::namespace::scoped(namespace, BROKER_SENDER));
+        let msg = crate::namespace::scope(namespace, msg);
+        let routed = self.engine.route(&sender, &msg);
         // The broker does not wait for slow recipients: they are reported at once.
         let mut failed = routed.failed;
         for blocked in routed.blocked {
             self.engine.metrics.failed(blocked.notice.reason);
             failed.push(blocked.notice);
+        }
+        for notice in &mut failed {
+            crate::encode::shown_notice(notice);
         }
         Ok(failed)
     }

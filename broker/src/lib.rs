@@ -34,6 +34,7 @@ pub mod error;
 pub mod handle;
 mod maps;
 mod metrics;
+mod namespace;
 mod persist;
 pub mod server;
 pub mod settings;

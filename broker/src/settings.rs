@@ -165,6 +165,33 @@ settings! {
 
 const MIB: u64 = 1 << 20;
 
+/// The end of the default file: credentials, none by default.
+const AUTH_EXAMPLE: &str = "
+# Credentials ([auth], this file only; re-read on SIGHUP). Without any, clients connect
+# without credentials and the broker listens on loopback only (see allow_unauthenticated).
+# `broadcast-broker token new --identity NAME` makes a token and prints its lines.
+#
+# [[auth.identities]]
+# identity = \"billing\"
+# namespace = \"tenant-a\"               # default: the default namespace
+# tokens_sha256 = [\"...\"]
+# [auth.identities.rights]               # patterns: `*` one segment, `>` the rest
+# names = [\"billing\"]                    # default: the identity itself
+# send_clients = [\">\"]                   # default: everyone; deny_send_clients wins
+# send_channels = [\">\"]                  # deny_send_channels wins
+# send_all = true
+# subscribe = [\">\"]                      # deny_subscribe wins
+#
+# [[auth.jwt_keys]]                      # JWTs: sub, exp, rights and namespace in \"broadcast\"
+# algorithm = \"EdDSA\"                    # EdDSA or RS256: public_key(_file); HS256: secret(_file)
+# public_key_file = \"/etc/broadcast/jwt.pub.pem\"
+#
+# [auth]
+# jwt_leeway_secs = 30
+# revoked_jti = []
+# revoked_before = {}                    # identity = Unix seconds: older JWTs refused
+";
+
 impl Default for Settings {
     fn default() -> Self {
         let c = Config::default();
@@ -293,6 +320,7 @@ impl Settings {
                 let _ = writeln!(out, "{key} = {value}");
             }
         }
+        out.push_str(AUTH_EXAMPLE);
         Ok(out)
     }
 

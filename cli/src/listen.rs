@@ -29,6 +29,9 @@ pub(crate) struct ListenArgs {
     /// The credential, from the global `--token`.
     #[arg(skip)]
     pub(crate) token: Option<String>,
+    /// The namespace, from the global `--namespace`.
+    #[arg(skip)]
+    pub(crate) namespace: Option<String>,
     /// Name to connect under; messages sent to this name are printed. A running client with
     /// the same name is disconnected by the broker.
     #[arg(long, value_name = "NAME", value_parser = parse_client_name)]
@@ -160,6 +163,9 @@ async fn setup(
     let mut options = ConnectOptions::new();
     if let Some(token) = &args.token {
         options = options.token(token.clone());
+    }
+    if let Some(namespace) = &args.namespace {
+        options = options.namespace(namespace.clone());
     }
     let connect = options
         .name(args.name.clone())

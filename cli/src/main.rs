@@ -72,6 +72,15 @@ struct Cli {
     )]
     token: Option<String>,
 
+    /// The namespace to live in (a broker with credentials puts each identity in its own).
+    #[arg(
+        long,
+        global = true,
+        value_name = "NAMESPACE",
+        env = "BROADCAST_NAMESPACE"
+    )]
+    namespace: Option<String>,
+
     /// What to do.
     #[command(subcommand)]
     command: Command,
@@ -254,10 +263,12 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Listen(mut args) => {
                 args.token = cli.token;
+                args.namespace = cli.namespace;
                 listen::run(&cli.server, args).await
             }
             Command::Send(mut args) => {
                 args.token = cli.token;
+                args.namespace = cli.namespace;
                 send::run(&cli.server, *args).await
             }
             Command::Stats(args) => admin::stats(&args),

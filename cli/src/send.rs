@@ -29,6 +29,9 @@ pub(crate) struct SendArgs {
     /// The credential, from the global `--token`.
     #[arg(skip)]
     pub(crate) token: Option<String>,
+    /// The namespace, from the global `--namespace`.
+    #[arg(skip)]
+    pub(crate) namespace: Option<String>,
     /// Name to connect under (the broker makes one up when absent). A running client with the
     /// same name is disconnected by the broker.
     #[arg(long, value_name = "NAME", value_parser = parse_client_name)]
@@ -297,6 +300,9 @@ pub(crate) async fn run(server: &str, mut args: SendArgs) -> anyhow::Result<u8> 
     }
     if let Some(token) = args.token.take() {
         options = options.token(token);
+    }
+    if let Some(namespace) = args.namespace.take() {
+        options = options.namespace(namespace);
     }
     let client = options
         .connect(server)

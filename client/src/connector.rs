@@ -50,7 +50,7 @@ async fn handshake(
         version: PROTOCOL_VERSION,
         name: name.map(str::to_owned),
         token: token.map(str::to_owned),
-        namespace: None,
+        namespace: options.namespace.clone(),
         max_frame: options.max_frame,
         heartbeat_ms: options.heartbeat_ms(),
     });

@@ -70,6 +70,8 @@ pub struct ConnectOptions {
     pub(crate) dedup_window: usize,
     /// The credential sent in `Hello` (version 2).
     pub(crate) token: Option<String>,
+    /// The namespace asked for in `Hello` (version 2).
+    pub(crate) namespace: Option<String>,
     /// Makes a fresh token before the current one expires.
     pub(crate) token_refresh: Option<TokenRefresh>,
 }
@@ -113,6 +115,7 @@ impl Default for ConnectOptions {
             manual_ack: false,
             dedup_window: 16_384,
             token: None,
+            namespace: None,
             token_refresh: None,
         }
     }
@@ -129,6 +132,15 @@ impl ConnectOptions {
     /// once there is one). Needed by a broker that requires credentials.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
+        self
+    }
+
+    /// The namespace to live in: names, channels, queues and `All` of other namespaces are
+    /// never met. A broker that requires credentials puts each identity in its own namespace
+    /// and refuses another; one that requires none takes the namespace asked for. Default: the
+    /// default namespace.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
         self
     }
 

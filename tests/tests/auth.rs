@@ -19,6 +19,7 @@ const SECRET: &str = "the HS256 secret of these tests, 32+ bytes";
 fn identity(name: &str, rights: RightsConfig) -> IdentityConfig {
     IdentityConfig {
         identity: name.into(),
+        namespace: None,
         tokens_sha256: vec![token::to_hex(&token::hash(&format!("bct_{name}")))],
         rights,
     }
@@ -57,6 +58,7 @@ fn settings() -> AuthSettings {
             kid: None,
             algorithm: JwtAlgorithm::HS256,
             secret: Some(SECRET.into()),
+            secret_file: None,
             public_key: None,
             public_key_file: None,
         }],

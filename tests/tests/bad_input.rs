@@ -61,7 +61,7 @@ async fn the_handshake_refuses_other_versions_bad_names_and_non_hello_frames() -
         refused(&b, ClientFrame::Bye).await?,
         ErrorCode::BadHandshake
     );
-    // Version 1 has no token; namespaces are not there yet in version 2.
+    // Version 1 has no token and no namespace.
     let token = Hello {
         version: 1,
         token: Some("t".into()),
@@ -72,6 +72,7 @@ async fn the_handshake_refuses_other_versions_bad_names_and_non_hello_frames() -
         ErrorCode::BadHandshake
     );
     let namespace = Hello {
+        version: 1,
         namespace: Some("ns".into()),
         ..hello(Some("a"))
     };

@@ -33,6 +33,9 @@ pub struct JwtKeyConfig {
     /// HS256: the shared secret, at least 32 bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// HS256: a file holding the shared secret (its bytes, a final newline left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
     /// EdDSA and RS256: the public key, PEM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<String>,
@@ -47,6 +50,7 @@ impl fmt::Debug for JwtKeyConfig {
             .field("kid", &self.kid)
             .field("algorithm", &self.algorithm)
             .field("secret", &self.secret.as_ref().map(|_| "(set)"))
+            .field("secret_file", &self.secret_file)
             .field("public_key", &self.public_key)
             .field("public_key_file", &self.public_key_file)
             .finish()
@@ -62,8 +66,9 @@ struct Claims {
     iat: Option<u64>,
     #[serde(default)]
     jti: Option<String>,
+    /// The identity's namespace and rights: a [`RightsConfig`] with `namespace` beside.
     #[serde(default)]
-    broadcast: RightsConfig,
+    broadcast: serde_json::Map<String, serde_json::Value>,
 }
 
 struct Key {
@@ -147,11 +152,27 @@ impl Verifier {
                 claims.sub
             ));
         }
-        let rights = Rights::new(&claims.sub, &claims.broadcast)
+        let mut broadcast = claims.broadcast;
+        let namespace = match broadcast.remove("namespace") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(ns)) => {
+                super::validate_namespace(&ns).map_err(|e| format!("JWT broadcast claim: {e}"))?;
+                Some(Arc::from(ns.as_str()))
+            }
+            Some(other) => {
+                return Err(format!(
+                    "JWT broadcast claim: namespace {other} is not a string"
+                ));
+            }
+        };
+        let config: RightsConfig = serde_json::from_value(serde_json::Value::Object(broadcast))
             .map_err(|e| format!("JWT broadcast claim: {e}"))?;
+        let rights =
+            Rights::new(&claims.sub, &config).map_err(|e| format!("JWT broadcast claim: {e}"))?;
         Ok(Grant {
             identity: Arc::from(claims.sub.as_str()),
             rights: Arc::new(rights),
+            namespace,
             expires_ms: Some(claims.exp.saturating_mul(1000)),
         })
     }
@@ -187,7 +208,7 @@ fn compile(c: &JwtKeyConfig) -> Result<Key, String> {
             )
         }
         JwtAlgorithm::EdDSA | JwtAlgorithm::RS256 => {
-            if c.secret.is_some() {
+            if c.secret.is_some() || c.secret_file.is_some() {
                 return Err("EdDSA and RS256 take a public key, not a secret".into());
             }
             let pem = pem()?;

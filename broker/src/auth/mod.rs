@@ -65,6 +65,9 @@ impl Default for AuthSettings {
 pub struct IdentityConfig {
     /// The identity's name, a valid client name.
     pub identity: String,
+    /// The namespace it lives in; absent: the default namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     /// SHA-256 hashes (hex) of its service tokens (`broadcast-broker token new` makes one).
     #[serde(default)]
     pub tokens_sha256: Vec<String>,
@@ -103,14 +106,36 @@ pub struct Grant {
     pub identity: Arc<str>,
     /// What it may do.
     pub rights: Arc<Rights>,
+    /// The namespace it lives in; `None`: the default namespace.
+    pub namespace: Option<Arc<str>>,
     /// When the credential expires, in milliseconds since the Unix epoch.
     pub expires_ms: Option<u64>,
+}
+
+/// An identity of the config file, compiled.
+#[derive(Debug)]
+struct Identity {
+    name: Arc<str>,
+    rights: Arc<Rights>,
+    namespace: Option<Arc<str>>,
+}
+
+/// Checks a namespace's name: as a client name, at most 64 bytes.
+///
+/// # Errors
+/// What is wrong with it.
+pub fn validate_namespace(ns: &str) -> Result<(), String> {
+    validate_client_name(ns).map_err(|e| format!("namespace: {e}"))?;
+    if ns.len() > 64 {
+        return Err(format!("namespace {ns:?} is longer than 64 bytes"));
+    }
+    Ok(())
 }
 
 /// The compiled `[auth]` settings.
 #[derive(Debug)]
 pub struct Credentials {
-    tokens: Vec<([u8; 32], Arc<str>, Arc<Rights>)>,
+    tokens: Vec<([u8; 32], Arc<Identity>)>,
     jwt: jwt::Verifier,
 }
 
@@ -138,7 +163,14 @@ impl Credentials {
                 Rights::new(name, &id.rights)
                     .map_err(|e| AuthError(format!("identity {name:?}: {e}")))?,
             );
-            let identity: Arc<str> = Arc::from(name.as_str());
+            if let Some(ns) = &id.namespace {
+                validate_namespace(ns).map_err(|e| AuthError(format!("identity {name:?}: {e}")))?;
+            }
+            let identity = Arc::new(Identity {
+                name: Arc::from(name.as_str()),
+                rights,
+                namespace: id.namespace.as_deref().map(Arc::from),
+            });
             for hex in &id.tokens_sha256 {
                 let hash = token::from_hex(hex)
                     .map_err(|e| AuthError(format!("identity {name:?}: {e}")))?;
@@ -147,7 +179,7 @@ impl Credentials {
                         "identity {name:?}: token hash {hex} is listed twice"
                     )));
                 }
-                tokens.push((hash, identity.clone(), rights.clone()));
+                tokens.push((hash, identity.clone()));
             }
         }
         let jwt = jwt::Verifier::new(settings).map_err(AuthError)?;
@@ -170,15 +202,16 @@ impl Credentials {
         let presented = token::hash(token);
         // Every stored hash is compared, each in constant time.
         let mut found = None;
-        for (hash, identity, rights) in &self.tokens {
+        for (hash, identity) in &self.tokens {
             if bool::from(hash.ct_eq(&presented)) {
-                found = Some((identity, rights));
+                found = Some(identity);
             }
         }
         match found {
-            Some((identity, rights)) => Ok(Grant {
-                identity: identity.clone(),
-                rights: rights.clone(),
+            Some(identity) => Ok(Grant {
+                identity: identity.name.clone(),
+                rights: identity.rights.clone(),
+                namespace: identity.namespace.clone(),
                 expires_ms: None,
             }),
             None => Err("unknown token".into()),

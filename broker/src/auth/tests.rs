@@ -23,6 +23,7 @@ fn settings() -> AuthSettings {
     AuthSettings {
         identities: vec![IdentityConfig {
             identity: "billing".into(),
+            namespace: None,
             tokens_sha256: vec![token::to_hex(&token::hash("bct_billing"))],
             rights: RightsConfig::default(),
         }],
@@ -31,6 +32,7 @@ fn settings() -> AuthSettings {
                 kid: None,
                 algorithm: JwtAlgorithm::HS256,
                 secret: Some(SECRET.into()),
+                secret_file: None,
                 public_key: None,
                 public_key_file: None,
             },
@@ -38,6 +40,7 @@ fn settings() -> AuthSettings {
                 kid: Some("ed".into()),
                 algorithm: JwtAlgorithm::EdDSA,
                 secret: None,
+                secret_file: None,
                 public_key: Some(ED_PUBLIC.into()),
                 public_key_file: None,
             },
@@ -152,7 +155,7 @@ fn expired_early_forged_malformed_and_revoked_jwts_are_refused() {
     assert!(refused(serde_json::json!({"sub": "$broker", "exp": t + 60})).contains("sub"));
     assert!(
         refused(serde_json::json!({"sub": "a", "exp": t + 60, "broadcast": {"sned_all": true}}))
-            .contains("invalid JWT")
+            .contains("sned_all")
     );
     // Signed with another secret.
     let forged = encode(

@@ -2,8 +2,9 @@
 //! again when it sends a `Reauth`, when the broker's credentials are reloaded, and when the
 //! credential expires.
 
-use crate::auth::{Credentials, Grant};
+use crate::auth::{Credentials, Grant, validate_namespace};
 use crate::engine::now_ms;
+use crate::namespace::{scoped, shown};
 use broadcast_protocol::{ErrorCode, Hello, Target, validate_client_name};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,10 +28,13 @@ pub(crate) struct Access {
     deadline: Option<Instant>,
     /// A reload was seen by [`Access::wait_reload`] and not yet checked.
     reload_seen: bool,
+    /// The connection's namespace; `None`: the default namespace.
+    namespace: Option<Arc<str>>,
 }
 
 impl Access {
-    /// Admits a `Hello`: the name it registers under and its access, or the refusal.
+    /// Admits a `Hello`: the name it registers under (in its namespace: see
+    /// [`crate::namespace`]) and its access, or the refusal.
     pub(crate) fn admit(
         hello: &Hello,
         mut credentials: CredentialsRx,
@@ -38,9 +42,12 @@ impl Access {
         if let Some(name) = &hello.name {
             validate_client_name(name).map_err(|e| (ErrorCode::InvalidName, e.to_string()))?;
         }
-        let name: Arc<str> = match &hello.name {
-            Some(n) => Arc::from(n.as_str()),
-            None => Arc::from(format!("client-{}", nanoid::nanoid!(12))),
+        if let Some(ns) = &hello.namespace {
+            validate_namespace(ns).map_err(|e| (ErrorCode::InvalidName, e))?;
+        }
+        let name: String = match &hello.name {
+            Some(n) => n.clone(),
+            None => format!("client-{}", nanoid::nanoid!(12)),
         };
         let current = credentials.borrow_and_update().clone();
         let mut access = Access {
@@ -50,9 +57,12 @@ impl Access {
             grant: None,
             deadline: None,
             reload_seen: false,
+            namespace: hello.namespace.as_deref().map(Arc::from),
         };
         let Some(creds) = current else {
-            return Ok((name, access));
+            // Without credentials a client picks its namespace.
+            let scoped = Arc::from(scoped(access.namespace(), &name));
+            return Ok((scoped, access));
         };
         if hello.version < 2 {
             return Err((
@@ -71,8 +81,31 @@ impl Access {
             .authenticate(token)
             .map_err(|e| (ErrorCode::Unauthorized, e))?;
         check_name(&grant, &name)?;
+        if hello.namespace.is_some() && hello.namespace.as_deref() != grant.namespace.as_deref() {
+            return Err((
+                ErrorCode::Unauthorized,
+                format!(
+                    "{} lives in {}, not in namespace {}",
+                    grant.identity,
+                    grant
+                        .namespace
+                        .as_deref()
+                        .map_or("the default namespace".to_owned(), |n| format!(
+                            "namespace {n}"
+                        )),
+                    hello.namespace.as_deref().unwrap_or_default()
+                ),
+            ));
+        }
+        access.namespace = grant.namespace.clone();
         access.set(grant, token.clone(), creds.leeway_ms());
-        Ok((name, access))
+        let scoped = Arc::from(scoped(access.namespace(), &name));
+        Ok((scoped, access))
+    }
+
+    /// The connection's namespace; `None`: the default namespace.
+    pub(crate) fn namespace(&self) -> Option<&str> {
+        self.namespace.as_deref()
     }
 
     fn set(&mut self, grant: Grant, token: String, leeway_ms: u64) {
@@ -107,7 +140,7 @@ impl Access {
         }
     }
 
-    /// Whether the connection may subscribe to `channel`.
+    /// Whether the connection may subscribe to `channel` (as the client names it).
     pub(crate) fn may_subscribe(&self, channel: &str) -> bool {
         self.grant
             .as_ref()
@@ -184,6 +217,15 @@ impl Access {
         name: &str,
         leeway_ms: u64,
     ) -> Result<(), Refused> {
+        if grant.namespace != self.namespace {
+            return Err((
+                self.unauthorized_code(),
+                format!(
+                    "the credential is for another namespace than {}'s",
+                    grant.identity
+                ),
+            ));
+        }
         if let Some(identity) = self.identity()
             && identity != &*grant.identity
         {
@@ -192,7 +234,7 @@ impl Access {
                 format!("the credential is for {}, not {identity}", grant.identity),
             ));
         }
-        check_name(&grant, name).map_err(|(_, m)| (self.unauthorized_code(), m))?;
+        check_name(&grant, shown(name)).map_err(|(_, m)| (self.unauthorized_code(), m))?;
         self.set(grant, token, leeway_ms);
         Ok(())
     }

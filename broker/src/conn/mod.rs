@@ -18,6 +18,8 @@ mod writer;
 pub(crate) use outbound::Outbound;
 
 use crate::auth::Credentials;
+use crate::core::Refusal;
+use crate::namespace::{self, shown};
 use access::Access;
 
 use crate::config::Config;
@@ -61,7 +63,7 @@ use reader::{FrameReader as Reader, ReadError};
 /// Serves one accepted connection until it closes.
 pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
     let conn_id = ctx.engine.next_conn_id();
-    let span = tracing::info_span!("conn", %peer, conn_id, client = tracing::field::Empty, identity = tracing::field::Empty);
+    let span = tracing::info_span!("conn", %peer, conn_id, client = tracing::field::Empty, namespace = tracing::field::Empty, identity = tracing::field::Empty);
     async move {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
@@ -181,16 +183,10 @@ async fn handshake(reader: &mut Reader, ctx: &Context) -> Result<Hello, (ErrorCo
             ),
         ));
     }
-    if hello.version < 2 && hello.token.is_some() {
+    if hello.version < 2 && (hello.token.is_some() || hello.namespace.is_some()) {
         return Err((
             ErrorCode::BadHandshake,
-            "a token needs protocol version 2".into(),
-        ));
-    }
-    if hello.namespace.is_some() {
-        return Err((
-            ErrorCode::BadHandshake,
-            "namespaces are not supported by this broker version".into(),
+            "a token or a namespace needs protocol version 2".into(),
         ));
     }
     if hello.max_frame < MIN_FRAME {
@@ -214,7 +210,10 @@ async fn run(
     traffic: Arc<metrics::Traffic>,
     ctx: Arc<Context>,
 ) {
-    tracing::Span::current().record("client", &*name);
+    tracing::Span::current().record("client", shown(&name));
+    if let Some(ns) = access.namespace() {
+        tracing::Span::current().record("namespace", ns);
+    }
     if let Some(identity) = access.identity() {
         tracing::Span::current().record("identity", identity);
     }
@@ -229,13 +228,13 @@ async fn run(
     );
     let welcome = encode::frame(&ServerFrame::Welcome(Welcome {
         version: access.version(),
-        name: name.to_string(),
+        name: shown(&name).to_owned(),
         server: format!("broadcast-broker {}", env!("CARGO_PKG_VERSION")),
         max_frame: cfg.max_frame(),
         max_payload: cfg.max_payload,
         heartbeat_ms: u32::try_from(cfg.heartbeat.as_millis()).unwrap_or(u32::MAX),
         identity: access.identity().map(str::to_owned),
-        namespace: None,
+        namespace: access.namespace().map(str::to_owned),
         expires_ms: access.expires_ms(),
     }));
     // The welcome is queued before the connection is registered, so it precedes every
@@ -244,7 +243,7 @@ async fn run(
         return;
     }
     // Subscriptions the name kept that this identity may not have are dropped first.
-    let keep = |channel: &str| access.may_subscribe(channel);
+    let keep = |channel: &str| access.may_subscribe(shown(channel));
     let Ok((old, dropped)) = ctx.engine.register(name.clone(), out.clone(), &keep).await else {
         return;
     };
@@ -253,7 +252,7 @@ async fn run(
         tracing::info!("name taken over from an older connection");
         old.close_with(Some(encode::error(
             ErrorCode::Replaced,
-            format!("another connection registered as {name}"),
+            format!("another connection registered as {}", shown(&name)),
             None,
         )));
     }
@@ -432,7 +431,7 @@ async fn unsubscribed(out: &Outbound, dropped: Vec<Arc<str>>) -> bool {
     for channel in dropped {
         tracing::info!(%channel, "subscription dropped: the identity may no longer subscribe");
         let f = encode::frame(&ServerFrame::Unsubscribed {
-            channel: channel.to_string(),
+            channel: shown(&channel).to_owned(),
         });
         if out.push(OutFrame::control(f)).await.is_err() {
             return false;
@@ -443,7 +442,7 @@ async fn unsubscribed(out: &Outbound, dropped: Vec<Arc<str>>) -> bool {
 
 /// Applies rights that changed (a reload or a `Reauth`) to the name's subscriptions.
 async fn rights_changed(access: &Access, out: &Outbound, name: &Arc<str>, ctx: &Context) -> bool {
-    let keep = |channel: &str| access.may_subscribe(channel);
+    let keep = |channel: &str| access.may_subscribe(shown(channel));
     match ctx
         .engine
         .retain_subscriptions(name, out.conn_id, &keep)
@@ -504,12 +503,15 @@ async fn publish_persistent(
     unconfirmed: &Arc<Semaphore>,
     access: &Access,
 ) -> Handled {
+    // Checked as the client sent them, routed in the connection's namespace.
+    let checks: Vec<Result<(), Refusal>> = msgs.iter().map(|m| check(m, ctx, access)).collect();
+    let msgs = scope_all(access.namespace(), msgs);
     // The messages stay where they are; the valid ones from `start` on, each with its
     // confirmation in `confirms`, are routed together.
     let mut confirms: Vec<NewConfirm<Outbound>> = Vec::with_capacity(msgs.len());
     let mut start = 0;
-    for (i, msg) in msgs.iter().enumerate() {
-        if let Err(r) = check(msg, ctx, access) {
+    for (i, (msg, checked)) in msgs.iter().zip(checks).enumerate() {
+        if let Err(r) = checked {
             if let Handled::Close = route_run(&msgs[start..i], &mut confirms, out, name, ctx).await
             {
                 return Handled::Close;
@@ -591,14 +593,22 @@ enum Handled {
 }
 
 /// Checks a message before routing: valid, and allowed to every recipient.
-fn check(msg: &Publish, ctx: &Context, access: &Access) -> Result<(), crate::core::Refusal> {
+fn check(msg: &Publish, ctx: &Context, access: &Access) -> Result<(), Refusal> {
     ctx.engine.validate(msg)?;
-    access
-        .check_send(&msg.target)
-        .map_err(|message| crate::core::Refusal {
-            code: ErrorCode::Forbidden,
-            message,
-        })
+    access.check_send(&msg.target).map_err(|message| Refusal {
+        code: ErrorCode::Forbidden,
+        message,
+    })
+}
+
+/// Messages with their targets in namespace `ns` (`None`: unchanged).
+fn scope_all(ns: Option<&str>, mut msgs: Vec<Publish>) -> Vec<Publish> {
+    if let Some(ns) = ns {
+        for msg in &mut msgs {
+            msg.target = namespace::scope_target(ns, &msg.target);
+        }
+    }
+    msgs
 }
 
 async fn handle(
@@ -619,6 +629,7 @@ async fn handle(
             if let Err(r) = check(&msg, ctx, access) {
                 replies.push(encode::error(r.code, r.message, echoed(&msg.id)));
             } else {
+                let msg = namespace::scope(access.namespace(), &msg);
                 let routed = engine.route(name, &msg);
                 replies.extend(routed.failed.into_iter().map(encode::failed));
                 for blocked in routed.blocked {
@@ -649,7 +660,8 @@ async fn handle(
             ));
         }
         ClientFrame::Subscribe { channel } => {
-            match engine.subscribe(name, out.conn_id, &channel).await {
+            let scoped = namespace::scoped(access.namespace(), &channel);
+            match engine.subscribe(name, out.conn_id, &scoped).await {
                 Ok(Ok((sub, remembered))) => {
                     // The next frame is handled once the subscription is on disk.
                     let _ = remembered.await;
@@ -663,8 +675,9 @@ async fn handle(
             }
         }
         ClientFrame::Unsubscribe { channel } => {
+            let scoped = namespace::scoped(access.namespace(), &channel);
             if engine
-                .unsubscribe(name, out.conn_id, &channel)
+                .unsubscribe(name, out.conn_id, &scoped)
                 .await
                 .is_err()
             {

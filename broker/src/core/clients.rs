@@ -89,7 +89,8 @@ impl<O: Outlet> Core<O> {
         conn_id: u64,
         channel: &str,
     ) -> Result<Subscribed, Refusal> {
-        validate_channel(channel)
+        // A channel of a namespace is checked without it (its separator is no name's).
+        validate_channel(crate::namespace::shown(channel))
             .map_err(|e| Refusal::new(ErrorCode::InvalidName, e.to_string()))?;
         let max_subscriptions = self.config.max_subscriptions;
         let st = &mut self.st;
@@ -108,7 +109,7 @@ impl<O: Outlet> Core<O> {
         // subscription; when the queue is full the connection sends it itself.
         let answer = || {
             let frame = encode::frame(&ServerFrame::Subscribed {
-                channel: channel.to_owned(),
+                channel: crate::namespace::shown(channel).to_owned(),
             });
             clients
                 .get(&**name)

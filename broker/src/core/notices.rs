@@ -54,7 +54,7 @@ impl<O: Outlet> State<O> {
         confirm: Option<ConfirmId>,
     ) {
         self.stats.failed(notice.reason);
-        if sender == crate::BROKER_SENDER {
+        if crate::namespace::shown(sender) == crate::BROKER_SENDER {
             tracing::warn!(id = %notice.id, reason = ?notice.reason, "a message of the broker was not delivered");
             return self.settle(confirm);
         }

@@ -313,10 +313,12 @@ fn route_one<O: Outlet>(
             }
         }
         Target::All => {
+            // Everyone connected in the sender's namespace.
+            let ns = crate::namespace::namespace_of(sender);
             let names: Vec<Arc<str>> = st
                 .clients
                 .keys()
-                .filter(|n| ***n != **sender)
+                .filter(|n| ***n != **sender && crate::namespace::namespace_of(n) == ns)
                 .cloned()
                 .collect();
             if names.is_empty() {
