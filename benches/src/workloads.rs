@@ -52,6 +52,8 @@ pub struct Params {
     pub max_secs: u64,
     /// A receiver gives up after this many seconds without a message.
     pub idle_secs: u64,
+    /// The credential every client presents, for a broker that requires one.
+    pub token: Option<String>,
 }
 
 impl Default for Params {
@@ -69,6 +71,7 @@ impl Default for Params {
             per_connection: 100,
             max_secs: 180,
             idle_secs: 5,
+            token: None,
         }
     }
 }
@@ -105,6 +108,7 @@ pub async fn run(name: &str, addr: &str, tag: &str, p: &Params) -> Result<Value>
     let run = Run {
         addr: addr.to_owned(),
         tag: tag.to_owned(),
+        token: p.token.clone(),
     };
     match name {
         "throughput" => throughput(&run, p).await,
@@ -121,6 +125,7 @@ pub async fn run(name: &str, addr: &str, tag: &str, p: &Params) -> Result<Value>
 struct Run {
     addr: String,
     tag: String,
+    token: Option<String>,
 }
 
 impl Run {
@@ -135,7 +140,10 @@ impl Run {
     }
 
     /// Connects as `name` (from [`Run::name`]) with `options`.
-    async fn connect_with(&self, name: &str, options: ConnectOptions) -> Result<Client> {
+    async fn connect_with(&self, name: &str, mut options: ConnectOptions) -> Result<Client> {
+        if let Some(token) = &self.token {
+            options = options.token(token.clone());
+        }
         let connecting = options.name(name).connect(self.addr.as_str());
         tokio::time::timeout(Duration::from_secs(30), connecting)
             .await

@@ -12,7 +12,8 @@
 use crate::config::Config;
 use crate::conn::Outbound;
 use crate::core::{
-    Completion, ConfirmId, Core, DrainStep, NewConfirm, Now, Refusal, Routed, Subscribed,
+    ChannelFilter, Completion, ConfirmId, Core, DrainStep, NewConfirm, Now, Refusal, Routed,
+    Subscribed,
 };
 use crate::handle::Observed;
 use crate::maps::HashMap;
@@ -344,11 +345,14 @@ impl Engine {
         name: Arc<str>,
         out: Outbound,
         keep: &(dyn Fn(&str) -> bool + Sync),
+        channels: Option<ChannelFilter>,
     ) -> Result<(Option<Outbound>, Vec<Arc<str>>), StoreStopped> {
         let slot = self.persist.reserve().await.ok_or(StoreStopped)?;
         let mut core = self.lock();
         let dropped = core.retain_subscriptions(&name, keep);
-        let old = core.register(name, out);
+        let conn_id = out.conn_id;
+        let old = core.register(name.clone(), out);
+        core.set_channel_filter(&name, conn_id, channels);
         Self::send_ops(&mut core, Some(slot), None);
         Ok((old, dropped))
     }
@@ -360,10 +364,12 @@ impl Engine {
         name: &Arc<str>,
         conn_id: u64,
         keep: &(dyn Fn(&str) -> bool + Sync),
+        channels: Option<ChannelFilter>,
     ) -> Result<Vec<Arc<str>>, StoreStopped> {
         let slot = self.persist.reserve().await.ok_or(StoreStopped)?;
         let mut core = self.lock();
         let dropped = if core.holds(name, conn_id) {
+            core.set_channel_filter(name, conn_id, channels);
             core.retain_subscriptions(name, keep)
         } else {
             Vec::new()

@@ -31,7 +31,8 @@ pub struct BrokerHandle {
 
 impl BrokerHandle {
     /// Replaces the credentials clients must present, while the broker serves. Settings that
-    /// fail validation change nothing. Every connection is then checked again before it
+    /// fail validation change nothing, and so do settings without any credential when the
+    /// broker requires them (turning them off takes a restart). Every connection is then checked again before it
     /// handles its next frame: one whose token no longer proves its identity, or whose
     /// identity may no longer have its name, is closed with `Unauthorized`; subscriptions its
     /// rights no longer cover are dropped (`Unsubscribed`).
@@ -40,6 +41,13 @@ impl BrokerHandle {
     /// [`AuthError`] naming what is wrong; the credentials in force stay.
     pub fn reload_auth(&self, settings: &AuthSettings) -> Result<(), AuthError> {
         let credentials = Credentials::new(settings)?.map(Arc::new);
+        if credentials.is_none() && self.credentials.borrow().is_some() {
+            // An emptied [auth] table would open a broker that may listen beyond loopback
+            // to anyone, names and namespaces included.
+            return Err(AuthError(
+                "a reload cannot turn credentials off: restart the broker without them".into(),
+            ));
+        }
         self.credentials.send_replace(credentials);
         Ok(())
     }

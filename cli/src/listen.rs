@@ -3,7 +3,7 @@
 use std::io::{self, IsTerminal as _};
 use std::time::Duration;
 
-use broadcast_client::{Client, ConnectOptions, Event, Message, SubscribeError};
+use broadcast_client::{Client, ConnectOptions, ErrorCode, Event, Message, SubscribeError};
 use clap::Args;
 use futures::StreamExt as _;
 use futures::stream::{self, LocalBoxStream};
@@ -96,6 +96,8 @@ pub(crate) async fn run(server: &str, args: ListenArgs) -> anyhow::Result<u8> {
 
     let mut received: u64 = 0;
     let mut connection_lost = false;
+    // The broker's last refusal of the credential, which then ends the connection for good.
+    let mut refused: Option<ErrorCode> = None;
     let sleep = async {
         match deadline {
             Some(deadline) => tokio::time::sleep_until(deadline).await,
@@ -120,6 +122,14 @@ pub(crate) async fn run(server: &str, args: ListenArgs) -> anyhow::Result<u8> {
             }
             event = events.next() => {
                 let Some(event) = event else { break Stop::ConnectionLost };
+                if let Event::ServerError { code, message, id: None } = &event
+                    && matches!(code, ErrorCode::Unauthorized | ErrorCode::AuthExpired)
+                {
+                    refused = Some(*code);
+                    if print_line(&json::error_line(*code, message, None)).is_err() {
+                        break Stop::StdoutClosed;
+                    }
+                }
                 match report(&event, &mut connection_lost) {
                     Ok(true) => {}
                     Ok(false) => break Stop::ConnectionLost,
@@ -143,10 +153,20 @@ pub(crate) async fn run(server: &str, args: ListenArgs) -> anyhow::Result<u8> {
             None => Ok(0),
         },
         Stop::Interrupted => Ok(EXIT_INTERRUPTED),
-        Stop::ConnectionLost => Err(Exit::unreachable(format!(
-            "the connection to the broker at {server} is closed for good"
-        ))
-        .into()),
+        Stop::ConnectionLost => match refused {
+            Some(code) => Err(Exit {
+                status: crate::EXIT_UNAUTHORIZED,
+                message: format!(
+                    "the broker at {server} no longer takes the credential ({})",
+                    json::code_name(code)
+                ),
+            }
+            .into()),
+            None => Err(Exit::unreachable(format!(
+                "the connection to the broker at {server} is closed for good"
+            ))
+            .into()),
+        },
     }
 }
 
@@ -197,6 +217,17 @@ async fn setup(
                     "the connection to the broker at {server} closed while subscribing to \
                      channel {channel:?}"
                 ))
+                .into());
+            }
+            Err(SubscribeError::Refused {
+                code: code @ ErrorCode::Forbidden,
+                message,
+            }) => {
+                let _ = print_line(&json::error_line(code, &message, Some(channel)));
+                return Err(Exit {
+                    status: crate::EXIT_FORBIDDEN,
+                    message: format!("cannot subscribe to {channel:?}: {message}"),
+                }
                 .into());
             }
             Err(err) => {

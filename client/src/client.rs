@@ -75,6 +75,18 @@ impl Shared {
         lock(&self.token).clone()
     }
 
+    /// A fresh token from the token source, for the next connection.
+    pub(crate) fn set_token(&self, token: String) {
+        *lock(&self.token) = Some(token);
+    }
+
+    /// Whether the credential's expiry has passed.
+    pub(crate) fn credential_expired(&self) -> bool {
+        self.expires_ms
+            .borrow()
+            .is_some_and(|at| at <= crate::refresh::now_ms())
+    }
+
     /// A `Reauth` was accepted: its token is the one to reconnect with.
     pub(crate) fn reauthed(&self, token: String, expires_ms: Option<u64>) {
         *lock(&self.token) = Some(token);

@@ -3,15 +3,15 @@
 //! runs ([`Connector`]).
 
 use crate::backoff::Backoff;
+use crate::client::Shared;
 use crate::connection::{Connection, frame_kind};
 use crate::inbound::{InboundCodec, Incoming};
-use crate::{ConnectError, ConnectOptions, Event};
+use crate::{ConnectError, ConnectOptions, ErrorCode, Event};
 use broadcast_protocol::{
     ClientFrame, CodecError, FrameCodec, Hello, MAX_FRAME_CAP, PROTOCOL_VERSION, ServerFrame,
 };
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio::sync::broadcast;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tracing::{Instrument, Span, field};
 
@@ -168,12 +168,13 @@ impl Connector {
     /// [`Event::Reconnecting`] is raised before each.
     ///
     /// Cancel-safe: dropped between attempts or during one, it leaves nothing behind.
-    pub(crate) async fn reconnect(
-        &mut self,
-        name: &str,
-        token: Option<&str>,
-        events: &broadcast::Sender<Event>,
-    ) -> Option<Connection> {
+    ///
+    /// With a token source ([`ConnectOptions::token_refresh`]), a credential that has expired
+    /// (or was refused) is renewed before the next attempt; without one, a refused credential
+    /// ends the attempts, as trying it again cannot help.
+    pub(crate) async fn reconnect(&mut self, name: &str, shared: &Shared) -> Option<Connection> {
+        let events = &shared.events;
+        let mut refused = false;
         let mut attempt = 0u32;
         loop {
             attempt = attempt.saturating_add(1);
@@ -187,9 +188,26 @@ impl Connector {
             // No receiver is not an error: nobody is watching events.
             let _ = events.send(Event::Reconnecting { attempt, delay });
             tokio::time::sleep(delay).await;
-            match establish(&self.addr, &self.options, Some(name), token).await {
+            if let Some(refresh) = &self.options.token_refresh
+                && (refused || shared.credential_expired())
+            {
+                match refresh().await {
+                    Ok(token) => shared.set_token(token),
+                    Err(error) => tracing::warn!(%error, "cannot renew the credential"),
+                }
+            }
+            let token = shared.token();
+            match establish(&self.addr, &self.options, Some(name), token.as_deref()).await {
                 Ok(conn) => return Some(conn),
+                Err(ConnectError::Refused {
+                    code: code @ (ErrorCode::Unauthorized | ErrorCode::AuthExpired),
+                    message,
+                }) if self.options.token_refresh.is_none() => {
+                    tracing::error!(?code, %message, "the broker refuses the credential; not reconnecting");
+                    return None;
+                }
                 Err(e) => {
+                    refused = matches!(e, ConnectError::Refused { .. });
                     tracing::warn!(addr = %self.addr, attempt, error = %e, "reconnect failed");
                 }
             }

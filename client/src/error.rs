@@ -97,9 +97,12 @@ pub enum SubscribeError {
     /// The channel name is not valid.
     #[error("invalid channel name: {0}")]
     InvalidName(#[from] NameError),
-    /// The broker refused the subscription (for example, too many subscriptions).
-    #[error("the broker refused the subscription: {message}")]
+    /// The broker refused the subscription (for example, too many subscriptions, or
+    /// `Forbidden` to this identity).
+    #[error("the broker refused the subscription ({code:?}): {message}")]
     Refused {
+        /// The broker's error code.
+        code: ErrorCode,
         /// The broker's explanation.
         message: String,
     },

@@ -11,6 +11,7 @@ use jsonwebtoken::{EncodingKey, Header, encode};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::io::AsyncBufReadExt as _;
 
 type R = anyhow::Result<()>;
 
@@ -282,6 +283,11 @@ async fn a_reload_closes_connections_it_no_longer_admits_and_a_bad_one_changes_n
     let mut bad = settings();
     bad.identities[0].rights.subscribe = list(&["a.>.b"]);
     assert!(handle.reload_auth(&bad).is_err());
+    let off = handle.reload_auth(&AuthSettings::default()).unwrap_err();
+    assert!(
+        off.to_string().contains("cannot turn credentials off"),
+        "{off}"
+    );
     assert!(billing.sync().await?.is_empty());
     assert!(mallory.sync().await?.is_empty());
 
@@ -305,6 +311,74 @@ async fn a_reload_closes_connections_it_no_longer_admits_and_a_bad_one_changes_n
     );
     let (code, _) = refused(b.addr(), hello("mallory", Some("bct_mallory"))).await?;
     assert_eq!(code, ErrorCode::Unauthorized);
+
+    // Rights added and narrowed while connected: a new identity gets in; billing may no
+    // longer send to shipping.eu, from its next message on.
+    let mut eu = as_(b.addr(), "shipping.eu", "shipping").await?;
+    let mut added = next.clone();
+    added
+        .identities
+        .push(identity("late", RightsConfig::default()));
+    added.identities[0].rights.send_clients = list(&["billing"]);
+    handle.reload_auth(&added)?;
+    as_(b.addr(), "late", "late").await?;
+    let id = billing
+        .publish(
+            Target::Client("shipping.eu".into()),
+            b"now forbidden",
+            false,
+        )
+        .await?;
+    assert_eq!(
+        error_in(&billing.sync().await?),
+        Some((ErrorCode::Forbidden, Some(id)))
+    );
+    assert!(eu.sync().await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_forbidden_message_in_a_run_of_persistent_ones_is_answered_where_it_stands() -> R {
+    let b = broker().await?;
+    let mut billing = as_(b.addr(), "billing", "billing").await?;
+    let mut eu = as_(b.addr(), "shipping.eu", "shipping").await?;
+    let to = |n: &str| Target::Client(n.into());
+    let msgs = [
+        publish(to("shipping.eu"), b"1", true),
+        publish(to("hr"), b"2", true),
+        publish(to("shipping.eu"), b"3", true),
+    ];
+    // One write: the broker reads them as one run.
+    for m in &msgs {
+        billing.feed(ClientFrame::Publish(m.clone())).await?;
+    }
+    billing.flush().await?;
+    // Forbidden for the second, at once; the others are delivered in order and accepted
+    // once acknowledged.
+    let first = eu.delivery().await?;
+    let third = eu.delivery().await?;
+    assert_eq!((&first.data[..], &third.data[..]), (&b"1"[..], &b"3"[..]));
+    let tags: Vec<u64> = [first.ack_tag, third.ack_tag]
+        .into_iter()
+        .flatten()
+        .collect();
+    eu.ack(tags).await?;
+    let mut answers = Vec::new();
+    while answers.len() < 3 {
+        match billing.next().await? {
+            ServerFrame::Error(e) => answers.push((e.id.unwrap_or_default(), "forbidden")),
+            ServerFrame::Accepted { id } => answers.push((id, "accepted")),
+            other => anyhow::bail!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        answers,
+        vec![
+            (msgs[1].id.clone(), "forbidden"),
+            (msgs[0].id.clone(), "accepted"),
+            (msgs[2].id.clone(), "accepted"),
+        ]
+    );
     Ok(())
 }
 
@@ -462,6 +536,72 @@ async fn the_cli_reports_unauthorized_and_forbidden_as_json_with_their_own_statu
     ])
     .await?;
     assert_eq!(out.status.code(), Some(0), "{out:?}");
+
+    // billing listens; mallory can neither take its name nor send to it.
+    let mut listener = tokio::process::Command::new(bin_path("broadcast")?)
+        .args(["--server", &addr, "--token", "bct_billing"])
+        .args(["listen", "--name", "billing"])
+        .env_remove("BROADCAST_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = tokio::io::BufReader::new(listener.stdout.take().unwrap()).lines();
+    let mut probe = as_(b.addr(), "shipping.eu", "shipping").await?;
+    // The listener is connected once a message to it is no longer refused as not connected.
+    loop {
+        probe
+            .publish(Target::Client("billing".into()), b"ping?", false)
+            .await?;
+        if probe.sync().await?.is_empty() {
+            break;
+        }
+    }
+    let first = tokio::time::timeout(WAIT, lines.next_line()).await??;
+    let first: serde_json::Value = serde_json::from_str(&first.unwrap_or_default())?;
+    assert_eq!(first["data"], "ping?");
+    let out = run(&[
+        "--token",
+        "bct_mallory",
+        "listen",
+        "--name",
+        "billing",
+        "--count",
+        "1",
+    ])
+    .await?;
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    let refusal: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(refusal["code"], "unauthorized");
+    let mut narrowed = settings();
+    narrowed.identities[2].rights.send_clients = list(&["mallory"]);
+    b.handle()?.reload_auth(&narrowed)?;
+    let out = run(&[
+        "--token",
+        "bct_mallory",
+        "send",
+        "--name",
+        "mallory",
+        "--to",
+        "billing",
+        "x",
+    ])
+    .await?;
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    // billing, still connected, got nothing from mallory before the probe's next message.
+    probe
+        .publish(Target::Client("billing".into()), b"after", false)
+        .await?;
+    loop {
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await??
+            .ok_or_else(|| anyhow::anyhow!("the listener ended"))?;
+        let line: serde_json::Value = serde_json::from_str(&line)?;
+        assert_eq!(line["sender"].as_str(), Some("shipping.eu"), "{line}");
+        if line["data"] == "after" {
+            break;
+        }
+    }
+    listener.kill().await?;
     Ok(())
 }
 
@@ -538,5 +678,152 @@ async fn sighup_rereads_the_credentials_of_the_config_file() -> R {
     );
     assert!(billing.sync().await?.is_empty());
     child.kill().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn messages_queued_through_a_channel_never_reach_an_identity_that_may_not_subscribe_to_it()
+-> R {
+    let owner = |deny: &[&str]| RightsConfig {
+        names: list(&["billing"]),
+        deny_subscribe: deny.iter().map(|s| (*s).to_owned()).collect(),
+        ..RightsConfig::default()
+    };
+    let b = TestBroker::start_with(|c| {
+        c.auth = AuthSettings {
+            identities: vec![
+                identity("first", owner(&[])),
+                identity("second", owner(&["secret"])),
+                identity("sender", RightsConfig::default()),
+            ],
+            ..AuthSettings::default()
+        };
+    })
+    .await?;
+    let mut first = as_(b.addr(), "billing", "first").await?;
+    first.subscribe("secret").await?;
+    first.subscribe("public").await?;
+    drop(first);
+    let mut sender = as_(b.addr(), "sender", "sender").await?;
+    // Wait until billing is away: a message to it is then queued, not delivered.
+    loop {
+        let id = sender
+            .publish(Target::Client("billing".into()), b"probe", false)
+            .await?;
+        let frames = sender.sync().await?;
+        if frames
+            .iter()
+            .any(|f| matches!(f, ServerFrame::DeliveryFailed(n) if n.id == id))
+        {
+            break;
+        }
+    }
+    let secret = sender
+        .publish(Target::Channel("secret".into()), b"secret", true)
+        .await?;
+    let public = sender
+        .publish(Target::Channel("public".into()), b"public", true)
+        .await?;
+    let mut accepted = 0;
+    while accepted < 2 {
+        if let ServerFrame::Accepted { .. } = sender.next().await? {
+            accepted += 1;
+        }
+    }
+
+    // Another identity allowed the name, but not the channel, takes it over.
+    let mut second = as_(b.addr(), "billing", "second").await?;
+    assert_eq!(
+        second.next().await?,
+        ServerFrame::Unsubscribed {
+            channel: "secret".into()
+        }
+    );
+    let d = second.delivery().await?;
+    assert_eq!(
+        (d.id.as_str(), d.channel.as_deref()),
+        (public.as_str(), Some("public"))
+    );
+    second.ack(d.ack_tag).await?;
+    assert!(
+        second.sync().await?.is_empty(),
+        "the secret message never arrives"
+    );
+    // Its sender is told instead.
+    let f = sender.failure().await?;
+    assert_eq!(
+        (f.id.as_str(), f.reason, &f.recipient),
+        (
+            secret.as_str(),
+            broadcast_protocol::FailureReason::NotSubscribed,
+            &broadcast_protocol::Recipient::Client("billing".into())
+        )
+    );
+    Ok(())
+}
+
+/// Waits for the first event `pick` accepts.
+async fn event_where(
+    events: &mut broadcast_client::Events,
+    pick: impl Fn(&broadcast_client::Event) -> bool,
+) -> anyhow::Result<broadcast_client::Event> {
+    use futures::StreamExt as _;
+    tokio::time::timeout(WAIT, async {
+        while let Some(event) = events.next().await {
+            if pick(&event) {
+                return Ok(event);
+            }
+        }
+        anyhow::bail!("the events ended")
+    })
+    .await?
+}
+
+#[tokio::test]
+async fn a_client_whose_credential_is_revoked_stops_unless_its_token_source_renews_it() -> R {
+    use broadcast_client::Event;
+    let b = broker().await?;
+    let handle = b.handle()?;
+    let addr = b.addr().to_string();
+    let plain = Client::connect(
+        &addr,
+        ConnectOptions::new().name("mallory").token("bct_mallory"),
+    )
+    .await?;
+    let renewing = Client::connect(
+        &addr,
+        ConnectOptions::new()
+            .name("shipping.eu")
+            .token("bct_shipping")
+            .reconnect_delay(
+                std::time::Duration::from_millis(1),
+                std::time::Duration::from_millis(10),
+            )
+            .token_refresh(|| async { Ok("bct_shipping.2".to_owned()) }),
+    )
+    .await?;
+    let mut plain_events = plain.events();
+    let mut renewing_events = renewing.events();
+
+    // mallory is removed; shipping's token is replaced by another.
+    let mut next = settings();
+    next.identities.retain(|i| i.identity != "mallory");
+    next.identities[1].tokens_sha256 = vec![token::to_hex(&token::hash("bct_shipping.2"))];
+    handle.reload_auth(&next)?;
+
+    // Without a token source, a refused credential ends the client.
+    event_where(&mut plain_events, |e| matches!(e, Event::Closed)).await?;
+    // With one, the client reconnects with the token it renews.
+    event_where(&mut renewing_events, |e| {
+        matches!(e, Event::Disconnected { .. })
+    })
+    .await?;
+    event_where(&mut renewing_events, |e| {
+        matches!(e, Event::Connected { .. })
+    })
+    .await?;
+    renewing
+        .send_confirmed(OutgoingMessage::to_client("hr", "kept").persistent(true))
+        .await?;
     Ok(())
 }

@@ -72,6 +72,10 @@ struct Args {
     /// A receiver gives up after this many seconds without a message.
     #[arg(long, default_value_t = 5)]
     idle_secs: u64,
+    /// The credential every client presents (BROADCAST_TOKEN), for a broker that requires
+    /// one; a broker that requires none does not check it.
+    #[arg(long, env = "BROADCAST_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 fn main() -> Result<()> {
@@ -108,6 +112,7 @@ async fn bench(a: Args) -> Result<()> {
         per_connection: a.per_connection,
         max_secs: a.max_secs,
         idle_secs: a.idle_secs,
+        token: a.token.clone(),
     };
     let names: Vec<&str> = match a.workload.as_str() {
         "all" => WORKLOADS.to_vec(),

@@ -198,14 +198,22 @@ fn compile(c: &JwtKeyConfig) -> Result<Key, String> {
             if c.public_key.is_some() || c.public_key_file.is_some() {
                 return Err("HS256 takes a secret, not a public key".into());
             }
-            let secret = c.secret.as_deref().ok_or("HS256 needs a secret")?;
+            let secret = match (&c.secret, &c.secret_file) {
+                (Some(secret), None) => secret.as_bytes().to_vec(),
+                (None, Some(path)) => {
+                    let mut bytes = std::fs::read(path)
+                        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                    if bytes.last() == Some(&b'\n') {
+                        bytes.pop();
+                    }
+                    bytes
+                }
+                _ => return Err("HS256 needs exactly one of secret and secret_file".into()),
+            };
             if secret.len() < 32 {
                 return Err("an HS256 secret must be at least 32 bytes".into());
             }
-            (
-                Algorithm::HS256,
-                DecodingKey::from_secret(secret.as_bytes()),
-            )
+            (Algorithm::HS256, DecodingKey::from_secret(&secret))
         }
         JwtAlgorithm::EdDSA | JwtAlgorithm::RS256 => {
             if c.secret.is_some() || c.secret_file.is_some() {

@@ -196,6 +196,24 @@ fn settings_that_cannot_work_are_refused_naming_the_fault() {
 }
 
 #[test]
+fn an_hs256_secret_may_come_from_a_file_and_only_from_one_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("secret");
+    std::fs::write(&path, format!("{SECRET}\n")).unwrap();
+    let mut s = settings();
+    s.jwt_keys[0].secret = None;
+    s.jwt_keys[0].secret_file = Some(path.clone());
+    let c = Credentials::new(&s).unwrap().unwrap();
+    let token = hs256(serde_json::json!({"sub": "a", "exp": now() + 60}));
+    assert_eq!(&*c.authenticate(&token).unwrap().identity, "a");
+    s.jwt_keys[0].secret = Some(SECRET.into());
+    assert!(Credentials::new(&s).unwrap_err().0.contains("exactly one"));
+    s.jwt_keys[0].secret = None;
+    s.jwt_keys[0].secret_file = Some(dir.path().join("missing"));
+    assert!(Credentials::new(&s).unwrap_err().0.contains("cannot read"));
+}
+
+#[test]
 fn secrets_are_not_shown() {
     let s = settings();
     assert!(!format!("{:?}", s).contains(SECRET));

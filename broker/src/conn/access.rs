@@ -140,6 +140,15 @@ impl Access {
         }
     }
 
+    /// The channels (broker names) the connection may receive queued messages through, when
+    /// its rights restrict them.
+    pub(crate) fn channel_filter(&self) -> Option<crate::core::ChannelFilter> {
+        let rights = self.grant.as_ref()?.rights.clone();
+        Some(crate::core::ChannelFilter(Arc::new(
+            move |channel: &str| rights.may_subscribe(shown(channel)),
+        )))
+    }
+
     /// Whether the connection may subscribe to `channel` (as the client names it).
     pub(crate) fn may_subscribe(&self, channel: &str) -> bool {
         self.grant

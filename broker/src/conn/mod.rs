@@ -244,7 +244,11 @@ async fn run(
     }
     // Subscriptions the name kept that this identity may not have are dropped first.
     let keep = |channel: &str| access.may_subscribe(shown(channel));
-    let Ok((old, dropped)) = ctx.engine.register(name.clone(), out.clone(), &keep).await else {
+    let registered = ctx
+        .engine
+        .register(name.clone(), out.clone(), &keep, access.channel_filter())
+        .await;
+    let Ok((old, dropped)) = registered else {
         return;
     };
 
@@ -445,7 +449,7 @@ async fn rights_changed(access: &Access, out: &Outbound, name: &Arc<str>, ctx: &
     let keep = |channel: &str| access.may_subscribe(shown(channel));
     match ctx
         .engine
-        .retain_subscriptions(name, out.conn_id, &keep)
+        .retain_subscriptions(name, out.conn_id, &keep, access.channel_filter())
         .await
     {
         Ok(dropped) => unsubscribed(out, dropped).await,

@@ -3,7 +3,9 @@
 
 use super::ops::{QueueAppend, StoreOp};
 use super::outlet::{OutFrame, Outlet};
-use super::{Client, Core, InflightKind, Now, Refusal, SessionState, State, client_on};
+use super::{
+    ChannelFilter, Client, Core, InflightKind, Now, Refusal, SessionState, State, client_on,
+};
 use crate::encode;
 use crate::maps::{HashMap, HashSet};
 use crate::store::{QueueId, Session, StoredEntry, StoredMessage};
@@ -35,6 +37,7 @@ impl<O: Outlet> Core<O> {
             cursor: 0,
             queue_mode,
             settled_unread: Vec::new(),
+            channels: None,
         };
         let old = st.clients.insert(name.clone(), client);
         // Marked connected, on disk too when it has subscriptions: after a crash the session
@@ -154,6 +157,14 @@ impl<O: Outlet> Core<O> {
             answered,
             new: true,
         })
+    }
+
+    /// Restricts the channels connection `conn_id` of `name` receives queued messages
+    /// through (`None`: no restriction).
+    pub fn set_channel_filter(&mut self, name: &str, conn_id: u64, filter: Option<ChannelFilter>) {
+        if let Some(c) = client_on(&mut self.st.clients, name, conn_id) {
+            c.channels = filter;
+        }
     }
 
     /// Whether connection `conn_id` holds `name`.

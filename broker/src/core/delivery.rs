@@ -197,6 +197,18 @@ impl<O: Outlet> Core<O> {
                 expired.push((seq, entry));
                 continue;
             }
+            if let (StoredEntry::Message(m), Some(allowed)) = (&entry, &client.channels)
+                && let Some(channel) = &m.channel
+                && !(allowed.0)(channel)
+            {
+                // Its channel is one this connection's identity may not subscribe to (the
+                // message was queued for the name under other rights): never handed out.
+                client.cursor = seq + 1;
+                let detail = format!("{name} may not subscribe to {channel}");
+                let notice = notice_for(name, &entry, FailureReason::NotSubscribed, detail);
+                st.give_up(now, name, seq, &entry, notice);
+                return true;
+            }
             let attempts = attempts_of.get(&seq).copied().unwrap_or(0);
             let again = seq <= hwm || attempts > 0;
             let bytes = frame_for(seq, &entry, again);

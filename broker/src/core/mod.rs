@@ -121,6 +121,19 @@ struct Client<O> {
     /// Entries settled without being handed out (expired) since the drainer's last read was
     /// handed back: a read made before may still hold them.
     settled_unread: Vec<Seq>,
+    /// The channels the connection may receive through, when its rights restrict them.
+    channels: Option<ChannelFilter>,
+}
+
+/// Which channels a connection may receive messages through (its rights to subscribe):
+/// queued messages tagged with another channel are not handed to it.
+#[derive(Clone)]
+pub struct ChannelFilter(pub Arc<dyn Fn(&str) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for ChannelFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChannelFilter")
+    }
 }
 
 /// What the broker remembers of a client across disconnects.

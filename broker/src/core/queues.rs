@@ -148,13 +148,18 @@ impl Queues {
         max_messages: u64,
     ) -> Option<String> {
         let (pending, bytes) = self.map.get(queue).map_or((0, 0), |m| (m.pending, m.bytes));
+        // Told to the sender: the name as it knows it, without a namespace.
+        let what = match queue {
+            QueueId::Client(n) => format!("the queue of client {}", crate::namespace::shown(n)),
+            QueueId::Backlog(n) => {
+                format!("the backlog of channel {}", crate::namespace::shown(n))
+            }
+        };
         if pending >= max_messages {
-            Some(format!(
-                "the queue of {queue} holds its limit of {max_messages} messages"
-            ))
+            Some(format!("{what} holds its limit of {max_messages} messages"))
         } else if bytes.saturating_add(size) > cfg.queue_max_bytes {
             Some(format!(
-                "the queue of {queue} holds its limit of {} bytes",
+                "{what} holds its limit of {} bytes",
                 cfg.queue_max_bytes
             ))
         } else if self.stored_bytes.saturating_add(size) > cfg.store_max_bytes {

@@ -74,7 +74,7 @@ pub(super) struct Incoming {
     /// Number of the current connection: a tag is acknowledged only on its own connection.
     epoch: u64,
     /// A `Reauth` sent and not yet answered: its token and its caller.
-    reauth: Option<(String, ReauthReply)>,
+    reauth: std::collections::VecDeque<(String, ReauthReply)>,
 }
 
 type ReauthReply = oneshot::Sender<Result<Option<u64>, crate::ReauthError>>;
@@ -97,7 +97,7 @@ impl Incoming {
             dedup_key: Vec::new(),
             ack_refs: Vec::new(),
             epoch: 0,
-            reauth: None,
+            reauth: std::collections::VecDeque::new(),
         }
     }
 
@@ -123,15 +123,13 @@ impl Incoming {
         self.subscriptions.disconnected();
         self.manual_tags.clear();
         // Its caller learns that the connection ended before the answer.
-        self.reauth = None;
+        self.reauth.clear();
     }
 
     /// A `Reauth` was written; answered by `Reauthed` or an `Unauthorized` error.
     pub(super) fn reauth_sent(&mut self, token: String, reply: ReauthReply) {
-        if let Some((_, earlier)) = self.reauth.replace((token, reply)) {
-            // Only the latest is waited for; the broker answers each in turn.
-            let _ = earlier.send(Err(crate::ReauthError::Closed));
-        }
+        // The broker answers each in turn.
+        self.reauth.push_back((token, reply));
     }
 
     /// Stops for good: callers of `subscribe` still waiting are released.
@@ -271,7 +269,7 @@ impl Incoming {
             }
             ServerFrame::Welcome(_) => tracing::warn!("ignoring a second Welcome"),
             ServerFrame::Reauthed { expires_ms } => {
-                if let Some((token, reply)) = self.reauth.take() {
+                if let Some((token, reply)) = self.reauth.pop_front() {
                     self.shared.reauthed(token, expires_ms);
                     let _ = reply.send(Ok(expires_ms));
                 }
@@ -288,7 +286,7 @@ impl Incoming {
             id: id.clone(),
         });
         if code == ErrorCode::Unauthorized
-            && let Some((_, reply)) = self.reauth.take()
+            && let Some((_, reply)) = self.reauth.pop_front()
         {
             let _ = reply.send(Err(crate::ReauthError::Refused {
                 code,
@@ -309,7 +307,7 @@ impl Incoming {
             )));
         }
         if self.subscriptions.refused_by(code, id.as_deref()) {
-            if self.subscriptions.refuse_oldest(message) {
+            if self.subscriptions.refuse_oldest(code, message) {
                 out.release_held();
             }
         } else {

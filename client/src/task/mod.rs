@@ -200,8 +200,7 @@ impl Task {
             shared,
             ..
         } = self;
-        let token = shared.token();
-        let mut attempts = pin!(connector.reconnect(&name, token.as_deref(), &shared.events));
+        let mut attempts = pin!(connector.reconnect(&name, shared));
         loop {
             tokio::select! {
                 conn = &mut attempts => return conn.ok_or(None),

@@ -116,13 +116,14 @@ impl Subscriptions {
 
     /// The broker refused the oldest outstanding subscription: its callers get the broker's
     /// `message` and its streams end. True when that ends the resubscriptions.
-    pub(super) fn refuse_oldest(&mut self, message: String) -> bool {
+    pub(super) fn refuse_oldest(&mut self, code: ErrorCode, message: String) -> bool {
         let Some(channel) = self.outstanding.pop_front() else {
             return false;
         };
         tracing::warn!(%channel, %message, "subscription refused");
         for reply in self.waiters.remove(&channel).unwrap_or_default() {
             let _ = reply.send(Err(SubscribeError::Refused {
+                code,
                 message: message.clone(),
             }));
         }
@@ -228,10 +229,11 @@ mod tests {
         );
         assert!(!subs.refused_by(ErrorCode::InvalidTarget, None));
 
-        subs.refuse_oldest("too many".into());
+        subs.refuse_oldest(ErrorCode::LimitReached, "too many".into());
         assert_eq!(
             a_answer.try_recv(),
             Ok(Err(SubscribeError::Refused {
+                code: ErrorCode::LimitReached,
                 message: "too many".into()
             }))
         );
@@ -263,7 +265,10 @@ mod tests {
         assert!(subs.is_resubscribing());
         assert!(!subs.subscribed("c"));
         assert!(subs.is_resubscribing());
-        assert!(subs.refuse_oldest("gone".into()), "a refusal answers too");
+        assert!(
+            subs.refuse_oldest(ErrorCode::Internal, "gone".into()),
+            "a refusal answers too"
+        );
         assert!(!subs.is_resubscribing());
     }
 

@@ -1,0 +1,305 @@
+//! Hostile clients against a broker that requires credentials, over TCP: every hijack,
+//! forged or malformed credential and cross-namespace attempt is refused and delivers, queues
+//! or diverts nothing. Each attempt pipelines a message to the victim and a subscription right
+//! behind its `Hello`, so a broker that acted before refusing would be caught.
+
+use broadcast_broker::auth::{
+    AuthSettings, IdentityConfig, JwtAlgorithm, JwtKeyConfig, RightsConfig, token,
+};
+use broadcast_protocol::{
+    ClientFrame, ErrorCode, Hello, PROTOCOL_VERSION, Recipient, ServerFrame, Target,
+};
+use broadcast_tests::{RawClient, TestBroker, WAIT, publish};
+use futures::{SinkExt, StreamExt as _};
+use jsonwebtoken::{EncodingKey, Header, encode};
+use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+type R = anyhow::Result<()>;
+
+const SECRET: &str = "the HS256 secret of the hostile tests";
+
+/// An RSA public key the broker checks RS256 JWTs with (its private key is not needed here:
+/// the attacks below never have it).
+const RSA_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
+MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAxhkG61mXYxCM+zih+eIl
+AJUtOoDhrPULsno0UbBpPAzLN9HMO+Kb2f40YP37mI9R7LePdC7+Abll2dPqXFU7
+50LXFM9egQFQXB1MaNJ48X4uSSvokzDDu3BLwGKAJbf333bQ8aponvIT7CvoPogS
+ISg/h3hL5kAYJDcwNOi3HP2pqKnpwVjf0poNi6WlLv2OTVabTc8VLv4+1Cdov1DZ
+sKmH52TRWaXtUwpYi0006GOylYl2cIzEoPR5Dg4zu8WsaW+aHwW7t9jNanum1Ut3
+uixBWYa4ymsOfdn04/TS/Obw0kjSKUpo3wTD0bPg2ginTinUWOWAOqDFLw5rHVmy
+PQIDAQAB
+-----END PUBLIC KEY-----
+";
+
+fn identity(name: &str, ns: Option<&str>) -> IdentityConfig {
+    IdentityConfig {
+        identity: name.into(),
+        namespace: ns.map(str::to_owned),
+        tokens_sha256: vec![token::to_hex(&token::hash(&format!("bct_{name}")))],
+        rights: RightsConfig::default(),
+    }
+}
+
+async fn broker() -> anyhow::Result<TestBroker> {
+    TestBroker::start_with(|c| {
+        c.auth = AuthSettings {
+            identities: vec![
+                identity("billing", None),
+                identity("mallory", None),
+                identity("tenant-b", Some("b")),
+            ],
+            jwt_keys: vec![
+                JwtKeyConfig {
+                    kid: None,
+                    algorithm: JwtAlgorithm::HS256,
+                    secret: Some(SECRET.into()),
+                    secret_file: None,
+                    public_key: None,
+                    public_key_file: None,
+                },
+                JwtKeyConfig {
+                    kid: None,
+                    algorithm: JwtAlgorithm::RS256,
+                    secret: None,
+                    secret_file: None,
+                    public_key: Some(RSA_PUBLIC.into()),
+                    public_key_file: None,
+                },
+            ],
+            jwt_leeway_secs: 0,
+            ..AuthSettings::default()
+        };
+    })
+    .await
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn hs256(key: &[u8], claims: serde_json::Value) -> String {
+    encode(&Header::default(), &claims, &EncodingKey::from_secret(key)).unwrap()
+}
+
+/// `token` with its claims replaced by `claims`, its header and signature kept.
+fn tampered(token: &str, claims: &serde_json::Value) -> String {
+    let mut parts = token.split('.');
+    let (header, _, signature) = (parts.next().unwrap(), parts.next(), parts.next().unwrap());
+    format!(
+        "{header}.{}.{signature}",
+        b64(claims.to_string().as_bytes())
+    )
+}
+
+/// Every credential an attacker might try for the name `billing`, by kind.
+fn hostile_hellos() -> Vec<(&'static str, Hello)> {
+    let t = now();
+    let billing = |exp: u64| serde_json::json!({"sub": "billing", "exp": exp});
+    let valid = hs256(SECRET.as_bytes(), billing(t + 600));
+    let hello = |token: Option<String>, ns: Option<&str>| Hello {
+        version: PROTOCOL_VERSION,
+        name: Some("billing".into()),
+        token,
+        namespace: ns.map(str::to_owned),
+        max_frame: broadcast_protocol::DEFAULT_MAX_FRAME,
+        heartbeat_ms: 0,
+    };
+    let unsigned = format!(
+        "{}.{}.",
+        b64(br#"{"alg":"none","typ":"JWT"}"#),
+        b64(billing(t + 600).to_string().as_bytes())
+    );
+    vec![
+        ("no token", hello(None, None)),
+        (
+            "version 1",
+            Hello {
+                version: 1,
+                ..hello(None, None)
+            },
+        ),
+        (
+            "unknown service token",
+            hello(Some("bct_guessed".into()), None),
+        ),
+        (
+            "another identity's token",
+            hello(Some("bct_mallory".into()), None),
+        ),
+        (
+            "a namespace not granted",
+            hello(Some("bct_tenant-b".into()), Some("c")),
+        ),
+        (
+            "an identity of another namespace",
+            hello(Some("bct_tenant-b".into()), None),
+        ),
+        (
+            "forged signature",
+            hello(
+                Some(hs256(
+                    b"not the broker's secret, but long enough",
+                    billing(t + 600),
+                )),
+                None,
+            ),
+        ),
+        (
+            "expired",
+            hello(Some(hs256(SECRET.as_bytes(), billing(t - 60))), None),
+        ),
+        (
+            "not yet valid",
+            hello(
+                Some(hs256(
+                    SECRET.as_bytes(),
+                    serde_json::json!({"sub": "billing", "exp": t + 600, "nbf": t + 300}),
+                )),
+                None,
+            ),
+        ),
+        ("alg none", hello(Some(unsigned), None)),
+        (
+            "HS256 signed with the RS256 public key",
+            hello(Some(hs256(RSA_PUBLIC.as_bytes(), billing(t + 600))), None),
+        ),
+        (
+            "truncated",
+            hello(Some(valid[..valid.len() - 5].to_owned()), None),
+        ),
+        (
+            "claims changed under a valid signature",
+            hello(Some(tampered(&valid, &billing(t + 6000))), None),
+        ),
+        ("garbage", hello(Some("a.b.c".into()), None)),
+        ("empty", hello(Some(String::new()), None)),
+    ]
+}
+
+/// Sends `hello` with a message to `billing` and a subscription behind it, in one write;
+/// returns the code of the error the broker closed with.
+async fn attempt(addr: SocketAddr, hello: Hello) -> anyhow::Result<ErrorCode> {
+    let mut io = RawClient::open(addr).await?;
+    io.feed(&ClientFrame::Hello(hello)).await?;
+    let msg = publish(Target::Client("billing".into()), b"stolen", true);
+    io.feed(&ClientFrame::Publish(msg)).await?;
+    io.feed(&ClientFrame::Subscribe {
+        channel: "news".into(),
+    })
+    .await?;
+    SinkExt::<&ClientFrame>::flush(&mut io).await?;
+    let mut code = None;
+    loop {
+        match tokio::time::timeout(WAIT, io.next()).await? {
+            None | Some(Err(_)) => break,
+            Some(Ok(Ok(ServerFrame::Error(e)))) if code.is_none() => code = Some(e.code),
+            Some(other) => anyhow::bail!("after the refusal, the broker sent {other:?}"),
+        }
+    }
+    code.ok_or_else(|| anyhow::anyhow!("closed without an error"))
+}
+
+#[tokio::test]
+async fn hijacks_forgeries_and_malformed_credentials_are_refused_and_divert_nothing() -> R {
+    let b = broker().await?;
+    let mut billing = RawClient::connect_with(
+        b.addr(),
+        Hello {
+            token: Some("bct_billing".into()),
+            ..broadcast_tests::hello(Some("billing"))
+        },
+    )
+    .await?;
+    billing.subscribe("news").await?;
+    const ROUNDS: usize = 20;
+    let mut attempts = 0;
+    for _ in 0..ROUNDS {
+        for (kind, hello) in hostile_hellos() {
+            let code = attempt(b.addr(), hello).await?;
+            let expected = if kind == "version 1" {
+                ErrorCode::BadHandshake
+            } else {
+                ErrorCode::Unauthorized
+            };
+            assert_eq!(code, expected, "{kind}");
+            attempts += 1;
+        }
+    }
+    // The victim is still connected, got nothing, and its queue holds nothing.
+    let leaked = billing.sync().await?;
+    assert!(leaked.is_empty(), "{leaked:?}");
+    let others = b.handle()?.connected_clients();
+    assert_eq!(others, ["billing"], "no attacker is connected");
+    eprintln!(
+        "hostile credentials: {attempts} attempts of {} kinds, {} messages leaked",
+        hostile_hellos().len(),
+        leaked.len()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_namespace_reaches_nothing_of_another_with_any_target_kind() -> R {
+    let b = broker().await?;
+    let token = |name: &str| Hello {
+        token: Some(format!("bct_{name}")),
+        ..broadcast_tests::hello(Some(name))
+    };
+    let mut billing = RawClient::connect_with(b.addr(), token("billing")).await?;
+    billing.subscribe("news").await?;
+    let mut tenant = RawClient::connect_with(b.addr(), token("tenant-b")).await?;
+    assert_eq!(tenant.welcome.namespace.as_deref(), Some("b"));
+    let targets = [
+        Target::Client("billing".into()),
+        Target::Group(vec!["billing".into(), "mallory".into()]),
+        Target::Channel("news".into()),
+        Target::Channels(vec!["news".into(), "other".into()]),
+        Target::ClientInChannel {
+            client: "billing".into(),
+            channel: "news".into(),
+        },
+        Target::All,
+    ];
+    let mut attempts = 0;
+    for persistent in [false, true] {
+        for target in &targets {
+            tenant.publish(target.clone(), b"cross", persistent).await?;
+            attempts += 1;
+            for frame in tenant.sync().await? {
+                // What the tenant hears back names only its own namespace's view.
+                if let ServerFrame::DeliveryFailed(f) = &frame {
+                    match &f.recipient {
+                        Recipient::Client(n) | Recipient::Channel(n) => {
+                            assert!(!n.contains('\u{1f}'), "{frame:?}");
+                        }
+                        Recipient::All => {}
+                    }
+                    assert!(!f.detail.contains('\u{1f}'), "{frame:?}");
+                }
+            }
+        }
+    }
+    let leaked = billing.sync().await?;
+    assert!(leaked.is_empty(), "{leaked:?}");
+    // The persistent ones wait in namespace b, for b's billing: default's billing never
+    // gets them, even reconnecting.
+    drop(billing);
+    let mut again = RawClient::connect_with(b.addr(), token("billing")).await?;
+    let after = again.sync().await?;
+    assert!(after.is_empty(), "{after:?}");
+    eprintln!(
+        "cross-namespace: {attempts} messages of {} target kinds, {} leaked",
+        targets.len(),
+        leaked.len() + after.len()
+    );
+    Ok(())
+}
