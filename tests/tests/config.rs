@@ -205,3 +205,31 @@ async fn listening_beyond_loopback_without_credentials_needs_to_be_asked_for() -
     assert!(stdout(&out).contains("allow_unauthenticated = true"));
     Ok(())
 }
+
+#[tokio::test]
+async fn token_new_prints_the_token_then_config_lines_that_admit_it() -> R {
+    let out = broker(&["token", "new", "--identity", "billing"], &[]).await?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let (token, lines) = text.split_once('\n').context("two parts")?;
+    assert!(token.starts_with("bct_") && token.len() > 40, "{token:?}");
+    assert!(
+        !lines.contains(token),
+        "the token is shown once, not in the config lines"
+    );
+    // The lines, appended to a config file, admit the token for its identity.
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("broker.toml");
+    std::fs::write(&file, lines)?;
+    let settings = broadcast_broker::Settings::from_file(&file)?;
+    let credentials = broadcast_broker::auth::Credentials::new(&settings.auth)?
+        .context("credentials configured")?;
+    let grant = credentials
+        .authenticate(token)
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(&*grant.identity, "billing");
+    assert!(credentials.authenticate("bct_other").is_err());
+    let refused = broker(&["token", "new", "--identity", "$broker"], &[]).await?;
+    assert!(!refused.status.success());
+    Ok(())
+}
