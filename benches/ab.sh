@@ -6,6 +6,8 @@
 #   benches/ab.sh OLD_BROKER NEW_BROKER LOADGEN ROUNDS OUT_DIR [WORKLOADS] [-- LOADGEN_ARGS...]
 #
 # WORKLOADS is a comma-separated list (default: throughput,latency,fanout,fanin,persistent,offline).
+# OLD_LOADGEN_ARGS and NEW_LOADGEN_ARGS, when set, are added to the load generator's arguments
+# for that side only (for example --tls-ca for a broker started by benches/tls-broker.sh).
 # Raw JSON lines, each with "broker":"old" or "new", are appended to OUT_DIR/ab.jsonl.
 set -euo pipefail
 
@@ -26,7 +28,9 @@ trap 'rm -f "$mine"' EXIT
 
 run() { # broker label workload
   sync
-  "$loadgen" --spawn-binary "$1" --workload "$3" --runs 1 "${extra[@]}" 2>>"$out/ab.stderr" |
+  local side=()
+  if [ "$2" = old ]; then read -r -a side <<<"${OLD_LOADGEN_ARGS:-}"; else read -r -a side <<<"${NEW_LOADGEN_ARGS:-}"; fi
+  "$loadgen" --spawn-binary "$1" --workload "$3" --runs 1 "${extra[@]}" "${side[@]}" 2>>"$out/ab.stderr" |
     grep -v '"run":"median"' | sed "s/^{/{\"broker\":\"$2\",/" | tee -a "$raw" >>"$mine"
 }
 

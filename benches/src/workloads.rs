@@ -54,6 +54,8 @@ pub struct Params {
     pub idle_secs: u64,
     /// The credential every client presents, for a broker that requires one.
     pub token: Option<String>,
+    /// TLS: every client connects with this configuration.
+    pub tls: Option<Arc<broadcast_client::rustls::ClientConfig>>,
 }
 
 impl Default for Params {
@@ -72,6 +74,7 @@ impl Default for Params {
             max_secs: 180,
             idle_secs: 5,
             token: None,
+            tls: None,
         }
     }
 }
@@ -109,6 +112,7 @@ pub async fn run(name: &str, addr: &str, tag: &str, p: &Params) -> Result<Value>
         addr: addr.to_owned(),
         tag: tag.to_owned(),
         token: p.token.clone(),
+        tls: p.tls.clone(),
     };
     match name {
         "throughput" => throughput(&run, p).await,
@@ -126,6 +130,7 @@ struct Run {
     addr: String,
     tag: String,
     token: Option<String>,
+    tls: Option<Arc<broadcast_client::rustls::ClientConfig>>,
 }
 
 impl Run {
@@ -143,6 +148,9 @@ impl Run {
     async fn connect_with(&self, name: &str, mut options: ConnectOptions) -> Result<Client> {
         if let Some(token) = &self.token {
             options = options.token(token.clone());
+        }
+        if let Some(tls) = &self.tls {
+            options = options.tls(tls.clone());
         }
         let connecting = options.name(name).connect(self.addr.as_str());
         tokio::time::timeout(Duration::from_secs(30), connecting)

@@ -40,12 +40,13 @@ pub mod server;
 pub mod settings;
 pub mod store;
 mod sweeper;
+pub mod tls;
 
 pub use admin::AdminOptions;
 pub use config::{Config, ConfigError, SyncMode};
 pub use error::BrokerError;
 pub use handle::{BrokerHandle, Observed};
-pub use server::Broker;
+pub use server::{Broker, Listeners};
 pub use settings::{LogFormat, Overrides, Settings, SettingsError};
 
 /// Sender name of messages that the broker itself sends (see [`BrokerHandle::publish`]).

@@ -1,6 +1,7 @@
 //! `broadcast-broker`: runs the Broadcast message broker.
 
 use anyhow::Context as _;
+use broadcast_broker::tls::{TlsConfig, server_config};
 use broadcast_broker::{AdminOptions, Broker, LogFormat, Overrides, Settings};
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use std::io::IsTerminal as _;
@@ -110,10 +111,17 @@ fn parse_args() -> Args {
 /// Refuses to listen for clients anywhere but on loopback unless the operator says so: the
 /// broker has no credentials yet, so anyone who reaches the port can connect under any name.
 async fn check_exposure(settings: &Settings) -> anyhow::Result<()> {
-    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host(&settings.listen)
+    let mut addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host(&settings.listen)
         .await
         .with_context(|| format!("cannot resolve {}", settings.listen))?
         .collect();
+    if !settings.tls_listen.is_empty() {
+        addrs.extend(
+            tokio::net::lookup_host(&settings.tls_listen)
+                .await
+                .with_context(|| format!("cannot resolve {}", settings.tls_listen))?,
+        );
+    }
     let exposed: Vec<String> = addrs
         .iter()
         .filter(|a| !a.ip().is_loopback())
@@ -212,12 +220,21 @@ fn run(args: Args) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen on {} (admin)", settings.admin_listen))?;
             Some(listener)
         };
+        let tls = tls_listener(&settings).await?;
+        let tls_config = tls.as_ref().map(|(_, config)| config.clone());
         // Watched before the broker serves, so that a SIGHUP from then on reloads and never
         // ends the process.
         let hangup = watch_hangup();
         let shutdown = CancellationToken::new();
-        let broker = Broker::start(config, listener, shutdown.clone()).await?;
+        let listeners = broadcast_broker::Listeners {
+            plain: listener,
+            tls,
+        };
+        let broker = Broker::start(config, listeners, shutdown.clone()).await?;
         eprintln!("broadcast-broker listening on {}", broker.local_addr());
+        if let Some(addr) = broker.tls_addr() {
+            eprintln!("broadcast-broker listening with TLS on {addr}");
+        }
         let stopped = CancellationToken::new();
         let admin = if let Some(listener) = admin_listener {
             if let Ok(addr) = listener.local_addr() {
@@ -239,7 +256,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         } else {
             None
         };
-        tokio::spawn(reload_on_hangup(hangup, config_file, broker.handle()));
+        let reload = Reload {
+            file: config_file,
+            broker: broker.handle(),
+            tls: tls_config,
+        };
+        tokio::spawn(reload_on_hangup(hangup, reload));
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!("signal received, shutting down");
@@ -276,38 +298,88 @@ fn watch_hangup() -> Option<Hangup> {
     None
 }
 
-/// Re-reads the credentials (`[auth]`) of the config file on each SIGHUP. A file that cannot
-/// be read or fails validation changes nothing, and says why.
-async fn reload_on_hangup(
-    hangup: Option<Hangup>,
+/// The TLS listener and its configuration, when `tls_listen` is set.
+async fn tls_listener(
+    settings: &Settings,
+) -> anyhow::Result<Option<(tokio::net::TcpListener, std::sync::Arc<TlsConfig>)>> {
+    if settings.tls_listen.is_empty() {
+        return Ok(None);
+    }
+    if settings.tls_cert.is_empty() || settings.tls_key.is_empty() {
+        anyhow::bail!("tls_listen needs tls_cert and tls_key");
+    }
+    let config = server_config(
+        Path::new(&settings.tls_cert),
+        Path::new(&settings.tls_key),
+        client_ca(settings),
+    )?;
+    let listener = tokio::net::TcpListener::bind(&settings.tls_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (TLS)", settings.tls_listen))?;
+    Ok(Some((
+        listener,
+        std::sync::Arc::new(TlsConfig::new(config)),
+    )))
+}
+
+/// The CA certificates TLS client certificates are verified against, if set.
+fn client_ca(settings: &Settings) -> Option<&Path> {
+    Some(Path::new(&settings.tls_client_ca)).filter(|p| !p.as_os_str().is_empty())
+}
+
+/// What a SIGHUP reloads.
+struct Reload {
     file: Option<PathBuf>,
     broker: broadcast_broker::BrokerHandle,
-) {
+    tls: Option<std::sync::Arc<TlsConfig>>,
+}
+
+/// On each SIGHUP, re-reads the credentials (`[auth]`) of the config file and the TLS
+/// certificate and key (for connections accepted afterwards). What cannot be read or fails
+/// validation changes nothing, and says why.
+async fn reload_on_hangup(hangup: Option<Hangup>, reload: Reload) {
     #[cfg(unix)]
     {
         let Some(mut hangup) = hangup else {
             return;
         };
         while hangup.recv().await.is_some() {
-            let Some(file) = &file else {
+            let Some(file) = &reload.file else {
                 tracing::warn!("SIGHUP: there is no config file to reload");
                 continue;
             };
-            let reloaded = Settings::from_file(file)
-                .map_err(|e| format!("{e:#}"))
-                .and_then(|s| broker.reload_auth(&s.auth).map_err(|e| e.to_string()));
-            match reloaded {
+            let settings = match Settings::from_file(file) {
+                Ok(settings) => settings,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "credentials NOT reloaded: the ones in force stay");
+                    continue;
+                }
+            };
+            match reload.broker.reload_auth(&settings.auth) {
                 Ok(()) => tracing::info!(file = %file.display(), "credentials reloaded"),
                 Err(e) => tracing::error!(
                     error = %e,
                     "credentials NOT reloaded: the ones in force stay"
                 ),
             }
+            if let Some(tls) = &reload.tls {
+                let (cert, key) = (Path::new(&settings.tls_cert), Path::new(&settings.tls_key));
+                match server_config(cert, key, client_ca(&settings)) {
+                    Ok(config) => {
+                        tls.replace(config);
+                        tracing::info!("TLS certificate reloaded");
+                    }
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        "TLS certificate NOT reloaded: the one in force stays"
+                    ),
+                }
+            }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = (hangup, file, broker);
+        let _ = (hangup, reload);
     }
 }
 

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Why a connection was refused before its handshake completed, as metrics label it.
-pub(crate) const REFUSALS: [&str; 10] = [
+pub(crate) const REFUSALS: [&str; 11] = [
     "max_connections",
     "max_connections_per_address",
     "connections_per_address_per_sec",
@@ -32,6 +32,7 @@ pub(crate) const REFUSALS: [&str; 10] = [
     "frame_too_large",
     "limit_reached",
     "unauthorized",
+    "tls_handshake",
 ];
 
 /// The refusal label of a handshake refused with `code`.
@@ -46,6 +47,9 @@ pub(crate) fn refusal(code: ErrorCode) -> usize {
         _ => 4,
     }
 }
+
+/// The refusal label of a failed or timed-out TLS handshake.
+pub(crate) const REFUSED_TLS: usize = 10;
 
 /// The refusal label of the connection limit.
 pub(crate) const REFUSED_MAX_CONNECTIONS: usize = 0;

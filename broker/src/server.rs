@@ -8,6 +8,7 @@ use crate::error::BrokerError;
 use crate::handle::BrokerHandle;
 use crate::store::{QueueStore, SledOptions, SledStore};
 use crate::sweeper;
+use crate::tls::TlsConfig;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,10 +17,28 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// Where a broker takes connections: a plaintext listener, and a TLS one beside it when
+/// configured.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Plaintext clients.
+    pub plain: TcpListener,
+    /// TLS clients, with the configuration their connections are accepted with (replace it to
+    /// renew the certificate for connections accepted afterwards).
+    pub tls: Option<(TcpListener, Arc<TlsConfig>)>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(plain: TcpListener) -> Self {
+        Self { plain, tls: None }
+    }
+}
+
 /// A running broker.
 #[derive(Debug)]
 pub struct Broker {
     addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
     handle: BrokerHandle,
     task: JoinHandle<Result<(), BrokerError>>,
 }
@@ -35,7 +54,7 @@ impl Broker {
     /// local address.
     pub async fn start(
         config: Config,
-        listener: TcpListener,
+        listener: impl Into<Listeners>,
         shutdown: CancellationToken,
     ) -> Result<Self, BrokerError> {
         config.validate()?;
@@ -69,11 +88,16 @@ impl Broker {
     pub async fn start_with_store(
         config: Config,
         store: Arc<dyn QueueStore>,
-        listener: TcpListener,
+        listener: impl Into<Listeners>,
         shutdown: CancellationToken,
     ) -> Result<Self, BrokerError> {
         config.validate()?;
-        let addr = listener.local_addr().map_err(BrokerError::Listener)?;
+        let Listeners { plain, tls } = listener.into();
+        let addr = plain.local_addr().map_err(BrokerError::Listener)?;
+        let tls_addr = match &tls {
+            Some((l, _)) => Some(l.local_addr().map_err(BrokerError::Listener)?),
+            None => None,
+        };
         let rt = tokio::runtime::Handle::current();
         let cfg = config.clone();
         let engine = tokio::task::spawn_blocking(move || Engine::start(cfg, store, rt))
@@ -92,12 +116,14 @@ impl Broker {
             })?
             .map(Arc::new);
         let credentials = Arc::new(tokio::sync::watch::Sender::new(credentials));
+        let config_for_admission = config.clone();
         let ctx = Arc::new(Context {
             engine: engine.clone(),
             config,
             shutdown: shutdown.clone(),
             partial: Arc::new(partial),
             credentials: credentials.clone(),
+            admission: crate::conn::Admission::new(&config_for_admission),
         });
         let handle = BrokerHandle {
             engine: engine.clone(),
@@ -107,7 +133,15 @@ impl Broker {
         let task = tokio::spawn(async move {
             let tracker = TaskTracker::new();
             tracker.spawn(sweeper::run(engine.clone(), every, shutdown.clone()));
-            listener::accept_loop(listener, ctx, &tracker).await;
+            match tls {
+                Some((tls_listener, tls_config)) => {
+                    let plain_loop = listener::accept_loop(plain, None, ctx.clone(), &tracker);
+                    let tls_loop =
+                        listener::accept_loop(tls_listener, Some(tls_config), ctx, &tracker);
+                    tokio::join!(plain_loop, tls_loop);
+                }
+                None => listener::accept_loop(plain, None, ctx, &tracker).await,
+            }
             tracker.close();
             tracing::info!(connections = tracker.len(), "shutting down");
             let grace = drain + Duration::from_secs(1);
@@ -119,12 +153,25 @@ impl Broker {
             engine.persist.shutdown().await.map_err(BrokerError::Store)
         });
         tracing::info!(%addr, "broker listening");
-        Ok(Self { addr, handle, task })
+        if let Some(tls_addr) = tls_addr {
+            tracing::info!(%tls_addr, "broker listening with TLS");
+        }
+        Ok(Self {
+            addr,
+            tls_addr,
+            handle,
+            task,
+        })
     }
 
-    /// The address the broker listens on.
+    /// The address the broker listens on for plaintext clients.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address the broker listens on for TLS clients, if it does.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// A handle to send messages as the broker and observe client messages.

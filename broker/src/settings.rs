@@ -79,6 +79,17 @@ settings! {
     /// Address to listen on for clients. Anything but a loopback address needs
     /// allow_unauthenticated: the broker has no credentials yet.
     listen: String = "BROADCAST_LISTEN",
+    /// Address to listen on for clients over TLS (encrypted from the first byte); empty: no
+    /// TLS listener. Needs tls_cert and tls_key.
+    tls_listen: String = "BROADCAST_TLS_LISTEN",
+    /// The TLS listener's certificate chain, PEM; re-read on SIGHUP for new connections.
+    tls_cert: String = "BROADCAST_TLS_CERT",
+    /// The TLS listener's private key, PEM; re-read on SIGHUP for new connections.
+    tls_key: String = "BROADCAST_TLS_KEY",
+    /// CA certificates (PEM) that TLS clients' certificates are verified against; empty:
+    /// clients present none. A verified certificate whose name an identity lists in
+    /// `certificates` proves that identity; clients without one present a token.
+    tls_client_ca: String = "BROADCAST_TLS_CLIENT_CA",
     /// Let clients connect without credentials on an address other than loopback (anyone who
     /// reaches the port can then connect under any name); the broker warns at start.
     allow_unauthenticated: bool = "BROADCAST_ALLOW_UNAUTHENTICATED",
@@ -197,6 +208,10 @@ impl Default for Settings {
         let c = Config::default();
         Self {
             listen: "127.0.0.1:7400".to_owned(),
+            tls_listen: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            tls_client_ca: String::new(),
             allow_unauthenticated: false,
             data_dir: c.data_dir,
             log: "info".to_owned(),

@@ -32,6 +32,9 @@ pub(crate) struct ListenArgs {
     /// The namespace, from the global `--namespace`.
     #[arg(skip)]
     pub(crate) namespace: Option<String>,
+    /// TLS, from a `tls://` server and the global `--tls-*` options.
+    #[arg(skip)]
+    pub(crate) tls: Option<std::sync::Arc<broadcast_client::rustls::ClientConfig>>,
     /// Name to connect under; messages sent to this name are printed. A running client with
     /// the same name is disconnected by the broker.
     #[arg(long, value_name = "NAME", value_parser = parse_client_name)]
@@ -186,6 +189,9 @@ async fn setup(
     }
     if let Some(namespace) = &args.namespace {
         options = options.namespace(namespace.clone());
+    }
+    if let Some(tls) = &args.tls {
+        options = options.tls(tls.clone());
     }
     let connect = options
         .name(args.name.clone())

@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::io::{self, Write as _};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -51,7 +52,7 @@ const EXIT_INTERRUPTED: u8 = 130;
         echo -n 'raw bytes' | broadcast send --to alice -"
 )]
 struct Cli {
-    /// Address of the broker, as HOST:PORT.
+    /// Address of the broker, as HOST:PORT, or tls://HOST:PORT for TLS (with --tls-ca).
     #[arg(
         long,
         global = true,
@@ -80,6 +81,30 @@ struct Cli {
         env = "BROADCAST_NAMESPACE"
     )]
     namespace: Option<String>,
+
+    /// TLS: the CA certificates (PEM) the broker's certificate must chain to.
+    #[arg(long, global = true, value_name = "FILE", env = "BROADCAST_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+
+    /// TLS: a client certificate chain (PEM) to present, with --tls-key.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "BROADCAST_TLS_CERT",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+
+    /// TLS: the client certificate's private key (PEM).
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "BROADCAST_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
 
     /// What to do.
     #[command(subcommand)]
@@ -196,6 +221,30 @@ fn connect_failed(server: &str, err: &ConnectError) -> Exit {
     ))
 }
 
+/// The broker's `HOST:PORT` and, for a `tls://` address, the TLS configuration.
+fn broker_address(
+    cli: &Cli,
+) -> anyhow::Result<(
+    String,
+    Option<std::sync::Arc<broadcast_client::rustls::ClientConfig>>,
+)> {
+    let Some(addr) = cli.server.strip_prefix("tls://") else {
+        if cli.tls_ca.is_some() {
+            anyhow::bail!("--tls-ca needs a tls:// server address");
+        }
+        return Ok((cli.server.clone(), None));
+    };
+    let Some(ca) = &cli.tls_ca else {
+        anyhow::bail!("a tls:// server needs --tls-ca (the CA its certificate chains to)");
+    };
+    let identity = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+        _ => None,
+    };
+    let config = broadcast_client::tls::client_config(ca, identity)?;
+    Ok((addr.to_owned(), Some(config)))
+}
+
 /// Writes one line to stdout and flushes it, so that a script reading a pipe sees every line
 /// as soon as it is printed.
 fn print_line(line: &str) -> io::Result<()> {
@@ -260,16 +309,25 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        let connect = || broker_address(&cli);
+        match &cli.command {
+            Command::Listen(_) | Command::Send(_) => {}
+            Command::Stats(args) => return admin::stats(args),
+            Command::Queues(args) => return admin::queues(args),
+        }
+        let (server, tls) = connect()?;
         match cli.command {
             Command::Listen(mut args) => {
                 args.token = cli.token;
                 args.namespace = cli.namespace;
-                listen::run(&cli.server, args).await
+                args.tls = tls;
+                listen::run(&server, args).await
             }
             Command::Send(mut args) => {
                 args.token = cli.token;
                 args.namespace = cli.namespace;
-                send::run(&cli.server, *args).await
+                args.tls = tls;
+                send::run(&server, *args).await
             }
             Command::Stats(args) => admin::stats(&args),
             Command::Queues(args) => admin::queues(&args),

@@ -32,6 +32,9 @@ pub(crate) struct SendArgs {
     /// The namespace, from the global `--namespace`.
     #[arg(skip)]
     pub(crate) namespace: Option<String>,
+    /// TLS, from a `tls://` server and the global `--tls-*` options.
+    #[arg(skip)]
+    pub(crate) tls: Option<std::sync::Arc<broadcast_client::rustls::ClientConfig>>,
     /// Name to connect under (the broker makes one up when absent). A running client with the
     /// same name is disconnected by the broker.
     #[arg(long, value_name = "NAME", value_parser = parse_client_name)]
@@ -303,6 +306,9 @@ pub(crate) async fn run(server: &str, mut args: SendArgs) -> anyhow::Result<u8> 
     }
     if let Some(namespace) = args.namespace.take() {
         options = options.namespace(namespace);
+    }
+    if let Some(tls) = args.tls.take() {
+        options = options.tls(tls);
     }
     let client = options
         .connect(server)

@@ -4,7 +4,7 @@
 
 use crate::backoff::Backoff;
 use crate::client::Shared;
-use crate::connection::{Connection, frame_kind};
+use crate::connection::{Connection, ReadHalf, WriteHalf, frame_kind};
 use crate::inbound::{InboundCodec, Incoming};
 use crate::{ConnectError, ConnectOptions, ErrorCode, Event};
 use broadcast_protocol::{
@@ -43,7 +43,22 @@ async fn handshake(
     let stream = TcpStream::connect(addr).await?;
     // Small frames (acks, pings, short messages) must not wait for Nagle's algorithm.
     stream.set_nodelay(true)?;
-    let (read, write) = stream.into_split();
+    let (read, write): (ReadHalf, WriteHalf) = match &options.tls {
+        None => {
+            let (read, write) = stream.into_split();
+            (Box::new(read), Box::new(write))
+        }
+        Some(tls) => {
+            let name = crate::tls::server_name(options.server_name.as_deref(), addr)?;
+            let connector = tokio_rustls::TlsConnector::from(tls.clone());
+            let stream = connector
+                .connect(name, stream)
+                .await
+                .map_err(|e| ConnectError::Tls(format!("TLS handshake with {addr} failed: {e}")))?;
+            let (read, write) = tokio::io::split(stream);
+            (Box::new(read), Box::new(write))
+        }
+    };
     let mut reader = FramedRead::new(read, InboundCodec::new(options.max_frame));
     let mut writer = FramedWrite::new(write, FrameCodec::new(options.max_frame, options.max_frame));
     let hello = ClientFrame::Hello(Hello {
@@ -103,6 +118,17 @@ async fn handshake(
 fn codec_error(e: CodecError) -> ConnectError {
     match e {
         CodecError::Io(e) => ConnectError::Io(e),
+        // A TLS record (alert 0x15 or handshake 0x16, version 0x03 0x0N) read as a frame
+        // header: the address is a TLS listener.
+        CodecError::FrameTooLarge { len, .. }
+            if matches!(len >> 24, 0x15 | 0x16) && (len >> 16) & 0xff == 0x03 =>
+        {
+            ConnectError::Protocol(
+                "the broker speaks TLS on this address: connect with TLS (a tls:// address, \
+                 ConnectOptions::tls)"
+                    .into(),
+            )
+        }
         other => ConnectError::Protocol(other.to_string()),
     }
 }

@@ -27,6 +27,10 @@ pub enum ConnectError {
     /// The peer did not speak the Broadcast protocol as expected.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// TLS could not be set up: the handshake failed (a certificate not trusted, expired, or
+    /// for another name), or the TLS files cannot be used.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// Every connection attempt allowed by
     /// [`ConnectOptions::max_reconnect_attempts`](crate::ConnectOptions::max_reconnect_attempts)
     /// failed; the error of each attempt was logged at `warn` level.

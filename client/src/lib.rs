@@ -131,6 +131,7 @@ pub mod options;
 mod refresh;
 pub mod subscription;
 mod task;
+pub mod tls;
 mod unconfirmed;
 
 pub use broadcast_protocol::{ErrorCode, FailureReason, Recipient, Target};
@@ -139,4 +140,6 @@ pub use error::{ConnectError, ReauthError, SendError, SubscribeError};
 pub use events::{Event, Events};
 pub use message::{Message, OutgoingMessage};
 pub use options::{ConnectOptions, TokenRefresh};
+/// The TLS library the client uses, for [`ConnectOptions::tls`].
+pub use rustls;
 pub use subscription::{DirectMessages, Subscription};

@@ -72,6 +72,10 @@ pub struct ConnectOptions {
     pub(crate) token: Option<String>,
     /// The namespace asked for in `Hello` (version 2).
     pub(crate) namespace: Option<String>,
+    /// TLS: the client configuration (trusted CAs, a client certificate).
+    pub(crate) tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// TLS: the name the broker's certificate must hold (default: the address's host).
+    pub(crate) server_name: Option<String>,
     /// Makes a fresh token before the current one expires.
     pub(crate) token_refresh: Option<TokenRefresh>,
 }
@@ -89,6 +93,8 @@ impl std::fmt::Debug for ConnectOptions {
             .field("name", &self.name)
             .field("token", &self.token.as_ref().map(|_| "(set)"))
             .field("token_refresh", &self.token_refresh.is_some())
+            .field("tls", &self.tls.is_some())
+            .field("server_name", &self.server_name)
             .field("heartbeat", &self.heartbeat)
             .field("connect_timeout", &self.connect_timeout)
             .field("max_frame", &self.max_frame)
@@ -116,6 +122,8 @@ impl Default for ConnectOptions {
             dedup_window: 16_384,
             token: None,
             namespace: None,
+            tls: None,
+            server_name: None,
             token_refresh: None,
         }
     }
@@ -132,6 +140,21 @@ impl ConnectOptions {
     /// once there is one). Needed by a broker that requires credentials.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
+        self
+    }
+
+    /// Connects over TLS with `config` (see [`crate::tls::client_config`] to build one from
+    /// PEM files); the broker's certificate must be valid for the address's host, or for
+    /// [`ConnectOptions::server_name`].
+    pub fn tls(mut self, config: std::sync::Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    /// The name the broker's TLS certificate must hold, when it is not the host of the address
+    /// connected to (a DNS name or an IP address).
+    pub fn server_name(mut self, name: impl Into<String>) -> Self {
+        self.server_name = Some(name.into());
         self
     }
 

@@ -19,6 +19,7 @@ const SECRET: &str = "the HS256 secret of these tests, 32+ bytes";
 
 fn identity(name: &str, rights: RightsConfig) -> IdentityConfig {
     IdentityConfig {
+        certificates: Vec::new(),
         identity: name.into(),
         namespace: None,
         tokens_sha256: vec![token::to_hex(&token::hash(&format!("bct_{name}")))],

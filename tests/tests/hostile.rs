@@ -34,6 +34,7 @@ PQIDAQAB
 
 fn identity(name: &str, ns: Option<&str>) -> IdentityConfig {
     IdentityConfig {
+        certificates: Vec::new(),
         identity: name.into(),
         namespace: ns.map(str::to_owned),
         tokens_sha256: vec![token::to_hex(&token::hash(&format!("bct_{name}")))],

@@ -131,6 +131,7 @@ async fn queues_of_two_namespaces_stay_apart_through_a_restart() -> R {
 #[tokio::test]
 async fn an_identity_lives_in_its_namespace() -> R {
     let identity = |name: &str, ns: Option<&str>| IdentityConfig {
+        certificates: Vec::new(),
         identity: name.into(),
         namespace: ns.map(str::to_owned),
         tokens_sha256: vec![token::to_hex(&token::hash(&format!("bct_{name}")))],

@@ -76,6 +76,10 @@ struct Args {
     /// one; a broker that requires none does not check it.
     #[arg(long, env = "BROADCAST_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Connect over TLS, trusting the CA certificates in this PEM file (the broker's address
+    /// must then be its TLS listener: see benches/tls-broker.sh).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -113,6 +117,10 @@ async fn bench(a: Args) -> Result<()> {
         max_secs: a.max_secs,
         idle_secs: a.idle_secs,
         token: a.token.clone(),
+        tls: match &a.tls_ca {
+            Some(ca) => Some(broadcast_client::tls::client_config(ca, None)?),
+            None => None,
+        },
     };
     let names: Vec<&str> = match a.workload.as_str() {
         "all" => WORKLOADS.to_vec(),

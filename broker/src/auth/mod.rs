@@ -71,6 +71,11 @@ pub struct IdentityConfig {
     /// SHA-256 hashes (hex) of its service tokens (`broadcast-broker token new` makes one).
     #[serde(default)]
     pub tokens_sha256: Vec<String>,
+    /// Names of TLS client certificates that prove this identity, as `DNS:name` or `URI:uri`
+    /// (a subject alternative name of a certificate the TLS listener's `tls_client_ca`
+    /// verified).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<String>,
     /// What it may do.
     #[serde(default)]
     pub rights: RightsConfig,
@@ -136,6 +141,7 @@ pub fn validate_namespace(ns: &str) -> Result<(), String> {
 #[derive(Debug)]
 pub struct Credentials {
     tokens: Vec<([u8; 32], Arc<Identity>)>,
+    certificates: std::collections::HashMap<String, Arc<Identity>>,
     jwt: jwt::Verifier,
 }
 
@@ -151,6 +157,7 @@ impl Credentials {
             return Ok(None);
         }
         let mut tokens = Vec::new();
+        let mut certificates = std::collections::HashMap::new();
         let mut seen = HashSet::new();
         let mut hashes = HashSet::new();
         for id in &settings.identities {
@@ -181,14 +188,53 @@ impl Credentials {
                 }
                 tokens.push((hash, identity.clone()));
             }
+            for san in &id.certificates {
+                if !(san.starts_with("DNS:") || san.starts_with("URI:")) || san.len() < 5 {
+                    return Err(AuthError(format!(
+                        "identity {name:?}: certificate name {san:?} is not DNS:name or URI:uri"
+                    )));
+                }
+                if certificates.insert(san.clone(), identity.clone()).is_some() {
+                    return Err(AuthError(format!(
+                        "certificate name {san:?} is listed for two identities"
+                    )));
+                }
+            }
         }
         let jwt = jwt::Verifier::new(settings).map_err(AuthError)?;
-        Ok(Some(Self { tokens, jwt }))
+        Ok(Some(Self {
+            tokens,
+            certificates,
+            jwt,
+        }))
     }
 
     /// Milliseconds a JWT is still taken after its `exp`.
     pub fn leeway_ms(&self) -> u64 {
         self.jwt.leeway_ms()
+    }
+
+    /// The identity a verified TLS client certificate proves, by the first of its names
+    /// (`DNS:...`, `URI:...`) that an identity lists.
+    ///
+    /// # Errors
+    /// When no identity lists any of its names.
+    pub fn authenticate_certificate(&self, names: &[String]) -> Result<Grant, String> {
+        let identity = names
+            .iter()
+            .find_map(|n| self.certificates.get(n))
+            .ok_or_else(|| {
+                format!(
+                    "the client certificate ({}) proves no identity, and Hello.token is absent",
+                    names.join(", ")
+                )
+            })?;
+        Ok(Grant {
+            identity: identity.name.clone(),
+            rights: identity.rights.clone(),
+            namespace: identity.namespace.clone(),
+            expires_ms: None,
+        })
     }
 
     /// Checks a token: a JWT (three dot-separated parts) or a service token.

@@ -22,6 +22,7 @@ fn now() -> u64 {
 fn settings() -> AuthSettings {
     AuthSettings {
         identities: vec![IdentityConfig {
+            certificates: Vec::new(),
             identity: "billing".into(),
             namespace: None,
             tokens_sha256: vec![token::to_hex(&token::hash("bct_billing"))],

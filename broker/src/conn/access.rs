@@ -23,6 +23,9 @@ pub(crate) struct Access {
     credentials: CredentialsRx,
     /// The token the grant came from, checked again on reload.
     token: Option<String>,
+    /// The names of the client's verified TLS certificate (`DNS:...`, `URI:...`), which
+    /// prove an identity when no token is sent.
+    certificate: Vec<String>,
     grant: Option<Grant>,
     /// When the connection is closed for its credential's expiry.
     deadline: Option<Instant>,
@@ -38,6 +41,7 @@ impl Access {
     pub(crate) fn admit(
         hello: &Hello,
         mut credentials: CredentialsRx,
+        certificate: Vec<String>,
     ) -> Result<(Arc<str>, Access), Refused> {
         if let Some(name) = &hello.name {
             validate_client_name(name).map_err(|e| (ErrorCode::InvalidName, e.to_string()))?;
@@ -54,6 +58,7 @@ impl Access {
             version: hello.version,
             credentials,
             token: None,
+            certificate,
             grant: None,
             deadline: None,
             reload_seen: false,
@@ -71,15 +76,14 @@ impl Access {
                     .into(),
             ));
         }
-        let Some(token) = &hello.token else {
-            return Err((
-                ErrorCode::Unauthorized,
-                "this broker requires credentials: Hello.token is absent".into(),
-            ));
-        };
-        let grant = creds
-            .authenticate(token)
-            .map_err(|e| (ErrorCode::Unauthorized, e))?;
+        let grant = match &hello.token {
+            Some(token) => creds.authenticate(token),
+            None if !access.certificate.is_empty() => {
+                creds.authenticate_certificate(&access.certificate)
+            }
+            None => Err("this broker requires credentials: Hello.token is absent".into()),
+        }
+        .map_err(|e| (ErrorCode::Unauthorized, e))?;
         check_name(&grant, &name)?;
         if hello.namespace.is_some() && hello.namespace.as_deref() != grant.namespace.as_deref() {
             return Err((
@@ -98,7 +102,7 @@ impl Access {
             ));
         }
         access.namespace = grant.namespace.clone();
-        access.set(grant, token.clone(), creds.leeway_ms());
+        access.set(grant, hello.token.clone(), creds.leeway_ms());
         let scoped = Arc::from(scoped(access.namespace(), &name));
         Ok((scoped, access))
     }
@@ -108,13 +112,13 @@ impl Access {
         self.namespace.as_deref()
     }
 
-    fn set(&mut self, grant: Grant, token: String, leeway_ms: u64) {
+    fn set(&mut self, grant: Grant, token: Option<String>, leeway_ms: u64) {
         self.deadline = grant.expires_ms.map(|expires| {
             let left = expires.saturating_add(leeway_ms).saturating_sub(now_ms());
             Instant::now() + Duration::from_millis(left)
         });
         self.grant = Some(grant);
-        self.token = Some(token);
+        self.token = token;
     }
 
     /// The identity, when the broker requires credentials.
@@ -194,15 +198,20 @@ impl Access {
             return Ok(());
         };
         let unauthorized = self.unauthorized_code();
-        let Some(token) = self.token.clone() else {
-            return Err((
-                unauthorized,
-                "this broker now requires credentials; connect again with a token".into(),
-            ));
-        };
-        let grant = creds
-            .authenticate(&token)
-            .map_err(|e| (unauthorized, format!("credentials reloaded: {e}")))?;
+        let token = self.token.clone();
+        let grant = match &token {
+            Some(token) => creds.authenticate(token),
+            None if !self.certificate.is_empty() => {
+                creds.authenticate_certificate(&self.certificate)
+            }
+            None => {
+                return Err((
+                    unauthorized,
+                    "this broker now requires credentials; connect again with a token".into(),
+                ));
+            }
+        }
+        .map_err(|e| (unauthorized, format!("credentials reloaded: {e}")))?;
         self.replace(grant, token, name, creds.leeway_ms())
     }
 
@@ -215,14 +224,14 @@ impl Access {
         let grant = creds
             .authenticate(&token)
             .map_err(|e| (ErrorCode::Unauthorized, e))?;
-        self.replace(grant, token, name, creds.leeway_ms())?;
+        self.replace(grant, Some(token), name, creds.leeway_ms())?;
         Ok(self.expires_ms())
     }
 
     fn replace(
         &mut self,
         grant: Grant,
-        token: String,
+        token: Option<String>,
         name: &str,
         leeway_ms: u64,
     ) -> Result<(), Refused> {

@@ -1,22 +1,24 @@
 //! The accept loop: one task per connection, bounds on connections (in all, and per source
 //! address), back-off on accept errors.
 
-use super::addresses::Addresses;
 use super::{Context, refuse, serve};
 use crate::metrics::{self, REFUSED_ADDRESS_RATE, REFUSED_MAX_CONNECTIONS, REFUSED_PER_ADDRESS};
+use crate::tls::TlsConfig;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
-/// Accepts connections until shutdown.
-pub(crate) async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, tracker: &TaskTracker) {
-    let permits = Arc::new(Semaphore::new(ctx.config.max_connections));
-    let addresses = Arc::new(Addresses::new(
-        ctx.config.max_connections_per_address,
-        ctx.config.connections_per_address_per_sec,
-    ));
+/// Accepts connections until shutdown; with `tls`, each is a TLS connection. The limits on
+/// connections (in all, per address) are shared by every listener.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<Arc<TlsConfig>>,
+    ctx: Arc<Context>,
+    tracker: &TaskTracker,
+) {
+    let permits = ctx.admission.permits.clone();
+    let addresses = ctx.admission.addresses.clone();
     let mut backoff = Duration::from_millis(10);
     loop {
         let accepted = tokio::select! {
@@ -35,17 +37,18 @@ pub(crate) async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, tracke
                             super::addresses::Refusal::TooFast(_) => REFUSED_ADDRESS_RATE,
                         };
                         metrics::add(&ctx.engine.metrics.refused[label], 1);
+                        let (ctx, tls) = (ctx.clone(), tls.clone());
                         tracker.spawn(async move {
-                            refuse(stream, &format!("refused: {refusal}")).await;
+                            refuse(stream, tls, &ctx, &format!("refused: {refusal}")).await;
                         });
                         continue;
                     }
                 };
                 match permits.clone().try_acquire_owned() {
                     Ok(permit) => {
-                        let ctx = ctx.clone();
+                        let (ctx, tls) = (ctx.clone(), tls.clone());
                         tracker.spawn(async move {
-                            serve(stream, peer, ctx).await;
+                            serve(stream, tls, peer, ctx).await;
                             drop((permit, address));
                         });
                     }
@@ -53,9 +56,10 @@ pub(crate) async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, tracke
                         tracing::warn!(%peer, "connection limit reached, refusing");
                         metrics::add(&ctx.engine.metrics.refused[REFUSED_MAX_CONNECTIONS], 1);
                         let max = ctx.config.max_connections;
+                        let (ctx, tls) = (ctx.clone(), tls.clone());
                         tracker.spawn(async move {
                             let msg = format!("the broker is at its limit of {max} connections");
-                            refuse(stream, &msg).await;
+                            refuse(stream, tls, &ctx, &msg).await;
                         });
                     }
                 }

@@ -27,6 +27,7 @@ use crate::core::{Liveness, NewConfirm, Silence};
 use crate::encode;
 use crate::engine::Engine;
 use crate::metrics;
+use crate::tls::TlsConfig;
 use broadcast_protocol::{
     ClientFrame, CodecError, ErrorCode, FailureReason, Hello, MIN_FRAME, MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION, Publish, ServerFrame, Welcome,
@@ -37,9 +38,8 @@ use outbound::{OutFrame, PushError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -55,27 +55,91 @@ pub(crate) struct Context {
     pub(crate) partial: Arc<PartialFrames>,
     /// The credentials connections must present (`None`: none), replaced on reload.
     pub(crate) credentials: Arc<tokio::sync::watch::Sender<Option<Arc<Credentials>>>>,
+    /// The bounds on connections, shared by every listener.
+    pub(crate) admission: Admission,
+}
+
+/// The bounds on connections: in all, and per source address.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    pub(crate) permits: Arc<Semaphore>,
+    pub(crate) addresses: Arc<addresses::Addresses>,
+}
+
+impl Admission {
+    pub(crate) fn new(config: &Config) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(config.max_connections)),
+            addresses: Arc::new(addresses::Addresses::new(
+                config.max_connections_per_address,
+                config.connections_per_address_per_sec,
+            )),
+        }
+    }
+}
+
+/// The reading half of a connection, plaintext or TLS.
+pub(crate) type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// The writing half of a connection, plaintext or TLS.
+pub(crate) type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Opens an accepted connection: splits a plaintext one; performs the TLS handshake of one
+/// accepted on the TLS listener, within the handshake timeout (`None`: it failed, and why
+/// is logged).
+async fn open(
+    stream: TcpStream,
+    tls: Option<Arc<TlsConfig>>,
+    ctx: &Context,
+) -> Option<(ReadHalf, WriteHalf, Vec<String>)> {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    }
+    let Some(tls) = tls else {
+        let (rd, wr) = stream.into_split();
+        return Some((Box::new(rd), Box::new(wr), Vec::new()));
+    };
+    let accept = tls.acceptor().accept(stream);
+    match tokio::time::timeout(ctx.config.handshake_timeout, accept).await {
+        Ok(Ok(stream)) => {
+            let names = crate::tls::peer_names(stream.get_ref().1);
+            let (rd, wr) = tokio::io::split(stream);
+            Some((Box::new(rd), Box::new(wr), names))
+        }
+        Ok(Err(e)) => {
+            tracing::info!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::info!("no TLS handshake within the handshake timeout");
+            None
+        }
+    }
 }
 
 pub(crate) use reader::PartialFrames;
 use reader::{FrameReader as Reader, ReadError};
 
 /// Serves one accepted connection until it closes.
-pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
+pub(crate) async fn serve(
+    stream: TcpStream,
+    tls: Option<Arc<TlsConfig>>,
+    peer: SocketAddr,
+    ctx: Arc<Context>,
+) {
     let conn_id = ctx.engine.next_conn_id();
     let span = tracing::info_span!("conn", %peer, conn_id, client = tracing::field::Empty, namespace = tracing::field::Empty, identity = tracing::field::Empty);
     async move {
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-        let (rd, mut wr) = stream.into_split();
-        let max_frame = ctx.config.max_frame();
         let metrics = ctx.engine.metrics.clone();
+        let Some((rd, mut wr, peer_names)) = open(stream, tls, &ctx).await else {
+            metrics::add(&metrics.refused[metrics::REFUSED_TLS], 1);
+            return;
+        };
+        let max_frame = ctx.config.max_frame();
         // Declared before the reader, so dropped after it: the reader's last counts are in.
         let open = Open::new(&metrics, conn_id);
         let mut reader = Reader::new(rd, max_frame, ctx.partial.clone(), open.traffic.clone());
         let admitted = handshake(&mut reader, &ctx).await.and_then(|hello| {
-            Access::admit(&hello, ctx.credentials.subscribe()).map(|a| (hello, a))
+            Access::admit(&hello, ctx.credentials.subscribe(), peer_names).map(|a| (hello, a))
         });
         let (hello, (name, access)) = match admitted {
             Ok(admitted) => admitted,
@@ -127,12 +191,21 @@ impl Drop for Open<'_> {
     }
 }
 
-/// Refuses a connection that is over the connection limit.
-pub(crate) async fn refuse(mut stream: TcpStream, message: &str) {
-    let _ = stream
+/// Refuses a connection that is over a connection limit, with an error frame (after the TLS
+/// handshake on a TLS listener).
+pub(crate) async fn refuse(
+    stream: TcpStream,
+    tls: Option<Arc<TlsConfig>>,
+    ctx: &Context,
+    message: &str,
+) {
+    let Some((_rd, mut wr, _)) = open(stream, tls, ctx).await else {
+        return;
+    };
+    let _ = wr
         .write_all(&encode::error(ErrorCode::LimitReached, message, None))
         .await;
-    let _ = stream.shutdown().await;
+    let _ = wr.shutdown().await;
 }
 
 async fn handshake(reader: &mut Reader, ctx: &Context) -> Result<Hello, (ErrorCode, String)> {
@@ -204,7 +277,7 @@ async fn run(
     name: Arc<str>,
     mut access: Access,
     mut reader: Reader,
-    wr: OwnedWriteHalf,
+    wr: WriteHalf,
     conn_id: u64,
     peer: SocketAddr,
     traffic: Arc<metrics::Traffic>,

@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::Notify;
 use tokio::sync::futures::OwnedNotified;
 use tokio::time::{Instant, Sleep};
@@ -84,7 +83,7 @@ pub(crate) type ReadItem = Result<Result<ClientFrame, CodecError>, ReadError>;
 
 /// Reads and frames what a client sends.
 pub(crate) struct FrameReader {
-    rd: OwnedReadHalf,
+    rd: super::ReadHalf,
     buf: BytesMut,
     codec: FrameCodec<ClientFrame>,
     budget: Arc<PartialFrames>,
@@ -104,7 +103,7 @@ pub(crate) struct FrameReader {
 
 impl FrameReader {
     pub(crate) fn new(
-        rd: OwnedReadHalf,
+        rd: super::ReadHalf,
         max_frame: u32,
         budget: Arc<PartialFrames>,
         traffic: Arc<Traffic>,

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -24,7 +23,7 @@ const IDLE_BUFFER: usize = 16 * 1024;
 
 pub(crate) struct Writer {
     pub(crate) rx: mpsc::Receiver<OutFrame>,
-    pub(crate) io: OwnedWriteHalf,
+    pub(crate) io: super::WriteHalf,
     pub(crate) out: Outbound,
     pub(crate) engine: Arc<Engine>,
     pub(crate) name: Arc<str>,
@@ -53,7 +52,10 @@ impl Writer {
                 Err(_idle) => {
                     nonce += 1;
                     let ping = encode::frame(&ServerFrame::Ping { nonce });
-                    let written = self.io.write_all(&ping).await;
+                    let written = match self.io.write_all(&ping).await {
+                        Ok(()) => self.io.flush().await,
+                        Err(e) => Err(e),
+                    };
                     if written.is_ok() {
                         self.traffic.written.add(1, ping.len() as u64);
                     }
@@ -129,7 +131,12 @@ impl Writer {
             // The reading half asks the client for a sign of life.
             buf.extend_from_slice(&encode::frame(&ServerFrame::Ping { nonce: probe }));
         }
-        let r = self.io.write_all(buf).await;
+        // A TLS stream may keep records it could not write yet until it is flushed (for TCP
+        // the flush does nothing).
+        let r = match self.io.write_all(buf).await {
+            Ok(()) => self.io.flush().await,
+            Err(e) => Err(e),
+        };
         if r.is_ok() {
             let frames = frames as u64 + u64::from(probe != 0);
             self.traffic.written.add(frames, buf.len() as u64);
