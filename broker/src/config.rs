@@ -22,6 +22,14 @@ pub struct Config {
     /// second's worth); faster ones get a `LimitReached` error and are closed. Default 0: no
     /// limit.
     pub connections_per_address_per_sec: f64,
+    /// Failed authentications from one source address within a minute after which the
+    /// address is refused new connections for `auth_failure_block` (each failure is also
+    /// answered a little later than the one before). Default 0: no limit.
+    pub max_auth_failures_per_address: u32,
+    /// How long an address that failed too often is refused. Default 60 s.
+    pub auth_failure_block: Duration,
+    /// Most connections open at once per identity (and namespace). Default 0: no limit.
+    pub max_connections_per_identity: usize,
     /// Largest message payload accepted, in bytes. Default 1 MiB. Frames may be this plus
     /// 64 KiB of envelope.
     pub max_payload: u32,
@@ -100,6 +108,9 @@ impl Default for Config {
             max_connections: 20_000,
             max_connections_per_address: 0,
             connections_per_address_per_sec: 0.0,
+            max_auth_failures_per_address: 0,
+            auth_failure_block: Duration::from_secs(60),
+            max_connections_per_identity: 0,
             max_payload: broadcast_protocol::DEFAULT_MAX_PAYLOAD,
             outbound_frames: 8192,
             outbound_bytes: 8 * 1024 * 1024,

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Why a connection was refused before its handshake completed, as metrics label it.
-pub(crate) const REFUSALS: [&str; 11] = [
+pub(crate) const REFUSALS: [&str; 13] = [
     "max_connections",
     "max_connections_per_address",
     "connections_per_address_per_sec",
@@ -33,6 +33,8 @@ pub(crate) const REFUSALS: [&str; 11] = [
     "limit_reached",
     "unauthorized",
     "tls_handshake",
+    "auth_failures",
+    "max_connections_per_identity",
 ];
 
 /// The refusal label of a handshake refused with `code`.
@@ -50,6 +52,10 @@ pub(crate) fn refusal(code: ErrorCode) -> usize {
 
 /// The refusal label of a failed or timed-out TLS handshake.
 pub(crate) const REFUSED_TLS: usize = 10;
+/// The refusal label of an address refused for its failed authentications.
+pub(crate) const REFUSED_AUTH_FAILURES: usize = 11;
+/// The refusal label of the limit of connections per identity.
+pub(crate) const REFUSED_PER_IDENTITY: usize = 12;
 
 /// The refusal label of the connection limit.
 pub(crate) const REFUSED_MAX_CONNECTIONS: usize = 0;

@@ -114,6 +114,13 @@ settings! {
     /// Most new connections a second from one source address, fractions allowed, in bursts
     /// of a second's worth (0: no limit).
     connections_per_address_per_sec: f64 = "BROADCAST_CONNECTIONS_PER_ADDRESS_PER_SEC",
+    /// Failed authentications from one source address within a minute after which it is
+    /// refused new connections for auth_failure_block_secs (0: no limit).
+    max_auth_failures_per_address: u32 = "BROADCAST_MAX_AUTH_FAILURES_PER_ADDRESS",
+    /// Seconds an address that failed to authenticate too often is refused.
+    auth_failure_block_secs: f64 = "BROADCAST_AUTH_FAILURE_BLOCK_SECS",
+    /// Most connections open at once per identity (0: no limit).
+    max_connections_per_identity: usize = "BROADCAST_MAX_CONNECTIONS_PER_IDENTITY",
     /// Largest message payload accepted, in bytes (4 KiB to 64 MiB less 64 KiB).
     max_payload: u32 = "BROADCAST_MAX_PAYLOAD",
     /// Most frames waiting in one connection's outbound queue.
@@ -221,6 +228,9 @@ impl Default for Settings {
             max_connections: c.max_connections,
             max_connections_per_address: c.max_connections_per_address,
             connections_per_address_per_sec: c.connections_per_address_per_sec,
+            max_auth_failures_per_address: c.max_auth_failures_per_address,
+            auth_failure_block_secs: c.auth_failure_block.as_secs_f64(),
+            max_connections_per_identity: c.max_connections_per_identity,
             max_payload: c.max_payload,
             outbound_frames: c.outbound_frames,
             outbound_bytes: c.outbound_bytes,
@@ -364,6 +374,9 @@ impl Settings {
             max_connections: self.max_connections,
             max_connections_per_address: self.max_connections_per_address,
             connections_per_address_per_sec: self.connections_per_address_per_sec,
+            max_auth_failures_per_address: self.max_auth_failures_per_address,
+            auth_failure_block: secs("auth_failure_block_secs", self.auth_failure_block_secs)?,
+            max_connections_per_identity: self.max_connections_per_identity,
             max_payload: self.max_payload,
             outbound_frames: self.outbound_frames,
             outbound_bytes: self.outbound_bytes,
@@ -422,6 +435,7 @@ fn key_of(field: &'static str) -> &'static str {
         "session_expiry" => "session_expiry_secs",
         "expiry_interval" => "expiry_interval_secs",
         "slow_consumer_wait" => "slow_consumer_wait_secs",
+        "auth_failure_block" => "auth_failure_block_secs",
         other => other,
     }
 }

@@ -304,3 +304,106 @@ async fn a_namespace_reaches_nothing_of_another_with_any_target_kind() -> R {
     );
     Ok(())
 }
+
+/// Sends `hello` from `source` (a loopback address) and returns the first frame.
+async fn hello_from(source: &str, addr: SocketAddr, hello: Hello) -> anyhow::Result<ServerFrame> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(format!("{source}:0").parse()?)?;
+    let stream = socket.connect(addr).await?;
+    let mut io = tokio_util::codec::Framed::new(
+        stream,
+        broadcast_protocol::FrameCodec::<ServerFrame>::new(
+            broadcast_protocol::DEFAULT_MAX_FRAME,
+            broadcast_protocol::DEFAULT_MAX_FRAME,
+        ),
+    );
+    io.send(&ClientFrame::Hello(hello)).await?;
+    match tokio::time::timeout(WAIT, io.next()).await? {
+        Some(Ok(Ok(frame))) => Ok(frame),
+        other => anyhow::bail!("no frame: {other:?}"),
+    }
+}
+
+fn error_code(frame: &ServerFrame) -> Option<ErrorCode> {
+    match frame {
+        ServerFrame::Error(e) => Some(e.code),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn an_address_that_keeps_failing_is_refused_for_a_while_and_others_are_not() -> R {
+    let b = TestBroker::start_with(|c| {
+        c.auth = AuthSettings {
+            identities: vec![identity("billing", None)],
+            ..AuthSettings::default()
+        };
+        c.max_auth_failures_per_address = 3;
+    })
+    .await?;
+    let with = |token: &str| Hello {
+        token: Some(token.into()),
+        ..broadcast_tests::hello(Some("billing"))
+    };
+    for _ in 0..3 {
+        let frame = hello_from("127.0.0.1", b.addr(), with("bct_guess")).await?;
+        assert_eq!(
+            error_code(&frame),
+            Some(ErrorCode::Unauthorized),
+            "{frame:?}"
+        );
+    }
+    // Blocked now, even with the right token.
+    let frame = hello_from("127.0.0.1", b.addr(), with("bct_billing")).await?;
+    let ServerFrame::Error(e) = &frame else {
+        panic!("{frame:?}");
+    };
+    assert_eq!(e.code, ErrorCode::LimitReached);
+    assert!(
+        e.message.contains("failed to authenticate"),
+        "{}",
+        e.message
+    );
+    // Another address is not.
+    let frame = hello_from("127.0.0.2", b.addr(), with("bct_billing")).await?;
+    assert!(matches!(frame, ServerFrame::Welcome(_)), "{frame:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_identity_holds_at_most_its_limit_of_connections() -> R {
+    let b = TestBroker::start_with(|c| {
+        let mut billing = identity("billing", None);
+        billing.rights.names = Some(vec!["billing.*".into()]);
+        c.auth = AuthSettings {
+            identities: vec![billing, identity("mallory", None)],
+            ..AuthSettings::default()
+        };
+        c.max_connections_per_identity = 2;
+    })
+    .await?;
+    let hello = |name: &str, token: &str| Hello {
+        token: Some(token.into()),
+        ..broadcast_tests::hello(Some(name))
+    };
+    let first = RawClient::connect_with(b.addr(), hello("billing.1", "bct_billing")).await?;
+    let _second = RawClient::connect_with(b.addr(), hello("billing.2", "bct_billing")).await?;
+    let frame = hello_from("127.0.0.1", b.addr(), hello("billing.3", "bct_billing")).await?;
+    let ServerFrame::Error(e) = &frame else {
+        panic!("{frame:?}");
+    };
+    assert_eq!(e.code, ErrorCode::LimitReached, "{}", e.message);
+    // Other identities are not affected.
+    RawClient::connect_with(b.addr(), hello("mallory", "bct_mallory")).await?;
+    // Once one closes, its slot is free again (the broker notices the close first).
+    drop(first);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let frame = hello_from("127.0.0.1", b.addr(), hello("billing.3", "bct_billing")).await?;
+        if matches!(frame, ServerFrame::Welcome(_)) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{frame:?}");
+    }
+    Ok(())
+}

@@ -153,7 +153,7 @@ impl Addresses {
 
 /// The address a connection counts against: an IPv4 address as it is (also when mapped into
 /// IPv6), an IPv6 address as its /64.
-fn key(ip: IpAddr) -> IpAddr {
+pub(super) fn key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => {
             let bits = u128::from(v6) & !((1u128 << 64) - 1);

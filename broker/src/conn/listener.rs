@@ -28,6 +28,23 @@ pub(crate) async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(10);
+                let now = std::time::Instant::now();
+                if let Some(left) = ctx.admission.failures.blocked(peer.ip(), now) {
+                    tracing::warn!(%peer, "refusing an address that failed to authenticate too often");
+                    metrics::add(
+                        &ctx.engine.metrics.refused[metrics::REFUSED_AUTH_FAILURES],
+                        1,
+                    );
+                    let (ctx, tls) = (ctx.clone(), tls.clone());
+                    tracker.spawn(async move {
+                        let msg = format!(
+                            "refused: this address failed to authenticate too often; try again in {} s",
+                            left.as_secs().max(1)
+                        );
+                        refuse(stream, tls, &ctx, &msg).await;
+                    });
+                    continue;
+                }
                 let address = match addresses.admit(peer.ip(), std::time::Instant::now()) {
                     Ok(address) => address,
                     Err(refusal) => {

@@ -10,6 +10,7 @@
 mod access;
 mod addresses;
 mod drain;
+mod failures;
 pub(crate) mod listener;
 mod outbound;
 mod reader;
@@ -64,6 +65,9 @@ pub(crate) struct Context {
 pub(crate) struct Admission {
     pub(crate) permits: Arc<Semaphore>,
     pub(crate) addresses: Arc<addresses::Addresses>,
+    pub(crate) failures: failures::Failures,
+    /// Connections open per identity (in its namespace), when they are limited.
+    identities: std::sync::Mutex<crate::maps::HashMap<String, usize>>,
 }
 
 impl Admission {
@@ -74,8 +78,59 @@ impl Admission {
                 config.max_connections_per_address,
                 config.connections_per_address_per_sec,
             )),
+            failures: failures::Failures::new(
+                config.max_auth_failures_per_address,
+                config.auth_failure_block,
+            ),
+            identities: std::sync::Mutex::default(),
         }
     }
+}
+
+/// One of an identity's connections, counted while it lives.
+struct IdentitySlot {
+    ctx: Arc<Context>,
+    key: String,
+}
+
+impl Drop for IdentitySlot {
+    fn drop(&mut self) {
+        let book = &self.ctx.admission.identities;
+        let mut book = book.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = book.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                book.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Counts a connection of the access's identity, or refuses it over the limit.
+fn identity_slot(
+    access: &Access,
+    ctx: &Arc<Context>,
+) -> Result<Option<IdentitySlot>, (ErrorCode, String)> {
+    let max = ctx.config.max_connections_per_identity;
+    let Some(identity) = access.identity().filter(|_| max > 0) else {
+        return Ok(None);
+    };
+    let key = namespace::scoped(access.namespace(), identity);
+    let book = &ctx.admission.identities;
+    let mut open = book.lock().unwrap_or_else(|p| p.into_inner());
+    let n = open.entry(key.clone()).or_insert(0);
+    if *n >= max {
+        return Err((
+            ErrorCode::LimitReached,
+            format!("{identity} has its limit of {max} connections open"),
+        ));
+    }
+    *n += 1;
+    drop(open);
+    Ok(Some(IdentitySlot {
+        ctx: ctx.clone(),
+        key,
+    }))
 }
 
 /// The reading half of a connection, plaintext or TLS.
@@ -141,11 +196,29 @@ pub(crate) async fn serve(
         let admitted = handshake(&mut reader, &ctx).await.and_then(|hello| {
             Access::admit(&hello, ctx.credentials.subscribe(), peer_names).map(|a| (hello, a))
         });
-        let (hello, (name, access)) = match admitted {
+        let admitted = admitted.and_then(|(hello, (name, access))| {
+            let slot = identity_slot(&access, &ctx)?;
+            Ok((hello, (name, access), slot))
+        });
+        let (hello, (name, access), _slot) = match admitted {
             Ok(admitted) => admitted,
             Err(refusal) => {
-                metrics::add(&metrics.refused[metrics::refusal(refusal.0)], 1);
+                let label = match refusal.0 {
+                    ErrorCode::LimitReached if refusal.1.contains("connections open") => {
+                        metrics::REFUSED_PER_IDENTITY
+                    }
+                    code => metrics::refusal(code),
+                };
+                metrics::add(&metrics.refused[label], 1);
                 tracing::info!(reason = %refusal.1, "handshake refused");
+                if refusal.0 == ErrorCode::Unauthorized {
+                    // Each failure from an address is answered later than the one before.
+                    let wait = ctx
+                        .admission
+                        .failures
+                        .failed(peer.ip(), std::time::Instant::now());
+                    tokio::time::sleep(wait).await;
+                }
                 let refused = encode::error(refusal.0, refusal.1, None);
                 if wr.write_all(&refused).await.is_ok() {
                     open.traffic.written.add(1, refused.len() as u64);
