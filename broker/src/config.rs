@@ -30,6 +30,10 @@ pub struct Config {
     pub auth_failure_block: Duration,
     /// Most connections open at once per identity (and namespace). Default 0: no limit.
     pub max_connections_per_identity: usize,
+    /// Most connections that have not finished their handshake (TLS and `Hello`) at once;
+    /// further ones are refused at once, so that connections that never finish (slowloris)
+    /// hold a bounded amount of memory. Default 1,024.
+    pub max_pending_handshakes: usize,
     /// Largest message payload accepted, in bytes. Default 1 MiB. Frames may be this plus
     /// 64 KiB of envelope.
     pub max_payload: u32,
@@ -111,6 +115,7 @@ impl Default for Config {
             max_auth_failures_per_address: 0,
             auth_failure_block: Duration::from_secs(60),
             max_connections_per_identity: 0,
+            max_pending_handshakes: 1024,
             max_payload: broadcast_protocol::DEFAULT_MAX_PAYLOAD,
             outbound_frames: 8192,
             outbound_bytes: 8 * 1024 * 1024,
@@ -176,6 +181,9 @@ impl Config {
         }
         if self.max_connections == 0 {
             return err("max_connections", "must be at least 1");
+        }
+        if self.max_pending_handshakes == 0 {
+            return err("max_pending_handshakes", "must be at least 1");
         }
         if let Err(e) = Credentials::new(&self.auth) {
             return err("auth", &e.0);

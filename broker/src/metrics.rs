@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Why a connection was refused before its handshake completed, as metrics label it.
-pub(crate) const REFUSALS: [&str; 13] = [
+pub(crate) const REFUSALS: [&str; 14] = [
     "max_connections",
     "max_connections_per_address",
     "connections_per_address_per_sec",
@@ -35,6 +35,7 @@ pub(crate) const REFUSALS: [&str; 13] = [
     "tls_handshake",
     "auth_failures",
     "max_connections_per_identity",
+    "max_pending_handshakes",
 ];
 
 /// The refusal label of a handshake refused with `code`.
@@ -56,6 +57,8 @@ pub(crate) const REFUSED_TLS: usize = 10;
 pub(crate) const REFUSED_AUTH_FAILURES: usize = 11;
 /// The refusal label of the limit of connections per identity.
 pub(crate) const REFUSED_PER_IDENTITY: usize = 12;
+/// The refusal label of the limit of connections in their handshake.
+pub(crate) const REFUSED_PENDING_HANDSHAKES: usize = 13;
 
 /// The refusal label of the connection limit.
 pub(crate) const REFUSED_MAX_CONNECTIONS: usize = 0;

@@ -121,6 +121,9 @@ settings! {
     auth_failure_block_secs: f64 = "BROADCAST_AUTH_FAILURE_BLOCK_SECS",
     /// Most connections open at once per identity (0: no limit).
     max_connections_per_identity: usize = "BROADCAST_MAX_CONNECTIONS_PER_IDENTITY",
+    /// Most connections that have not finished their handshake (TLS and Hello) at once;
+    /// further ones are refused at once.
+    max_pending_handshakes: usize = "BROADCAST_MAX_PENDING_HANDSHAKES",
     /// Largest message payload accepted, in bytes (4 KiB to 64 MiB less 64 KiB).
     max_payload: u32 = "BROADCAST_MAX_PAYLOAD",
     /// Most frames waiting in one connection's outbound queue.
@@ -231,6 +234,7 @@ impl Default for Settings {
             max_auth_failures_per_address: c.max_auth_failures_per_address,
             auth_failure_block_secs: c.auth_failure_block.as_secs_f64(),
             max_connections_per_identity: c.max_connections_per_identity,
+            max_pending_handshakes: c.max_pending_handshakes,
             max_payload: c.max_payload,
             outbound_frames: c.outbound_frames,
             outbound_bytes: c.outbound_bytes,
@@ -377,6 +381,7 @@ impl Settings {
             max_auth_failures_per_address: self.max_auth_failures_per_address,
             auth_failure_block: secs("auth_failure_block_secs", self.auth_failure_block_secs)?,
             max_connections_per_identity: self.max_connections_per_identity,
+            max_pending_handshakes: self.max_pending_handshakes,
             max_payload: self.max_payload,
             outbound_frames: self.outbound_frames,
             outbound_bytes: self.outbound_bytes,

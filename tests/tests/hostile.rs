@@ -407,3 +407,70 @@ async fn an_identity_holds_at_most_its_limit_of_connections() -> R {
     }
     Ok(())
 }
+
+/// Opens `n` connections from `source` that never finish a handshake (every other one
+/// drips the first byte of a header).
+async fn stalled(
+    source: &str,
+    addr: SocketAddr,
+    n: usize,
+) -> anyhow::Result<Vec<tokio::net::TcpStream>> {
+    let mut streams = Vec::new();
+    for i in 0..n {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(format!("{source}:0").parse()?)?;
+        let mut stream = socket.connect(addr).await?;
+        if i % 2 == 1 {
+            tokio::io::AsyncWriteExt::write_all(&mut stream, &[0]).await?;
+        }
+        streams.push(stream);
+    }
+    Ok(streams)
+}
+
+/// The error a refused connection reads.
+async fn refusal(stream: &mut tokio::net::TcpStream) -> anyhow::Result<String> {
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read_to_end(stream, &mut buf)).await??;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+#[tokio::test]
+async fn connections_that_never_finish_their_handshake_are_bounded_and_others_are_served() -> R {
+    let b = TestBroker::start_with(|c| {
+        c.max_pending_handshakes = 50;
+        c.max_connections_per_address = 40;
+        c.handshake_timeout = std::time::Duration::from_secs(60);
+    })
+    .await?;
+    // From one address: its first 40 wait for their handshake, the other 60 are refused.
+    let mut first = stalled("127.0.0.1", b.addr(), 100).await?;
+    for stream in &mut first[40..] {
+        let said = refusal(stream).await?;
+        assert!(said.contains("this address has its limit"), "{said:?}");
+    }
+    // A client from another address is served meanwhile.
+    let frame = hello_from(
+        "127.0.0.2",
+        b.addr(),
+        broadcast_tests::hello(Some("normal")),
+    )
+    .await?;
+    assert!(matches!(frame, ServerFrame::Welcome(_)), "{frame:?}");
+    // From a second address: 10 more fill the broker's 50 handshakes, the rest are refused.
+    let mut second = stalled("127.0.0.3", b.addr(), 40).await?;
+    for stream in &mut second[10..] {
+        let said = refusal(stream).await?;
+        assert!(said.contains("connections in their handshake"), "{said:?}");
+    }
+    // Those admitted are still waiting (nothing to read, not closed).
+    let mut buf = [0u8; 16];
+    for stream in first[..40].iter().chain(&second[..10]) {
+        let r = stream.try_read(&mut buf);
+        assert!(
+            matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "{r:?}"
+        );
+    }
+    Ok(())
+}

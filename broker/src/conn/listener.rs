@@ -61,11 +61,31 @@ pub(crate) async fn accept_loop(
                         continue;
                     }
                 };
+                let Ok(handshaking) = ctx.admission.handshakes.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, "too many connections in their handshake, refusing");
+                    metrics::add(
+                        &ctx.engine.metrics.refused[metrics::REFUSED_PENDING_HANDSHAKES],
+                        1,
+                    );
+                    let max = ctx.config.max_pending_handshakes;
+                    // Without a TLS handshake of its own (that is what is scarce): a TLS
+                    // connection is closed, a plaintext one told why.
+                    if tls.is_none() {
+                        let ctx = ctx.clone();
+                        tracker.spawn(async move {
+                            let msg = format!(
+                                "refused: the broker has its limit of {max} connections in their handshake"
+                            );
+                            refuse(stream, None, &ctx, &msg).await;
+                        });
+                    }
+                    continue;
+                };
                 match permits.clone().try_acquire_owned() {
                     Ok(permit) => {
                         let (ctx, tls) = (ctx.clone(), tls.clone());
                         tracker.spawn(async move {
-                            serve(stream, tls, peer, ctx).await;
+                            serve(stream, tls, peer, ctx, handshaking).await;
                             drop((permit, address));
                         });
                     }

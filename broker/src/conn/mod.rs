@@ -66,6 +66,8 @@ pub(crate) struct Admission {
     pub(crate) permits: Arc<Semaphore>,
     pub(crate) addresses: Arc<addresses::Addresses>,
     pub(crate) failures: failures::Failures,
+    /// Connections that have not finished their handshake.
+    pub(crate) handshakes: Arc<Semaphore>,
     /// Connections open per identity (in its namespace), when they are limited.
     identities: std::sync::Mutex<crate::maps::HashMap<String, usize>>,
 }
@@ -83,6 +85,7 @@ impl Admission {
                 config.auth_failure_block,
             ),
             identities: std::sync::Mutex::default(),
+            handshakes: Arc::new(Semaphore::new(config.max_pending_handshakes)),
         }
     }
 }
@@ -180,6 +183,7 @@ pub(crate) async fn serve(
     tls: Option<Arc<TlsConfig>>,
     peer: SocketAddr,
     ctx: Arc<Context>,
+    handshaking: tokio::sync::OwnedSemaphorePermit,
 ) {
     let conn_id = ctx.engine.next_conn_id();
     let span = tracing::info_span!("conn", %peer, conn_id, client = tracing::field::Empty, namespace = tracing::field::Empty, identity = tracing::field::Empty);
@@ -200,6 +204,8 @@ pub(crate) async fn serve(
             let slot = identity_slot(&access, &ctx)?;
             Ok((hello, (name, access), slot))
         });
+        // Handshake over, whatever its outcome.
+        drop(handshaking);
         let (hello, (name, access), _slot) = match admitted {
             Ok(admitted) => admitted,
             Err(refusal) => {
