@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The soak scenarios against the broker binary, each printing one JSON line of figures:
-# ghost names, expiry, queue depth across a restart, partial frames, a recipient that reads
-# nothing, and a full disk (on a
+# ghost names, expiry, queue depth across a restart, partial frames, connections that never
+# finish their handshake (slowloris), a recipient that reads nothing, and a full disk (on a
 # tmpfs: needs root). Small counts by default (a few minutes, as CI runs it); `full` for the
 # counts of the bounded-resources issue.
 #
@@ -15,10 +15,10 @@ fail() { echo "soak: FAILED: $*" >&2; exit 1; }
 
 if [ "$size" = full ]; then
   ghosts=(--names 100000 --rounds 3); expiry=(--count 100000 --names 100000)
-  queued=(--count 6000000); partial=(--connections 1000)
+  queued=(--count 6000000); partial=(--connections 1000); slowloris=(--connections 5000)
 else
   ghosts=(--names 5000 --rounds 3); expiry=(--count 20000 --names 200)
-  queued=(--count 100000); partial=(--connections 100)
+  queued=(--count 100000); partial=(--connections 100); slowloris=(--connections 500)
 fi
 
 out=$(run ghosts "${ghosts[@]}"); echo "$out"
@@ -27,6 +27,8 @@ out=$(run queued "${queued[@]}"); echo "$out"
 [ "$(field lost "$out")" = 0 ] || fail "queued messages lost across a restart"
 out=$(run partial "${partial[@]}"); echo "$out"
 [ "$(field normal_client_served "$out")" = true ] || fail "a normal client was not served"
+out=$(run slowloris "${slowloris[@]}"); echo "$out"
+[ "$(field new_client_during "$out")" = '"served"' ] || fail "a new client was not served during slowloris"
 out=$(run stall); echo "$out"
 grep -q '"SlowConsumer":[1-9]' <<<"$out" || fail "a recipient that reads nothing was never reported too slow"
 if [ "$(id -u)" = 0 ]; then

@@ -809,6 +809,116 @@ pub async fn partial(binary: &Path, dir: &Path, connections: usize) -> Result<Va
     }))
 }
 
+/// Round trips (a `flush`: ping and pong through the broker) of a normal client: p50 and p99
+/// in microseconds over `n`.
+async fn round_trips(client: &Client, n: usize) -> Result<(f64, f64)> {
+    let mut us = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        tokio::time::timeout(Duration::from_secs(10), client.flush()).await??;
+        us.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    us.sort_by(f64::total_cmp);
+    let at = |q: f64| us[((us.len() - 1) as f64 * q).round() as usize];
+    Ok((at(0.5), at(0.99)))
+}
+
+/// Slowloris: `connections` connections from another loopback address (127.0.0.2) that never
+/// finish their handshake (half send nothing, half the first byte of a frame header, then a
+/// byte a second of a frame of 65,793 bytes), with `broker_args` (for example a per-address limit). Reports the broker's memory
+/// before and during, how many were held or refused, and a normal client's round trips
+/// before and during the attack.
+///
+/// # Errors
+/// When the broker fails or the normal client cannot connect.
+pub async fn slowloris(
+    binary: &Path,
+    dir: &Path,
+    connections: usize,
+    broker_args: &[&str],
+) -> Result<Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let data = dir.join("slowloris");
+    let mut broker = Broker::start(binary, &data, broker_args)?;
+    let normal = ConnectOptions::new()
+        .name("slowloris-normal")
+        .connect(broker.addr())
+        .await?;
+    let start_rss = broker.rss_mib();
+    let (p50_before, p99_before) = round_trips(&normal, 2_000).await?;
+    let addr: std::net::SocketAddr = broker.addr().parse()?;
+    let mut held = Vec::new();
+    let mut refused = 0u64;
+    for i in 0..connections {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind("127.0.0.2:0".parse()?)?;
+        match socket.connect(addr).await {
+            Ok(mut s) => {
+                if i % 2 == 1 {
+                    let _ = s.write_all(&[0]).await;
+                }
+                held.push(s);
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    // Drip a byte a second into the dripping half while measuring.
+    let drip = {
+        let mut drippers = std::mem::take(&mut held);
+        tokio::spawn(async move {
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                for (i, s) in drippers.iter_mut().enumerate() {
+                    if i % 2 == 1 {
+                        let _ = s.write_all(&[1]).await;
+                    }
+                }
+            }
+            drippers
+        })
+    };
+    let during_rss = broker.rss_mib();
+    let (p50_during, p99_during) = round_trips(&normal, 2_000).await?;
+    // A client connecting now (from 127.0.0.1).
+    let newcomer = tokio::time::timeout(
+        Duration::from_secs(5),
+        ConnectOptions::new()
+            .name("slowloris-newcomer")
+            .max_reconnect_attempts(Some(1))
+            .connect(broker.addr()),
+    )
+    .await;
+    let newcomer = match newcomer {
+        Ok(Ok(_)) => "served".to_owned(),
+        Ok(Err(e)) => format!("refused: {e}"),
+        Err(_) => "no answer within 5 s".to_owned(),
+    };
+    let peak_rss = broker.rss_mib();
+    let mut streams = drip.await?;
+    // Refused ones were told so (or closed); the others are still waiting.
+    let mut told = 0u64;
+    let mut waiting = 0u64;
+    let mut buf = [0u8; 256];
+    for s in &mut streams {
+        match tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => told += 1,
+            Ok(_) => told += 1,
+            Err(_) => waiting += 1,
+        }
+    }
+    drop(streams);
+    normal.close().await;
+    broker.stop()?;
+    Ok(json!({
+        "scenario": "slowloris", "connections": connections,
+        "connect_errors": refused, "refused_by_broker": told, "still_waiting": waiting,
+        "start_rss_mib": r1(start_rss), "rss_mib_during": r1(during_rss.max(peak_rss)),
+        "normal_p50_us_before": p50_before.round(), "normal_p99_us_before": p99_before.round(),
+        "normal_p50_us_during": p50_during.round(), "normal_p99_us_during": p99_during.round(),
+        "new_client_during": newcomer,
+    }))
+}
+
 /// A recipient that never reads (a small socket buffer, so the broker's outbound queue for it
 /// fills): a sender sends it `count` non-persistent messages of 64 KiB, each followed by a
 /// flush. Reports how many sends were held back (more than 100 ms) and for how long in all,

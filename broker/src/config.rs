@@ -34,6 +34,9 @@ pub struct Config {
     /// further ones are refused at once, so that connections that never finish (slowloris)
     /// hold a bounded amount of memory. Default 1,024.
     pub max_pending_handshakes: usize,
+    /// Most of those from one source address, so that one host cannot take them all and
+    /// keep new clients out. Default 128.
+    pub max_pending_handshakes_per_address: usize,
     /// Largest message payload accepted, in bytes. Default 1 MiB. Frames may be this plus
     /// 64 KiB of envelope.
     pub max_payload: u32,
@@ -116,6 +119,7 @@ impl Default for Config {
             auth_failure_block: Duration::from_secs(60),
             max_connections_per_identity: 0,
             max_pending_handshakes: 1024,
+            max_pending_handshakes_per_address: 128,
             max_payload: broadcast_protocol::DEFAULT_MAX_PAYLOAD,
             outbound_frames: 8192,
             outbound_bytes: 8 * 1024 * 1024,
@@ -184,6 +188,9 @@ impl Config {
         }
         if self.max_pending_handshakes == 0 {
             return err("max_pending_handshakes", "must be at least 1");
+        }
+        if self.max_pending_handshakes_per_address == 0 {
+            return err("max_pending_handshakes_per_address", "must be at least 1");
         }
         if let Err(e) = Credentials::new(&self.auth) {
             return err("auth", &e.0);

@@ -124,6 +124,8 @@ settings! {
     /// Most connections that have not finished their handshake (TLS and Hello) at once;
     /// further ones are refused at once.
     max_pending_handshakes: usize = "BROADCAST_MAX_PENDING_HANDSHAKES",
+    /// Most connections from one source address that have not finished their handshake.
+    max_pending_handshakes_per_address: usize = "BROADCAST_MAX_PENDING_HANDSHAKES_PER_ADDRESS",
     /// Largest message payload accepted, in bytes (4 KiB to 64 MiB less 64 KiB).
     max_payload: u32 = "BROADCAST_MAX_PAYLOAD",
     /// Most frames waiting in one connection's outbound queue.
@@ -235,6 +237,7 @@ impl Default for Settings {
             auth_failure_block_secs: c.auth_failure_block.as_secs_f64(),
             max_connections_per_identity: c.max_connections_per_identity,
             max_pending_handshakes: c.max_pending_handshakes,
+            max_pending_handshakes_per_address: c.max_pending_handshakes_per_address,
             max_payload: c.max_payload,
             outbound_frames: c.outbound_frames,
             outbound_bytes: c.outbound_bytes,
@@ -382,6 +385,7 @@ impl Settings {
             auth_failure_block: secs("auth_failure_block_secs", self.auth_failure_block_secs)?,
             max_connections_per_identity: self.max_connections_per_identity,
             max_pending_handshakes: self.max_pending_handshakes,
+            max_pending_handshakes_per_address: self.max_pending_handshakes_per_address,
             max_payload: self.max_payload,
             outbound_frames: self.outbound_frames,
             outbound_bytes: self.outbound_bytes,

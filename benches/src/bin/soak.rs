@@ -70,6 +70,16 @@ enum Scenario {
         #[arg(long, default_value_t = 1_000)]
         connections: usize,
     },
+    /// Connections that never finish their handshake, from another loopback address, and a
+    /// normal client's round trips before and during.
+    Slowloris {
+        /// Connections.
+        #[arg(long, default_value_t = 5_000)]
+        connections: usize,
+        /// Extra broker arguments.
+        #[arg(long, allow_hyphen_values = true, num_args = 0..)]
+        broker_args: Vec<String>,
+    },
     /// A recipient that never reads, and a sender of non-persistent messages to it.
     Stall {
         /// Messages of 64 KiB.
@@ -116,6 +126,13 @@ fn main() -> Result<()> {
                 soak::partial(&args.broker, &dir, *connections).await
             }
             Scenario::Stall { count } => soak::stall(&args.broker, &dir, *count).await,
+            Scenario::Slowloris {
+                connections,
+                broker_args,
+            } => {
+                let extra: Vec<&str> = broker_args.iter().map(String::as_str).collect();
+                soak::slowloris(&args.broker, &dir, *connections, &extra).await
+            }
             Scenario::Diskfull { size_mib } => soak::disk_full(&args.broker, &dir, *size_mib).await,
             Scenario::Powercut { cuts, sync, lazyfs } => {
                 soak::power_cut(&args.broker, lazyfs, &dir, *cuts, sync).await

@@ -61,25 +61,24 @@ pub(crate) async fn accept_loop(
                         continue;
                     }
                 };
-                let Ok(handshaking) = ctx.admission.handshakes.clone().try_acquire_owned() else {
-                    tracing::warn!(%peer, "too many connections in their handshake, refusing");
-                    metrics::add(
-                        &ctx.engine.metrics.refused[metrics::REFUSED_PENDING_HANDSHAKES],
-                        1,
-                    );
-                    let max = ctx.config.max_pending_handshakes;
-                    // Without a TLS handshake of its own (that is what is scarce): a TLS
-                    // connection is closed, a plaintext one told why.
-                    if tls.is_none() {
-                        let ctx = ctx.clone();
-                        tracker.spawn(async move {
-                            let msg = format!(
-                                "refused: the broker has its limit of {max} connections in their handshake"
-                            );
-                            refuse(stream, None, &ctx, &msg).await;
-                        });
+                let handshaking = match ctx.admission.handshake(peer.ip()) {
+                    Ok(handshaking) => handshaking,
+                    Err(why) => {
+                        tracing::warn!(%peer, why, "refusing a connection");
+                        metrics::add(
+                            &ctx.engine.metrics.refused[metrics::REFUSED_PENDING_HANDSHAKES],
+                            1,
+                        );
+                        // Without a TLS handshake of its own (that is what is scarce): a TLS
+                        // connection is closed, a plaintext one told why.
+                        if tls.is_none() {
+                            let ctx = ctx.clone();
+                            tracker.spawn(async move {
+                                refuse(stream, None, &ctx, &format!("refused: {why}")).await;
+                            });
+                        }
+                        continue;
                     }
-                    continue;
                 };
                 match permits.clone().try_acquire_owned() {
                     Ok(permit) => {

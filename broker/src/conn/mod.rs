@@ -68,6 +68,9 @@ pub(crate) struct Admission {
     pub(crate) failures: failures::Failures,
     /// Connections that have not finished their handshake.
     pub(crate) handshakes: Arc<Semaphore>,
+    /// The same, per source address (as the per-address limits count addresses).
+    pending_by_address: Arc<std::sync::Mutex<crate::maps::HashMap<std::net::IpAddr, usize>>>,
+    max_pending_per_address: usize,
     /// Connections open per identity (in its namespace), when they are limited.
     identities: std::sync::Mutex<crate::maps::HashMap<String, usize>>,
 }
@@ -86,6 +89,53 @@ impl Admission {
             ),
             identities: std::sync::Mutex::default(),
             handshakes: Arc::new(Semaphore::new(config.max_pending_handshakes)),
+            pending_by_address: Arc::default(),
+            max_pending_per_address: config.max_pending_handshakes_per_address,
+        }
+    }
+
+    /// Counts a connection from `ip` in its handshake, unless its address or the broker
+    /// has its limit of those; the reason when refused.
+    pub(crate) fn handshake(&self, ip: std::net::IpAddr) -> Result<Handshaking, &'static str> {
+        let ip = addresses::key(ip);
+        let mut pending = self
+            .pending_by_address
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let n = pending.entry(ip).or_insert(0);
+        if *n >= self.max_pending_per_address {
+            return Err("this address has its limit of connections in their handshake");
+        }
+        let Ok(permit) = self.handshakes.clone().try_acquire_owned() else {
+            if *n == 0 {
+                pending.remove(&ip);
+            }
+            return Err("the broker has its limit of connections in their handshake");
+        };
+        *n += 1;
+        Ok(Handshaking {
+            _permit: permit,
+            book: self.pending_by_address.clone(),
+            ip,
+        })
+    }
+}
+
+/// A connection in its handshake, counted until dropped.
+pub(crate) struct Handshaking {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    book: Arc<std::sync::Mutex<crate::maps::HashMap<std::net::IpAddr, usize>>>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        let mut book = self.book.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = book.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                book.remove(&self.ip);
+            }
         }
     }
 }
@@ -183,7 +233,7 @@ pub(crate) async fn serve(
     tls: Option<Arc<TlsConfig>>,
     peer: SocketAddr,
     ctx: Arc<Context>,
-    handshaking: tokio::sync::OwnedSemaphorePermit,
+    handshaking: Handshaking,
 ) {
     let conn_id = ctx.engine.next_conn_id();
     let span = tracing::info_span!("conn", %peer, conn_id, client = tracing::field::Empty, namespace = tracing::field::Empty, identity = tracing::field::Empty);
