@@ -64,17 +64,7 @@ impl BrokerHandle {
         name: Option<String>,
         data: Bytes,
     ) -> Result<(String, Vec<DeliveryFailed>), BrokerError> {
-        let msg = Publish {
-            id: new_message_id(),
-            target,
-            name,
-            data,
-            persistent: false,
-            ttl_ms: None,
-            resent: false,
-        };
-        let failed = self.publish_message(&msg)?;
-        Ok((msg.id, failed))
+        self.publish_in(None, target, name, data)
     }
 
     /// Sends a complete message from the broker itself (sender name `$broker`), returning a

@@ -52,23 +52,17 @@ pub(crate) fn shown_text(text: &str) -> Cow<'_, str> {
 
 /// The message with every name of its target in namespace `ns`.
 pub(crate) fn scope_target(ns: &str, target: &Target) -> Target {
-    let one = |name: &String| scoped(Some(ns), name);
-    match target {
-        Target::Client(c) => Target::Client(one(c)),
-        Target::Group(names) => Target::Group(names.iter().map(one).collect()),
-        Target::Channel(c) => Target::Channel(one(c)),
-        Target::Channels(names) => Target::Channels(names.iter().map(one).collect()),
-        Target::ClientInChannel { client, channel } => Target::ClientInChannel {
-            client: one(client),
-            channel: one(channel),
-        },
-        Target::All => Target::All,
-    }
+    map_target(target, |name| scoped(Some(ns), name))
 }
 
 /// A target with every name shown without its namespace.
 pub(crate) fn shown_target(target: &Target) -> Target {
-    let one = |name: &String| shown(name).to_owned();
+    map_target(target, |name| shown(name).to_owned())
+}
+
+/// `target` with each of its names replaced by `one` of it.
+fn map_target(target: &Target, one: impl Fn(&str) -> String) -> Target {
+    let one = |name: &String| one(name);
     match target {
         Target::Client(c) => Target::Client(one(c)),
         Target::Group(names) => Target::Group(names.iter().map(one).collect()),

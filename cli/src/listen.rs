@@ -26,15 +26,9 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Arguments of `broadcast listen`.
 #[derive(Debug, Args)]
 pub(crate) struct ListenArgs {
-    /// The credential, from the global `--token`.
+    /// Credential, namespace and TLS, from the global options.
     #[arg(skip)]
-    pub(crate) token: Option<String>,
-    /// The namespace, from the global `--namespace`.
-    #[arg(skip)]
-    pub(crate) namespace: Option<String>,
-    /// TLS, from a `tls://` server and the global `--tls-*` options.
-    #[arg(skip)]
-    pub(crate) tls: Option<std::sync::Arc<broadcast_client::rustls::ClientConfig>>,
+    pub(crate) access: crate::Access,
     /// Name to connect under; messages sent to this name are printed. A running client with
     /// the same name is disconnected by the broker.
     #[arg(long, value_name = "NAME", value_parser = parse_client_name)]
@@ -183,17 +177,9 @@ async fn setup(
     LocalBoxStream<'static, Message>,
     broadcast_client::Events,
 )> {
-    let mut options = ConnectOptions::new();
-    if let Some(token) = &args.token {
-        options = options.token(token.clone());
-    }
-    if let Some(namespace) = &args.namespace {
-        options = options.namespace(namespace.clone());
-    }
-    if let Some(tls) = &args.tls {
-        options = options.tls(tls.clone());
-    }
-    let connect = options
+    let connect = args
+        .access
+        .options(ConnectOptions::new())
         .name(args.name.clone())
         .reconnect_delay(Duration::from_millis(200), Duration::from_secs(3))
         .max_reconnect_attempts(Some(RECONNECT_ATTEMPTS))

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use broadcast_client::{ConnectError, ErrorCode};
+use broadcast_client::{ConnectError, ConnectOptions, ErrorCode};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
@@ -221,6 +221,31 @@ fn connect_failed(server: &str, err: &ConnectError) -> Exit {
     ))
 }
 
+/// What a command connects with beyond the address: the global `--token`, `--namespace`
+/// and TLS options.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Access {
+    token: Option<String>,
+    namespace: Option<String>,
+    tls: Option<std::sync::Arc<broadcast_client::rustls::ClientConfig>>,
+}
+
+impl Access {
+    /// `options` with these.
+    pub(crate) fn options(&self, mut options: ConnectOptions) -> ConnectOptions {
+        if let Some(token) = &self.token {
+            options = options.token(token.clone());
+        }
+        if let Some(namespace) = &self.namespace {
+            options = options.namespace(namespace.clone());
+        }
+        if let Some(tls) = &self.tls {
+            options = options.tls(tls.clone());
+        }
+        options
+    }
+}
+
 /// The broker's `HOST:PORT` and, for a `tls://` address, the TLS configuration.
 fn broker_address(
     cli: &Cli,
@@ -318,15 +343,19 @@ fn main() -> ExitCode {
         let (server, tls) = connect()?;
         match cli.command {
             Command::Listen(mut args) => {
-                args.token = cli.token;
-                args.namespace = cli.namespace;
-                args.tls = tls;
+                args.access = Access {
+                    token: cli.token,
+                    namespace: cli.namespace,
+                    tls,
+                };
                 listen::run(&server, args).await
             }
             Command::Send(mut args) => {
-                args.token = cli.token;
-                args.namespace = cli.namespace;
-                args.tls = tls;
+                args.access = Access {
+                    token: cli.token,
+                    namespace: cli.namespace,
+                    tls,
+                };
                 send::run(&server, *args).await
             }
             Command::Stats(args) => admin::stats(&args),

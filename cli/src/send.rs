@@ -26,15 +26,9 @@ const DEFAULT_ACCEPT_WAIT: Duration = Duration::from_secs(10);
 /// Arguments of `broadcast send`.
 #[derive(Debug, Args)]
 pub(crate) struct SendArgs {
-    /// The credential, from the global `--token`.
+    /// Credential, namespace and TLS, from the global options.
     #[arg(skip)]
-    pub(crate) token: Option<String>,
-    /// The namespace, from the global `--namespace`.
-    #[arg(skip)]
-    pub(crate) namespace: Option<String>,
-    /// TLS, from a `tls://` server and the global `--tls-*` options.
-    #[arg(skip)]
-    pub(crate) tls: Option<std::sync::Arc<broadcast_client::rustls::ClientConfig>>,
+    pub(crate) access: crate::Access,
     /// Name to connect under (the broker makes one up when absent). A running client with the
     /// same name is disconnected by the broker.
     #[arg(long, value_name = "NAME", value_parser = parse_client_name)]
@@ -279,7 +273,7 @@ fn read_data(data: String) -> anyhow::Result<Bytes> {
 }
 
 /// Runs `broadcast send` against the broker at `server`; returns the exit status.
-pub(crate) async fn run(server: &str, mut args: SendArgs) -> anyhow::Result<u8> {
+pub(crate) async fn run(server: &str, args: SendArgs) -> anyhow::Result<u8> {
     let data = read_data(args.data)?;
     let mut message = args.target.message(data).persistent(args.persistent);
     if let Some(event) = args.event {
@@ -301,15 +295,7 @@ pub(crate) async fn run(server: &str, mut args: SendArgs) -> anyhow::Result<u8> 
     if let Some(name) = args.name {
         options = options.name(name);
     }
-    if let Some(token) = args.token.take() {
-        options = options.token(token);
-    }
-    if let Some(namespace) = args.namespace.take() {
-        options = options.namespace(namespace);
-    }
-    if let Some(tls) = args.tls.take() {
-        options = options.tls(tls);
-    }
+    options = args.access.options(options);
     let client = options
         .connect(server)
         .await

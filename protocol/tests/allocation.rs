@@ -110,7 +110,8 @@ fn a_header_over_the_limit_is_refused_without_reserving_the_body() {
             m.result
         );
         assert!(
-            m.peak < 1024,
+            // A few KiB of room: the test harness may print (and allocate) on its own thread meanwhile.
+            m.peak < 4 * 1024,
             "header announcing {len} bytes allocated {}",
             m.peak
         );
