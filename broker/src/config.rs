@@ -22,9 +22,10 @@ pub struct Config {
     /// second's worth); faster ones get a `LimitReached` error and are closed. Default 0: no
     /// limit.
     pub connections_per_address_per_sec: f64,
-    /// Failed authentications from one source address within a minute after which the
-    /// address is refused new connections for `auth_failure_block` (each failure is also
-    /// answered a little later than the one before). Default 0: no limit.
+    /// Failed handshakes (a refused credential, a bad or missing `Hello`, a failed TLS
+    /// handshake) from one source address within a minute after which the address is
+    /// refused new connections for `auth_failure_block` (each failure is also answered a
+    /// little later than the one before). Default 0: no limit.
     pub max_auth_failures_per_address: u32,
     /// How long an address that failed too often is refused. Default 60 s.
     pub auth_failure_block: Duration,

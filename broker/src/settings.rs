@@ -114,7 +114,8 @@ settings! {
     /// Most new connections a second from one source address, fractions allowed, in bursts
     /// of a second's worth (0: no limit).
     connections_per_address_per_sec: f64 = "BROADCAST_CONNECTIONS_PER_ADDRESS_PER_SEC",
-    /// Failed authentications from one source address within a minute after which it is
+    /// Failed handshakes and authentications (a refused credential, a bad or missing Hello, a
+    /// failed TLS handshake) from one source address within a minute after which it is
     /// refused new connections for auth_failure_block_secs (0: no limit).
     max_auth_failures_per_address: u32 = "BROADCAST_MAX_AUTH_FAILURES_PER_ADDRESS",
     /// Seconds an address that failed to authenticate too often is refused.

@@ -397,3 +397,30 @@ async fn a_client_certificate_proves_the_identity_it_maps_to_and_no_other() -> R
     assert_eq!(by_token.identity().as_deref(), Some("billing"));
     Ok(())
 }
+
+#[tokio::test]
+async fn failed_tls_handshakes_count_against_their_address() -> R {
+    let pki = Pki::new()?;
+    let config = Config {
+        max_auth_failures_per_address: 2,
+        ..Config::default()
+    };
+    let (b, _stop, _data) = broker_with(&pki, "cert.pem", "key.pem", config, None).await?;
+    let addr = b.tls_addr().context("a TLS listener")?;
+    // Two clients that do not trust the broker's certificate: their handshakes fail.
+    for _ in 0..2 {
+        let err = Client::connect(addr.to_string(), tls_options(&pki, "other-ca.pem")?)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ConnectError::Tls(_)), "{err}");
+    }
+    // Refused now from this address, told why over TLS.
+    let err = Client::connect(addr.to_string(), tls_options(&pki, "ca.pem")?)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ConnectError::Refused { code: broadcast_client::ErrorCode::LimitReached, message } if message.contains("failed to authenticate")),
+        "{err}"
+    );
+    Ok(())
+}

@@ -38,7 +38,7 @@ pub(crate) async fn accept_loop(
                     let (ctx, tls) = (ctx.clone(), tls.clone());
                     tracker.spawn(async move {
                         let msg = format!(
-                            "refused: this address failed to authenticate too often; try again in {} s",
+                            "refused: this address failed to authenticate (or to finish a handshake) too often; try again in {} s",
                             left.as_secs().max(1)
                         );
                         refuse(stream, tls, &ctx, &msg).await;

@@ -241,6 +241,9 @@ pub(crate) async fn serve(
         let metrics = ctx.engine.metrics.clone();
         let Some((rd, mut wr, peer_names)) = open(stream, tls, &ctx).await else {
             metrics::add(&metrics.refused[metrics::REFUSED_TLS], 1);
+            // A failed TLS handshake counts against its address as a failed authentication.
+            let failures = &ctx.admission.failures;
+            failures.failed(peer.ip(), std::time::Instant::now());
             return;
         };
         let max_frame = ctx.config.max_frame();
@@ -267,8 +270,12 @@ pub(crate) async fn serve(
                 };
                 metrics::add(&metrics.refused[label], 1);
                 tracing::info!(reason = %refusal.1, "handshake refused");
-                if refusal.0 == ErrorCode::Unauthorized {
-                    // Each failure from an address is answered later than the one before.
+                if matches!(
+                    refusal.0,
+                    ErrorCode::Unauthorized | ErrorCode::BadHandshake | ErrorCode::Timeout
+                ) {
+                    // A failed handshake counts against its address; each is answered later
+                    // than the one before.
                     let wait = ctx
                         .admission
                         .failures
