@@ -61,7 +61,10 @@ pub(crate) async fn accept_loop(
                         continue;
                     }
                 };
-                let handshaking = match ctx.admission.handshake(peer.ip()) {
+                let handshaking = match ctx
+                    .admission
+                    .handshake(peer.ip(), ctx.config.max_pending_handshakes_per_address)
+                {
                     Ok(handshaking) => handshaking,
                     Err(why) => {
                         tracing::warn!(%peer, why, "refusing a connection");

@@ -14,6 +14,7 @@ mod failures;
 pub(crate) mod listener;
 mod outbound;
 mod reader;
+mod tally;
 mod writer;
 
 pub(crate) use outbound::Outbound;
@@ -22,6 +23,7 @@ use crate::auth::Credentials;
 use crate::core::Refusal;
 use crate::namespace::{self, shown};
 use access::Access;
+use tally::{Held, Tally};
 
 use crate::config::Config;
 use crate::core::{Liveness, NewConfirm, Silence};
@@ -67,12 +69,11 @@ pub(crate) struct Admission {
     pub(crate) addresses: Arc<addresses::Addresses>,
     pub(crate) failures: failures::Failures,
     /// Connections that have not finished their handshake.
-    pub(crate) handshakes: Arc<Semaphore>,
+    handshakes: Arc<Semaphore>,
     /// The same, per source address (as the per-address limits count addresses).
-    pending_by_address: Arc<std::sync::Mutex<crate::maps::HashMap<std::net::IpAddr, usize>>>,
-    max_pending_per_address: usize,
+    handshakes_by_address: Tally<std::net::IpAddr>,
     /// Connections open per identity (in its namespace), when they are limited.
-    identities: std::sync::Mutex<crate::maps::HashMap<String, usize>>,
+    identities: Tally<String>,
 }
 
 impl Admission {
@@ -87,103 +88,55 @@ impl Admission {
                 config.max_auth_failures_per_address,
                 config.auth_failure_block,
             ),
-            identities: std::sync::Mutex::default(),
             handshakes: Arc::new(Semaphore::new(config.max_pending_handshakes)),
-            pending_by_address: Arc::default(),
-            max_pending_per_address: config.max_pending_handshakes_per_address,
+            handshakes_by_address: Tally::default(),
+            identities: Tally::default(),
         }
     }
 
     /// Counts a connection from `ip` in its handshake, unless its address or the broker
-    /// has its limit of those; the reason when refused.
-    pub(crate) fn handshake(&self, ip: std::net::IpAddr) -> Result<Handshaking, &'static str> {
-        let ip = addresses::key(ip);
-        let mut pending = self
-            .pending_by_address
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let n = pending.entry(ip).or_insert(0);
-        if *n >= self.max_pending_per_address {
-            return Err("this address has its limit of connections in their handshake");
-        }
-        let Ok(permit) = self.handshakes.clone().try_acquire_owned() else {
-            if *n == 0 {
-                pending.remove(&ip);
-            }
-            return Err("the broker has its limit of connections in their handshake");
-        };
-        *n += 1;
-        Ok(Handshaking {
-            _permit: permit,
-            book: self.pending_by_address.clone(),
-            ip,
-        })
+    /// has its limit of those (`max_per_address`); the reason when refused.
+    pub(crate) fn handshake(
+        &self,
+        ip: std::net::IpAddr,
+        max_per_address: usize,
+    ) -> Result<Handshaking, &'static str> {
+        let held = self
+            .handshakes_by_address
+            .take(addresses::key(ip), max_per_address)
+            .ok_or("this address has its limit of connections in their handshake")?;
+        let permit = self
+            .handshakes
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| "the broker has its limit of connections in their handshake")?;
+        Ok(Handshaking(permit, held))
     }
 }
 
-/// A connection in its handshake, counted until dropped.
-pub(crate) struct Handshaking {
-    _permit: tokio::sync::OwnedSemaphorePermit,
-    book: Arc<std::sync::Mutex<crate::maps::HashMap<std::net::IpAddr, usize>>>,
-    ip: std::net::IpAddr,
-}
-
-impl Drop for Handshaking {
-    fn drop(&mut self) {
-        let mut book = self.book.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = book.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                book.remove(&self.ip);
-            }
-        }
-    }
-}
-
-/// One of an identity's connections, counted while it lives.
-struct IdentitySlot {
-    ctx: Arc<Context>,
-    key: String,
-}
-
-impl Drop for IdentitySlot {
-    fn drop(&mut self) {
-        let book = &self.ctx.admission.identities;
-        let mut book = book.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = book.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                book.remove(&self.key);
-            }
-        }
-    }
-}
+/// A connection in its handshake, counted (in all and for its address) until dropped.
+pub(crate) struct Handshaking(
+    #[allow(dead_code)] tokio::sync::OwnedSemaphorePermit,
+    #[allow(dead_code)] Held<std::net::IpAddr>,
+);
 
 /// Counts a connection of the access's identity, or refuses it over the limit.
 fn identity_slot(
     access: &Access,
-    ctx: &Arc<Context>,
-) -> Result<Option<IdentitySlot>, (ErrorCode, String)> {
+    ctx: &Context,
+) -> Result<Option<Held<String>>, (ErrorCode, String)> {
     let max = ctx.config.max_connections_per_identity;
     let Some(identity) = access.identity().filter(|_| max > 0) else {
         return Ok(None);
     };
     let key = namespace::scoped(access.namespace(), identity);
-    let book = &ctx.admission.identities;
-    let mut open = book.lock().unwrap_or_else(|p| p.into_inner());
-    let n = open.entry(key.clone()).or_insert(0);
-    if *n >= max {
-        return Err((
+    match ctx.admission.identities.take(key, max) {
+        Some(held) => Ok(Some(held)),
+        None => Err((
             ErrorCode::LimitReached,
             format!("{identity} has its limit of {max} connections open"),
-        ));
+        )),
     }
-    *n += 1;
-    drop(open);
-    Ok(Some(IdentitySlot {
-        ctx: ctx.clone(),
-        key,
-    }))
 }
 
 /// The reading half of a connection, plaintext or TLS.
@@ -250,24 +203,23 @@ pub(crate) async fn serve(
         // Declared before the reader, so dropped after it: the reader's last counts are in.
         let open = Open::new(&metrics, conn_id);
         let mut reader = Reader::new(rd, max_frame, ctx.partial.clone(), open.traffic.clone());
-        let admitted = handshake(&mut reader, &ctx).await.and_then(|hello| {
-            Access::admit(&hello, ctx.credentials.subscribe(), peer_names).map(|a| (hello, a))
-        });
-        let admitted = admitted.and_then(|(hello, (name, access))| {
-            let slot = identity_slot(&access, &ctx)?;
-            Ok((hello, (name, access), slot))
-        });
+        // Each refusal with the label it is counted under.
+        let admitted = handshake(&mut reader, &ctx)
+            .await
+            .and_then(|hello| {
+                Access::admit(&hello, ctx.credentials.subscribe(), peer_names).map(|a| (hello, a))
+            })
+            .map_err(|refusal| (metrics::refusal(refusal.0), refusal))
+            .and_then(|(hello, (name, access))| {
+                let slot = identity_slot(&access, &ctx)
+                    .map_err(|refusal| (metrics::REFUSED_PER_IDENTITY, refusal))?;
+                Ok((hello, (name, access), slot))
+            });
         // Handshake over, whatever its outcome.
         drop(handshaking);
         let (hello, (name, access), _slot) = match admitted {
             Ok(admitted) => admitted,
-            Err(refusal) => {
-                let label = match refusal.0 {
-                    ErrorCode::LimitReached if refusal.1.contains("connections open") => {
-                        metrics::REFUSED_PER_IDENTITY
-                    }
-                    code => metrics::refusal(code),
-                };
+            Err((label, refusal)) => {
                 metrics::add(&metrics.refused[label], 1);
                 tracing::info!(reason = %refusal.1, "handshake refused");
                 if matches!(
@@ -494,18 +446,15 @@ async fn run(
         .instrument(tracing::Span::current()),
     );
     // Told once the writer runs: there may be more than the outbound queue holds.
-    let farewell = if unsubscribed(&out, dropped).await {
-        None
-    } else {
-        Some(None)
-    };
+    let told = unsubscribed(&out, dropped).await;
     let liveness = Liveness::new(
         cfg.heartbeat,
         Duration::from_millis(u64::from(hello.heartbeat_ms)),
     );
-    let farewell = match farewell {
-        Some(farewell) => farewell,
-        None => read_loop(&mut reader, &out, &name, &ctx, liveness, &mut access).await,
+    let farewell = if told {
+        read_loop(&mut reader, &out, &name, &ctx, liveness, &mut access).await
+    } else {
+        None
     };
     ctx.engine.conn_closed(conn_id);
     ctx.engine.unregister(&name, conn_id).await;
@@ -716,16 +665,21 @@ async fn publish_persistent(
     unconfirmed: &Arc<Semaphore>,
     access: &Access,
 ) -> Handled {
-    // Checked as the client sent them, routed in the connection's namespace.
-    let checks: Vec<Result<(), Refusal>> = msgs.iter().map(|m| check(m, ctx, access)).collect();
-    let msgs = scope_all(access.namespace(), msgs);
     // The messages stay where they are; the valid ones from `start` on, each with its
     // confirmation in `confirms`, are routed together.
     let mut confirms: Vec<NewConfirm<Outbound>> = Vec::with_capacity(msgs.len());
     let mut start = 0;
-    for (i, (msg, checked)) in msgs.iter().zip(checks).enumerate() {
-        if let Err(r) = checked {
-            if let Handled::Close = route_run(&msgs[start..i], &mut confirms, out, name, ctx).await
+    for (i, msg) in msgs.iter().enumerate() {
+        if let Err(r) = check(msg, ctx, access) {
+            if let Handled::Close = route_run(
+                &msgs[start..i],
+                &mut confirms,
+                out,
+                name,
+                ctx,
+                access.namespace(),
+            )
+            .await
             {
                 return Handled::Close;
             }
@@ -742,8 +696,15 @@ async fn publish_persistent(
             Ok(permit) => permit,
             Err(_) => {
                 // Route what is gathered first: its confirmations are what frees permits.
-                if let Handled::Close =
-                    route_run(&msgs[start..i], &mut confirms, out, name, ctx).await
+                if let Handled::Close = route_run(
+                    &msgs[start..i],
+                    &mut confirms,
+                    out,
+                    name,
+                    ctx,
+                    access.namespace(),
+                )
+                .await
                 {
                     return Handled::Close;
                 }
@@ -759,7 +720,15 @@ async fn publish_persistent(
             permit,
         });
     }
-    route_run(&msgs[start..], &mut confirms, out, name, ctx).await
+    route_run(
+        &msgs[start..],
+        &mut confirms,
+        out,
+        name,
+        ctx,
+        access.namespace(),
+    )
+    .await
 }
 
 /// Routes a run of persistent messages, each with its confirmation in `confirms`, sends their
@@ -770,11 +739,24 @@ async fn route_run(
     out: &Outbound,
     name: &Arc<str>,
     ctx: &Context,
+    ns: Option<&str>,
 ) -> Handled {
     debug_assert_eq!(msgs.len(), confirms.len());
     if msgs.is_empty() {
         return Handled::Continue;
     }
+    // Checked as the client sent them, routed in the connection's namespace.
+    let scoped: Vec<Publish>;
+    let msgs = match ns {
+        None => msgs,
+        Some(_) => {
+            scoped = msgs
+                .iter()
+                .map(|m| namespace::scope(ns, m).into_owned())
+                .collect();
+            &scoped
+        }
+    };
     let confirms = std::mem::take(confirms);
     let routed = ctx.engine.route_persistent(name, out, msgs, confirms).await;
     let mut closed = false;
@@ -812,16 +794,6 @@ fn check(msg: &Publish, ctx: &Context, access: &Access) -> Result<(), Refusal> {
         code: ErrorCode::Forbidden,
         message,
     })
-}
-
-/// Messages with their targets in namespace `ns` (`None`: unchanged).
-fn scope_all(ns: Option<&str>, mut msgs: Vec<Publish>) -> Vec<Publish> {
-    if let Some(ns) = ns {
-        for msg in &mut msgs {
-            msg.target = namespace::scope_target(ns, &msg.target);
-        }
-    }
-    msgs
 }
 
 async fn handle(
