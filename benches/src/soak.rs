@@ -919,6 +919,85 @@ pub async fn slowloris(
     }))
 }
 
+/// A flood: one client publishes non-persistent messages of `size` bytes to a reading sink as
+/// fast as it can for `secs` seconds, with `broker_args` (for example a publish rate). Reports
+/// the rate the flooder got, whether the sink received every message, the broker's memory, and
+/// a normal client's round trips before and during the flood.
+///
+/// # Errors
+/// When the broker fails or a client cannot connect.
+pub async fn flood(
+    binary: &Path,
+    dir: &Path,
+    secs: f64,
+    size: usize,
+    broker_args: &[&str],
+) -> Result<Value> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let data = dir.join("flood");
+    let mut broker = Broker::start(binary, &data, broker_args)?;
+    let normal = ConnectOptions::new()
+        .name("flood-normal")
+        .connect(broker.addr())
+        .await?;
+    let start_rss = broker.rss_mib();
+    let (p50_before, p99_before) = round_trips(&normal, 2_000).await?;
+    let (sink, mut inbox) = recipient(broker.addr(), "flood-sink").await?;
+    let flooder = ConnectOptions::new()
+        .name("flood-source")
+        .connect(broker.addr())
+        .await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let payload = bytes::Bytes::from(vec![b'x'; size]);
+    let started = Instant::now();
+    let sending = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                flooder
+                    .send(
+                        OutgoingMessage::to_client("flood-sink", payload.clone()).persistent(false),
+                    )
+                    .await?;
+                sent += 1;
+            }
+            flooder.flush().await?;
+            anyhow::Ok((sent, started.elapsed(), flooder))
+        })
+    };
+    let receiving = tokio::spawn(async move {
+        let mut received = 0u64;
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(5), inbox.next()).await {
+            received += 1;
+        }
+        received
+    });
+    tokio::time::sleep(Duration::from_secs_f64(secs / 2.0)).await;
+    let during_rss = broker.rss_mib();
+    let (p50_during, p99_during) = round_trips(&normal, 2_000).await?;
+    let rest = Duration::from_secs_f64(secs).saturating_sub(started.elapsed());
+    tokio::time::sleep(rest).await;
+    stop.store(true, Ordering::Relaxed);
+    let (sent, took, flooder) = sending.await??;
+    let peak_rss = broker.rss_mib();
+    // The sink stops 5 s after the last message came.
+    let received = receiving.await?;
+    flooder.close().await;
+    sink.close().await;
+    normal.close().await;
+    broker.stop()?;
+    Ok(json!({
+        "scenario": "flood", "broker_args": broker_args.join(" "), "size": size,
+        "sent": sent, "received": received, "lost": sent.saturating_sub(received),
+        "flooder_msgs_per_sec": (sent as f64 / took.as_secs_f64()).round(),
+        "start_rss_mib": r1(start_rss), "rss_mib_during": r1(during_rss.max(peak_rss)),
+        "normal_p50_us_before": p50_before.round(), "normal_p99_us_before": p99_before.round(),
+        "normal_p50_us_during": p50_during.round(), "normal_p99_us_during": p99_during.round(),
+    }))
+}
+
 /// A recipient that never reads (a small socket buffer, so the broker's outbound queue for it
 /// fills): a sender sends it `count` non-persistent messages of 64 KiB, each followed by a
 /// flush. Reports how many sends were held back (more than 100 ms) and for how long in all,

@@ -38,6 +38,14 @@ pub struct Config {
     /// Most of those from one source address, so that one host cannot take them all and
     /// keep new clients out. Default 128.
     pub max_pending_handshakes_per_address: usize,
+    /// Most messages a second one connection may publish (fractions allowed, bursts of a
+    /// second's worth). A connection over it is held back, never refused: its next frames are
+    /// read only once it is within its rate again (acknowledgements, pings and pongs up to
+    /// 64 KiB ahead), and TCP slows its sender. Default 0: no limit.
+    pub publish_messages_per_sec: f64,
+    /// Most payload bytes a second one connection may publish, held back the same way.
+    /// Default 0: no limit.
+    pub publish_bytes_per_sec: f64,
     /// Largest message payload accepted, in bytes. Default 1 MiB. Frames may be this plus
     /// 64 KiB of envelope.
     pub max_payload: u32,
@@ -121,6 +129,8 @@ impl Default for Config {
             max_connections_per_identity: 0,
             max_pending_handshakes: 1024,
             max_pending_handshakes_per_address: 128,
+            publish_messages_per_sec: 0.0,
+            publish_bytes_per_sec: 0.0,
             max_payload: broadcast_protocol::DEFAULT_MAX_PAYLOAD,
             outbound_frames: 8192,
             outbound_bytes: 8 * 1024 * 1024,
@@ -196,13 +206,17 @@ impl Config {
         if let Err(e) = Credentials::new(&self.auth) {
             return err("auth", &e.0);
         }
-        if !(self.connections_per_address_per_sec >= 0.0
-            && self.connections_per_address_per_sec.is_finite())
-        {
-            return err(
+        for (key, rate) in [
+            (
                 "connections_per_address_per_sec",
-                "must be a number of zero or more",
-            );
+                self.connections_per_address_per_sec,
+            ),
+            ("publish_messages_per_sec", self.publish_messages_per_sec),
+            ("publish_bytes_per_sec", self.publish_bytes_per_sec),
+        ] {
+            if !(rate >= 0.0 && rate.is_finite()) {
+                return err(key, "must be a number of zero or more");
+            }
         }
         if self.outbound_frames < 16 {
             return err("outbound_frames", "must be at least 16");

@@ -135,6 +135,9 @@ pub(crate) struct Metrics {
     pub(crate) started: std::time::Instant,
     /// Flushes made.
     pub(crate) flushes: AtomicU64,
+    /// Times a connection was held back for its publish rate, and the microseconds it waited.
+    held_back: AtomicU64,
+    held_back_micros: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -153,6 +156,8 @@ impl Default for Metrics {
             flusher_seen_ms: AtomicU64::new(0),
             started: std::time::Instant::now(),
             flushes: AtomicU64::new(0),
+            held_back: AtomicU64::new(0),
+            held_back_micros: AtomicU64::new(0),
         }
     }
 }
@@ -165,6 +170,15 @@ pub(crate) fn add(counter: &AtomicU64, n: u64) {
 }
 
 impl Metrics {
+    /// Counts a connection held back for `waited` by its publish rate.
+    pub(crate) fn held_back(&self, waited: std::time::Duration) {
+        add(&self.held_back, 1);
+        add(
+            &self.held_back_micros,
+            u64::try_from(waited.as_micros()).unwrap_or(u64::MAX),
+        );
+    }
+
     fn book(&self) -> std::sync::MutexGuard<'_, TrafficBook> {
         self.traffic.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -304,6 +318,19 @@ impl Collector for Scrape {
                 .zip(&m.refused)
                 .map(|(label, value)| ([("reason", *label)], load(value))),
         )?;
+        counter(
+            &mut e,
+            "publishers_held_back",
+            "Times a connection over its publish rate was held back",
+            load(&m.held_back),
+        )?;
+        let waited = ConstCounter::new(load(&m.held_back_micros) as f64 / 1e6);
+        waited.encode(e.encode_descriptor(
+            "publishers_held_back_seconds",
+            "Seconds connections over their publish rate were held back",
+            None,
+            waited.metric_type(),
+        )?)?;
         gauge(
             &mut e,
             "clients",

@@ -127,6 +127,13 @@ settings! {
     max_pending_handshakes: usize = "BROADCAST_MAX_PENDING_HANDSHAKES",
     /// Most connections from one source address that have not finished their handshake.
     max_pending_handshakes_per_address: usize = "BROADCAST_MAX_PENDING_HANDSHAKES_PER_ADDRESS",
+    /// Most messages a second one connection may publish, fractions allowed, in bursts of a
+    /// second's worth; a connection over it is held back (TCP slows its sender), never
+    /// refused (0: no limit).
+    publish_messages_per_sec: f64 = "BROADCAST_PUBLISH_MESSAGES_PER_SEC",
+    /// Most payload bytes a second one connection may publish, held back the same way (0: no
+    /// limit).
+    publish_bytes_per_sec: f64 = "BROADCAST_PUBLISH_BYTES_PER_SEC",
     /// Largest message payload accepted, in bytes (4 KiB to 64 MiB less 64 KiB).
     max_payload: u32 = "BROADCAST_MAX_PAYLOAD",
     /// Most frames waiting in one connection's outbound queue.
@@ -239,6 +246,8 @@ impl Default for Settings {
             max_connections_per_identity: c.max_connections_per_identity,
             max_pending_handshakes: c.max_pending_handshakes,
             max_pending_handshakes_per_address: c.max_pending_handshakes_per_address,
+            publish_messages_per_sec: c.publish_messages_per_sec,
+            publish_bytes_per_sec: c.publish_bytes_per_sec,
             max_payload: c.max_payload,
             outbound_frames: c.outbound_frames,
             outbound_bytes: c.outbound_bytes,
@@ -387,6 +396,8 @@ impl Settings {
             max_connections_per_identity: self.max_connections_per_identity,
             max_pending_handshakes: self.max_pending_handshakes,
             max_pending_handshakes_per_address: self.max_pending_handshakes_per_address,
+            publish_messages_per_sec: self.publish_messages_per_sec,
+            publish_bytes_per_sec: self.publish_bytes_per_sec,
             max_payload: self.max_payload,
             outbound_frames: self.outbound_frames,
             outbound_bytes: self.outbound_bytes,

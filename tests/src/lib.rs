@@ -4,6 +4,8 @@
 //! Every wait here is on an event with a timeout; nothing sleeps to wait.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+
 use anyhow::{Context as _, anyhow, bail};
 use broadcast_broker::store::{
     MemoryStore, QueueId, QueueInfo, QueueStore, Seq, Session, StoreError, StoredEntry,

@@ -2,71 +2,12 @@
 //! clients did, readiness while the broker shuts down, the bearer token.
 
 use anyhow::{Context as _, bail};
-use broadcast_broker::AdminOptions;
 use broadcast_protocol::{ServerFrame, Target};
+use broadcast_tests::admin::{get, scrape, serve_admin};
 use broadcast_tests::{RawClient, TestBroker, WAIT};
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
 
 type R = anyhow::Result<()>;
-
-/// Serves the admin API of `broker` on a free port.
-async fn serve_admin(broker: &TestBroker, token: Option<&str>) -> anyhow::Result<SocketAddr> {
-    let options = AdminOptions {
-        token: token.map(str::to_owned),
-        settings: None,
-    };
-    let app = broadcast_broker::admin::router(&broker.handle()?, options);
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok(addr)
-}
-
-/// `GET path` over HTTP/1.1; the status and the body.
-async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> anyhow::Result<(u16, String)> {
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr).await?;
-        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: broker\r\n{auth}Connection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await?;
-        anyhow::Ok(response)
-    };
-    let response = tokio::time::timeout(WAIT, exchange).await??;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .context("no end of the headers")?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .context("no status")?
-        .parse()?;
-    Ok((status, body.to_owned()))
-}
-
-/// Every sample of a metrics page, by name with its labels as written.
-fn samples(page: &str) -> HashMap<String, f64> {
-    page.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            Some((name.to_owned(), value.parse().ok()?))
-        })
-        .collect()
-}
-
-async fn scrape(addr: SocketAddr) -> anyhow::Result<HashMap<String, f64>> {
-    let (status, body) = get(addr, "/metrics", None).await?;
-    if status != 200 {
-        bail!("/metrics answered {status}: {body}");
-    }
-    Ok(samples(&body))
-}
 
 /// How much `name` moved between two scrapes (a sample missing from either is an error).
 fn moved(before: &HashMap<String, f64>, after: &HashMap<String, f64>, name: &str) -> f64 {

@@ -474,3 +474,75 @@ async fn connections_that_never_finish_their_handshake_are_bounded_and_others_ar
     }
     Ok(())
 }
+
+/// A client publishing faster than its rate: its messages are held back, never refused, and
+/// arrive whole and in order; its pings are answered while they wait, and another client is
+/// served meanwhile.
+#[tokio::test]
+async fn a_client_over_its_publish_rate_is_held_back_and_loses_nothing() -> R {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const COUNT: usize = 600;
+    // A second's worth (200) passes at once; the other 400 take two seconds.
+    let broker = TestBroker::start_with(|c| c.publish_messages_per_sec = 200.0).await?;
+    let admin = broadcast_tests::admin::serve_admin(&broker, None).await?;
+    let mut rx = RawClient::connect(broker.addr(), Some("rx")).await?;
+    let mut tx = RawClient::connect(broker.addr(), Some("tx")).await?;
+    let mut other = RawClient::connect(broker.addr(), Some("other")).await?;
+    let received = Arc::new(AtomicUsize::new(0));
+    let receiving = {
+        let received = received.clone();
+        tokio::spawn(async move {
+            for i in 0..COUNT {
+                let d = rx.delivery().await?;
+                anyhow::ensure!(d.data == i.to_string().as_bytes(), "out of order at {i}");
+                anyhow::ensure!(d.persistent == (i % 2 == 0), "persistence of {i}");
+                if let Some(tag) = d.ack_tag {
+                    rx.ack([tag]).await?;
+                }
+                received.store(i + 1, Ordering::SeqCst);
+            }
+            anyhow::Ok(rx)
+        })
+    };
+    for i in 0..COUNT {
+        let msg = publish(
+            Target::Client("rx".into()),
+            i.to_string().as_bytes(),
+            i % 2 == 0,
+        );
+        tx.feed(ClientFrame::Publish(msg)).await?;
+    }
+    tx.feed(ClientFrame::Ping { nonce: 7 }).await?;
+    tx.flush().await?;
+    let mut accepted = 0;
+    loop {
+        match tx.next().await? {
+            ServerFrame::Accepted { .. } => accepted += 1,
+            ServerFrame::Pong { nonce: 7 } => break,
+            other => anyhow::bail!("unexpected {other:?}"),
+        }
+    }
+    // The ping came after every message, yet was answered while most of them waited.
+    let at_pong = received.load(Ordering::SeqCst);
+    assert!(
+        at_pong < COUNT,
+        "all {COUNT} messages arrived before the pong: nothing was held back"
+    );
+    other.sync().await?;
+    assert!(
+        received.load(Ordering::SeqCst) < COUNT,
+        "another client was answered only after the flood"
+    );
+    while accepted < COUNT / 2 {
+        match tx.next().await? {
+            ServerFrame::Accepted { .. } => accepted += 1,
+            other => anyhow::bail!("unexpected {other:?}"),
+        }
+    }
+    tokio::time::timeout(4 * WAIT, receiving).await???;
+    let metrics = broadcast_tests::admin::scrape(admin).await?;
+    let held = metrics["broadcast_publishers_held_back_total"];
+    assert!(held >= 1.0, "the publisher was never held back ({held})");
+    Ok(())
+}

@@ -80,6 +80,19 @@ enum Scenario {
         #[arg(long, allow_hyphen_values = true, num_args = 0..)]
         broker_args: Vec<String>,
     },
+    /// One client publishing as fast as it can to a reading sink, and a normal client's
+    /// round trips before and during (give the broker a publish rate to see it held back).
+    Flood {
+        /// Seconds of flood.
+        #[arg(long, default_value_t = 6.0)]
+        secs: f64,
+        /// Payload bytes.
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        /// Extra broker arguments.
+        #[arg(long, allow_hyphen_values = true, num_args = 0..)]
+        broker_args: Vec<String>,
+    },
     /// A recipient that never reads, and a sender of non-persistent messages to it.
     Stall {
         /// Messages of 64 KiB.
@@ -124,6 +137,14 @@ fn main() -> Result<()> {
             }
             Scenario::Partial { connections } => {
                 soak::partial(&args.broker, &dir, *connections).await
+            }
+            Scenario::Flood {
+                secs,
+                size,
+                broker_args,
+            } => {
+                let extra: Vec<&str> = broker_args.iter().map(String::as_str).collect();
+                soak::flood(&args.broker, &dir, *secs, *size, &extra).await
             }
             Scenario::Stall { count } => soak::stall(&args.broker, &dir, *count).await,
             Scenario::Slowloris {

@@ -15,6 +15,7 @@ pub(crate) mod listener;
 mod outbound;
 mod reader;
 mod tally;
+mod throttle;
 mod writer;
 
 pub(crate) use outbound::Outbound;
@@ -178,7 +179,8 @@ async fn open(
 }
 
 pub(crate) use reader::PartialFrames;
-use reader::{FrameReader as Reader, ReadError};
+use reader::{FrameReader as Reader, ReadError, ReadItem};
+use throttle::Throttle;
 
 /// Serves one accepted connection until it closes.
 pub(crate) async fn serve(
@@ -475,8 +477,13 @@ async fn read_loop(
 ) -> Option<Bytes> {
     let close = out.shared.close.clone();
     let unconfirmed = Arc::new(Semaphore::new(ctx.config.max_unconfirmed));
-    // A frame read ahead while gathering persistent messages, to be handled next.
-    let mut carried = None;
+    // Frames read ahead (while gathering persistent messages, or while held back by the
+    // publish rate), to be handled next.
+    let mut ahead = Ahead::default();
+    let mut throttle = Throttle::new(
+        ctx.config.publish_messages_per_sec,
+        ctx.config.publish_bytes_per_sec,
+    );
     let mut nonce = 0u64;
     loop {
         if close.is_cancelled() {
@@ -497,7 +504,7 @@ async fn read_loop(
         }
         // A frame already read needs no timer and no wait for the close signal: those are
         // set up only when the connection has nothing to hand.
-        let ready = carried.take().or_else(|| reader.next().now_or_never());
+        let ready = ahead.pop().or_else(|| reader.next().now_or_never());
         let next = match ready {
             Some(r) => r,
             None => {
@@ -560,6 +567,8 @@ async fn read_loop(
             }
             Some(Ok(Ok(frame))) => frame,
         };
+        // What the connection published, counted against its rate.
+        let mut published = (0, 0);
         let handled = match frame {
             ClientFrame::Publish(msg) if msg.persistent => {
                 // Persistent messages already read are routed together: one hold of the
@@ -567,22 +576,141 @@ async fn read_loop(
                 let mut run = Vec::with_capacity(PERSISTENT_RUN);
                 run.push(msg);
                 while run.len() < PERSISTENT_RUN {
-                    match reader.next().now_or_never() {
+                    match ahead.pop().or_else(|| reader.next().now_or_never()) {
                         Some(Some(Ok(Ok(ClientFrame::Publish(m))))) if m.persistent => run.push(m),
-                        other => {
-                            carried = other;
+                        Some(other) => {
+                            ahead.push_front(other);
                             break;
                         }
+                        None => break,
                     }
                 }
+                published = (run.len(), run.iter().map(|m| m.data.len()).sum());
                 publish_persistent(run, out, name, ctx, &unconfirmed, access).await
             }
-            frame => handle(frame, out, name, ctx, &unconfirmed, access).await,
+            frame => {
+                if let ClientFrame::Publish(msg) = &frame {
+                    published = (1, msg.data.len());
+                }
+                handle(frame, out, name, ctx, &unconfirmed, access).await
+            }
+        };
+        let handled = match (handled, throttle.as_mut()) {
+            (Handled::Continue, Some(throttle)) if published.0 > 0 => {
+                match throttle.charge(published.0, published.1) {
+                    None => Handled::Continue,
+                    Some(until) => {
+                        let started = tokio::time::Instant::now();
+                        let held = HeldBack {
+                            reader: &mut *reader,
+                            ahead: &mut ahead,
+                            liveness: &mut liveness,
+                        };
+                        let handled =
+                            hold_back(until, held, out, name, ctx, &unconfirmed, access).await;
+                        ctx.engine.metrics.held_back(started.elapsed());
+                        handled
+                    }
+                }
+            }
+            (handled, _) => handled,
         };
         match handled {
             Handled::Continue => {}
             Handled::Close => return None,
             Handled::CloseWith(frame) => return Some(frame),
+        }
+    }
+}
+
+/// Bytes of frames read ahead while a connection is held back by its publish rate, after
+/// which it is not read until it may go on.
+const READ_AHEAD_BYTES: usize = 64 * 1024;
+
+/// Frames read ahead of the one being handled, to be handled next, in order (`None`: the
+/// end of the stream).
+#[derive(Default)]
+struct Ahead {
+    frames: std::collections::VecDeque<Option<ReadItem>>,
+    bytes: usize,
+}
+
+impl Ahead {
+    /// About what a frame read ahead holds in memory.
+    fn size(item: &Option<ReadItem>) -> usize {
+        match item {
+            Some(Ok(Ok(ClientFrame::Publish(m)))) => 64 + m.data.len(),
+            _ => 64,
+        }
+    }
+
+    fn pop(&mut self) -> Option<Option<ReadItem>> {
+        let item = self.frames.pop_front()?;
+        self.bytes -= Self::size(&item);
+        Some(item)
+    }
+
+    fn push_front(&mut self, item: Option<ReadItem>) {
+        self.bytes += Self::size(&item);
+        self.frames.push_front(item);
+    }
+
+    fn push_back(&mut self, item: Option<ReadItem>) {
+        self.bytes += Self::size(&item);
+        self.frames.push_back(item);
+    }
+
+    /// Whether nothing more is to be read ahead: the bound is reached, or the stream ended
+    /// or failed.
+    fn full(&self) -> bool {
+        self.bytes >= READ_AHEAD_BYTES || matches!(self.frames.back(), Some(None | Some(Err(_))))
+    }
+}
+
+/// What a connection held back reads from and keeps.
+struct HeldBack<'a> {
+    reader: &'a mut Reader,
+    ahead: &'a mut Ahead,
+    liveness: &'a mut Liveness,
+}
+
+/// Waits until `until`, when a connection over its publish rate may go on, reading on
+/// meanwhile: acknowledgements, pings and pongs are handled at once (they never wait behind
+/// publishes), other frames are kept in order to be handled after the wait, up to
+/// [`READ_AHEAD_BYTES`]; beyond that the connection is not read, and TCP holds its sender
+/// back. Nothing is dropped.
+async fn hold_back(
+    until: tokio::time::Instant,
+    held: HeldBack<'_>,
+    out: &Outbound,
+    name: &Arc<str>,
+    ctx: &Context,
+    unconfirmed: &Arc<Semaphore>,
+    access: &mut Access,
+) -> Handled {
+    let close = out.shared.close.clone();
+    let wait = tokio::time::sleep_until(until);
+    tokio::pin!(wait);
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = close.cancelled() => return Handled::Close,
+            _ = &mut wait => return Handled::Continue,
+            next = held.reader.next(), if !held.ahead.full() => next,
+        };
+        if next.is_some() {
+            held.liveness.heard();
+        }
+        match next {
+            Some(Ok(Ok(
+                frame @ (ClientFrame::Ack { .. }
+                | ClientFrame::Ping { .. }
+                | ClientFrame::Pong { .. }),
+            ))) => match handle(frame, out, name, ctx, unconfirmed, access).await {
+                Handled::Continue => {}
+                closing => return closing,
+            },
+            other => held.ahead.push_back(other),
         }
     }
 }
