@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The soak scenarios against the broker binary, each printing one JSON line of figures:
 # ghost names, expiry, queue depth across a restart, partial frames, connections that never
-# finish their handshake (slowloris), a recipient that reads nothing, and a full disk (on a
-# tmpfs: needs root). Small counts by default (a few minutes, as CI runs it); `full` for the
-# counts of the bounded-resources issue.
+# finish their handshake (slowloris), a publisher held to its rate (flood), a recipient that
+# reads nothing, and a full disk (on a tmpfs: needs root). Small counts by default (a few
+# minutes, as CI runs it); `full` for the counts of the bounded-resources issue.
 #
 #   benches/soak.sh BROKER SOAK [full]
 set -euo pipefail
@@ -29,6 +29,11 @@ out=$(run partial "${partial[@]}"); echo "$out"
 [ "$(field normal_client_served "$out")" = true ] || fail "a normal client was not served"
 out=$(run slowloris "${slowloris[@]}"); echo "$out"
 [ "$(field new_client_during "$out")" = '"served"' ] || fail "a new client was not served during slowloris"
+out=$(run flood --secs 3 --broker-args --publish-messages-per-sec 2000); echo "$out"
+[ "$(field lost "$out")" = 0 ] || fail "messages of a publisher held to its rate were lost"
+rate=$(field flooder_msgs_per_sec "$out")
+# Three seconds at 2,000 a second plus a second's burst is 2,667 a second at most.
+[ "${rate%.*}" -le 3000 ] || fail "a publisher over its rate was not held back ($rate a second)"
 out=$(run stall); echo "$out"
 grep -q '"SlowConsumer":[1-9]' <<<"$out" || fail "a recipient that reads nothing was never reported too slow"
 if [ "$(id -u)" = 0 ]; then

@@ -93,6 +93,10 @@ pub struct Config {
     pub backlog_max_messages: u64,
     /// Most bytes in the whole store. Default 8 GiB.
     pub store_max_bytes: u64,
+    /// Most bytes queued in one namespace (its clients' queues and its channels' backlogs),
+    /// so that one tenant cannot fill the store for the others; a message over it fails for
+    /// its recipient as `QueueFull`. Default 0: no limit but `store_max_bytes`.
+    pub namespace_max_bytes: u64,
     /// How far the store makes a persistent message durable before it is confirmed: synced
     /// to the device, surviving a power cut (the default), or written to the operating
     /// system, surviving the broker's crash but not a power cut.
@@ -150,6 +154,7 @@ impl Default for Config {
             queue_max_bytes: 1 << 30,
             backlog_max_messages: 10_000,
             store_max_bytes: 8 << 30,
+            namespace_max_bytes: 0,
             store_sync: SyncMode::Device,
             store_cache_bytes: 64 << 20,
             store_min_free_bytes: 64 << 20,

@@ -183,6 +183,9 @@ settings! {
     backlog_max_messages: u64 = "BROADCAST_BACKLOG_MAX_MESSAGES",
     /// Most bytes in the whole store.
     store_max_bytes: u64 = "BROADCAST_STORE_MAX_BYTES",
+    /// Most bytes queued in one namespace, its clients' queues and channels' backlogs
+    /// together (0: no limit but store_max_bytes).
+    namespace_max_bytes: u64 = "BROADCAST_NAMESPACE_MAX_BYTES",
     /// How far a persistent message is made durable before it is confirmed: `device` (synced
     /// to the disk: survives a power cut) or `os` (written to the operating system: survives
     /// the broker's crash, not a power cut).
@@ -270,6 +273,7 @@ impl Default for Settings {
             queue_max_bytes: c.queue_max_bytes,
             backlog_max_messages: c.backlog_max_messages,
             store_max_bytes: c.store_max_bytes,
+            namespace_max_bytes: c.namespace_max_bytes,
             store_sync: c.store_sync,
             store_cache_mib: c.store_cache_bytes / MIB,
             store_min_free_mib: c.store_min_free_bytes / MIB,
@@ -417,6 +421,7 @@ impl Settings {
             queue_max_bytes: self.queue_max_bytes,
             backlog_max_messages: self.backlog_max_messages,
             store_max_bytes: self.store_max_bytes,
+            namespace_max_bytes: self.namespace_max_bytes,
             store_sync: self.store_sync,
             store_cache_bytes: self.store_cache_mib.saturating_mul(MIB),
             store_min_free_bytes: self.store_min_free_mib.saturating_mul(MIB),

@@ -128,6 +128,68 @@ async fn queues_of_two_namespaces_stay_apart_through_a_restart() -> R {
     Ok(())
 }
 
+/// Sends a persistent message of 1,000 bytes to `to`; the failures that came before its
+/// `Accepted`.
+async fn queue_kilobyte(client: &mut RawClient, to: &str) -> anyhow::Result<Vec<FailureReason>> {
+    let id = client
+        .publish(Target::Client(to.into()), &[b'x'; 1000], true)
+        .await?;
+    let mut failed = Vec::new();
+    loop {
+        match client.next().await? {
+            ServerFrame::Accepted { id: a } if a == id => return Ok(failed),
+            ServerFrame::DeliveryFailed(f) => {
+                assert!(!f.detail.contains('\u{1f}'), "{:?}", f.detail);
+                failed.push(f.reason);
+            }
+            other => anyhow::bail!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_namespace_queues_at_most_its_bytes_and_leaves_room_for_the_others() -> R {
+    let mut b = TestBroker::start_with_sled(|c| c.namespace_max_bytes = 5_000).await?;
+    let mut shop = in_ns(b.addr(), "a", "shop").await?;
+    let mut kept = 0;
+    loop {
+        let failed = queue_kilobyte(&mut shop, "away").await?;
+        if failed == [FailureReason::QueueFull] {
+            break;
+        }
+        assert!(failed.is_empty(), "{failed:?}");
+        kept += 1;
+        assert!(kept < 10, "namespace a was never full");
+    }
+    assert!(kept >= 3, "only {kept} messages of 1,000 bytes in 5,000");
+    // Another namespace, and the default one, still have room.
+    let mut other = in_ns(b.addr(), "b", "shop").await?;
+    assert!(queue_kilobyte(&mut other, "away").await?.is_empty());
+    let mut plain = RawClient::connect(b.addr(), Some("shop")).await?;
+    assert!(queue_kilobyte(&mut plain, "away").await?.is_empty());
+    drop((shop, other, plain));
+
+    // The count is restored from the store.
+    b.restart().await?;
+    let mut shop = in_ns(b.addr(), "a", "shop").await?;
+    assert_eq!(
+        queue_kilobyte(&mut shop, "away").await?,
+        [FailureReason::QueueFull]
+    );
+    // What was kept is delivered, and once taken leaves room again.
+    let mut away = in_ns(b.addr(), "a", "away").await?;
+    for _ in 0..kept {
+        let d = away.delivery().await?;
+        away.ack(d.ack_tag).await?;
+    }
+    assert!(away.sync().await?.is_empty(), "a refused message was kept");
+    assert!(
+        queue_kilobyte(&mut shop, "elsewhere").await?.is_empty(),
+        "acknowledged messages still counted against the namespace"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn an_identity_lives_in_its_namespace() -> R {
     let identity = |name: &str, ns: Option<&str>| IdentityConfig {

@@ -43,6 +43,9 @@ impl QueueMeta {
 pub(super) struct Queues {
     map: HashMap<QueueId, QueueMeta>,
     stored_bytes: u64,
+    /// Bytes of the queues of each namespace but the default one (whose bytes are the rest
+    /// of `stored_bytes`); a namespace is kept while its queues hold bytes.
+    namespaces: Namespaces,
     /// While the store looks for expired entries: the entries settled meanwhile, which its
     /// answer may still name, and how many looks are open (they may overlap when the store
     /// is behind).
@@ -61,6 +64,7 @@ impl Queues {
         let mut queues = Self::default();
         for q in infos {
             queues.stored_bytes = queues.stored_bytes.saturating_add(q.bytes);
+            queues.namespaces.add(&q.queue, q.bytes);
             let meta = QueueMeta {
                 pending: q.pending,
                 bytes: q.bytes,
@@ -162,6 +166,17 @@ impl Queues {
                 "{what} holds its limit of {} bytes",
                 cfg.queue_max_bytes
             ))
+        } else if cfg.namespace_max_bytes > 0
+            && self
+                .namespaces
+                .bytes(queue, self.stored_bytes)
+                .saturating_add(size)
+                > cfg.namespace_max_bytes
+        {
+            Some(format!(
+                "the namespace holds its limit of {} queued bytes",
+                cfg.namespace_max_bytes
+            ))
         } else if self.stored_bytes.saturating_add(size) > cfg.store_max_bytes {
             Some(format!(
                 "the store holds its limit of {} bytes",
@@ -176,6 +191,7 @@ impl Queues {
     pub(super) fn count_enqueued(&mut self, queue: &QueueId, entry: &StoredEntry) {
         let size = entry.size();
         self.stored_bytes += size;
+        self.namespaces.add(queue, size);
         // One lookup when the queue is known; its name is copied only the first time.
         let meta = match self.map.get_mut(queue) {
             Some(meta) => meta,
@@ -211,6 +227,7 @@ impl Queues {
             scan.insert((queue.clone(), seq));
         }
         self.stored_bytes = self.stored_bytes.saturating_sub(size);
+        self.namespaces.remove(queue, size);
         if let Some(meta) = self.map.get_mut(queue) {
             meta.pending = meta.pending.saturating_sub(1);
             meta.bytes = meta.bytes.saturating_sub(size);
@@ -225,6 +242,7 @@ impl Queues {
     /// keep; `appended` when their append was applied (and so no longer counted unapplied).
     pub(super) fn count_not_stored(&mut self, queue: &QueueId, n: u64, bytes: u64, appended: bool) {
         self.stored_bytes = self.stored_bytes.saturating_sub(bytes);
+        self.namespaces.remove(queue, bytes);
         if let Some(meta) = self.map.get_mut(queue) {
             meta.pending = meta.pending.saturating_sub(n);
             meta.bytes = meta.bytes.saturating_sub(bytes);
@@ -283,5 +301,84 @@ impl<O: Outlet> State<O> {
             QueueId::Backlog(_) => false,
         });
         self.ops.extend(idle.into_iter().map(StoreOp::Forget));
+    }
+}
+
+/// Bytes queued per namespace, for all but the default one.
+#[derive(Debug, Default)]
+struct Namespaces {
+    bytes: HashMap<Box<str>, u64>,
+    /// Their sum.
+    total: u64,
+}
+
+/// The namespace of a queue, `None` for the default one.
+fn namespace(queue: &QueueId) -> Option<&str> {
+    let (QueueId::Client(name) | QueueId::Backlog(name)) = queue;
+    Some(crate::namespace::namespace_of(name)).filter(|ns| !ns.is_empty())
+}
+
+impl Namespaces {
+    fn add(&mut self, queue: &QueueId, n: u64) {
+        let Some(ns) = namespace(queue) else {
+            return;
+        };
+        self.total = self.total.saturating_add(n);
+        match self.bytes.get_mut(ns) {
+            Some(bytes) => *bytes = bytes.saturating_add(n),
+            None => {
+                self.bytes.insert(ns.into(), n);
+            }
+        }
+    }
+
+    fn remove(&mut self, queue: &QueueId, n: u64) {
+        let Some(ns) = namespace(queue) else {
+            return;
+        };
+        self.total = self.total.saturating_sub(n);
+        if let Some(bytes) = self.bytes.get_mut(ns) {
+            *bytes = bytes.saturating_sub(n);
+            if *bytes == 0 {
+                self.bytes.remove(ns);
+            }
+        }
+    }
+
+    /// Bytes queued in the namespace of `queue`, out of `stored` in all.
+    fn bytes(&self, queue: &QueueId, stored: u64) -> u64 {
+        match namespace(queue) {
+            Some(ns) => self.bytes.get(ns).copied().unwrap_or(0),
+            None => stored.saturating_sub(self.total),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_namespace_counts_its_own_bytes_and_the_default_one_the_rest() {
+        let a = QueueId::Client("a\u{1f}bob".into());
+        let a_backlog = QueueId::Backlog("a\u{1f}news".into());
+        let b = QueueId::Client("b\u{1f}bob".into());
+        let default = QueueId::Client("bob".into());
+        let mut ns = Namespaces::default();
+        ns.add(&a, 10);
+        ns.add(&a_backlog, 5);
+        ns.add(&b, 7);
+        ns.add(&default, 100);
+        let stored = 122;
+        assert_eq!(ns.bytes(&a, stored), 15);
+        assert_eq!(ns.bytes(&b, stored), 7);
+        assert_eq!(ns.bytes(&default, stored), 100);
+        ns.remove(&a, 10);
+        ns.remove(&a_backlog, 5);
+        assert!(
+            !ns.bytes.contains_key("a"),
+            "an empty namespace is forgotten"
+        );
+        assert_eq!(ns.bytes(&default, stored - 15), 100);
     }
 }
