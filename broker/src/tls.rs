@@ -89,18 +89,30 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// The names of a verified client certificate, as identities list them: `DNS:name` and
-/// `URI:uri` for each DNS and URI subject alternative name.
+/// The names of a verified client certificate, as identities list them: `DNS:name`,
+/// `URI:uri` and `EMAIL:address` for each DNS, URI and email subject alternative name.
 pub(crate) fn peer_names(connection: &rustls::ServerConnection) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
     let Some(cert) = connection.peer_certificates().and_then(|c| c.first()) else {
         return Vec::new();
     };
-    let Ok(cert) = webpki::EndEntityCert::try_from(cert) else {
+    // Verified by rustls already; parsed here for its names only.
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(cert) else {
         return Vec::new();
     };
-    let dns = cert.valid_dns_names().map(|n| format!("DNS:{n}"));
-    let uri = cert.valid_uri_names().map(|n| format!("URI:{n}"));
-    dns.chain(uri).collect()
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::DNSName(n) => Some(format!("DNS:{n}")),
+            GeneralName::URI(n) => Some(format!("URI:{n}")),
+            GeneralName::RFC822Name(n) => Some(format!("EMAIL:{n}")),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The TLS configuration new connections are accepted with, replaceable while the broker

@@ -39,22 +39,27 @@ impl Pki {
         write("ca.pem", authority.pem())?;
         let other = ca("Another CA")?;
         write("other-ca.pem", other.pem())?;
-        // Client certificates naming a service by URI (as SPIFFE does).
+        // Client certificates naming a service by URI (as SPIFFE does), or by email.
         let client = |name: &str,
-                      uri: &str,
+                      san: rcgen::SanType,
                       issuer: &CertifiedIssuer<'static, KeyPair>|
          -> anyhow::Result<()> {
             let mut params = CertificateParams::new(Vec::<String>::new())?;
-            params.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into()?)];
+            params.subject_alt_names = vec![san];
             let key = KeyPair::generate()?;
             let cert = params.signed_by(&key, issuer)?;
             write(&format!("{name}.pem"), cert.pem())?;
             write(&format!("{name}-key.pem"), key.serialize_pem())?;
             Ok(())
         };
-        client("billing", "spiffe://test/billing", &authority)?;
-        client("stranger", "spiffe://test/nobody", &authority)?;
-        client("rogue", "spiffe://test/billing", &other)?;
+        let uri = |uri: &str| -> anyhow::Result<rcgen::SanType> {
+            Ok(rcgen::SanType::URI(uri.try_into()?))
+        };
+        client("billing", uri("spiffe://test/billing")?, &authority)?;
+        client("stranger", uri("spiffe://test/nobody")?, &authority)?;
+        client("rogue", uri("spiffe://test/billing")?, &other)?;
+        let email = rcgen::SanType::Rfc822Name("mailer@test.example".try_into()?);
+        client("mailer", email, &authority)?;
         let leaf = |expired: bool| -> anyhow::Result<(String, String)> {
             let mut params =
                 CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
@@ -335,13 +340,22 @@ async fn a_client_certificate_proves_the_identity_it_maps_to_and_no_other() -> R
     use broadcast_broker::auth::{AuthSettings, IdentityConfig, RightsConfig, token};
     let pki = Pki::new()?;
     let auth = AuthSettings {
-        identities: vec![IdentityConfig {
-            identity: "billing".into(),
-            namespace: None,
-            certificates: vec!["URI:spiffe://test/billing".into()],
-            tokens_sha256: vec![token::to_hex(&token::hash("bct_billing"))],
-            rights: RightsConfig::default(),
-        }],
+        identities: vec![
+            IdentityConfig {
+                identity: "billing".into(),
+                namespace: None,
+                certificates: vec!["URI:spiffe://test/billing".into()],
+                tokens_sha256: vec![token::to_hex(&token::hash("bct_billing"))],
+                rights: RightsConfig::default(),
+            },
+            IdentityConfig {
+                identity: "mailer".into(),
+                namespace: None,
+                certificates: vec!["EMAIL:mailer@test.example".into()],
+                tokens_sha256: Vec::new(),
+                rights: RightsConfig::default(),
+            },
+        ],
         ..AuthSettings::default()
     };
     let config = Config {
@@ -351,7 +365,7 @@ async fn a_client_certificate_proves_the_identity_it_maps_to_and_no_other() -> R
     let (b, _stop, _data) =
         broker_with(&pki, "cert.pem", "key.pem", config, Some("ca.pem")).await?;
     let addr = b.tls_addr().context("a TLS listener")?.to_string();
-    let with_cert = |name: &str| -> anyhow::Result<ConnectOptions> {
+    let with_cert = |name: &str, as_name: &str| -> anyhow::Result<ConnectOptions> {
         let (cert, key) = (
             pki.path(&format!("{name}.pem")),
             pki.path(&format!("{name}-key.pem")),
@@ -360,15 +374,32 @@ async fn a_client_certificate_proves_the_identity_it_maps_to_and_no_other() -> R
             broadcast_client::tls::client_config(&pki.path("ca.pem"), Some((&cert, &key)))?;
         Ok(ConnectOptions::new()
             .tls(config)
-            .name("billing")
+            .name(as_name)
             .max_reconnect_attempts(Some(1)))
     };
     // The certificate alone, no token: its URI names billing.
-    let billing = Client::connect(&addr, with_cert("billing")?).await?;
+    let billing = Client::connect(&addr, with_cert("billing", "billing")?).await?;
     assert_eq!(billing.identity().as_deref(), Some("billing"));
     billing.close().await;
+    // An email name proves its identity the same way, and only that one.
+    let mailer = Client::connect(&addr, with_cert("mailer", "mailer")?).await?;
+    assert_eq!(mailer.identity().as_deref(), Some("mailer"));
+    mailer.close().await;
+    let err = Client::connect(&addr, with_cert("mailer", "billing")?)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            ConnectError::Refused {
+                code: broadcast_client::ErrorCode::Unauthorized,
+                ..
+            }
+        ),
+        "{err}"
+    );
     // A certificate of the right CA whose name maps to nobody is refused.
-    let err = Client::connect(&addr, with_cert("stranger")?)
+    let err = Client::connect(&addr, with_cert("stranger", "billing")?)
         .await
         .unwrap_err();
     assert!(
@@ -376,7 +407,7 @@ async fn a_client_certificate_proves_the_identity_it_maps_to_and_no_other() -> R
         "{err}"
     );
     // One of another CA does not get through TLS.
-    let err = Client::connect(&addr, with_cert("rogue")?)
+    let err = Client::connect(&addr, with_cert("rogue", "billing")?)
         .await
         .unwrap_err();
     assert!(

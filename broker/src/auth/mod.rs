@@ -71,9 +71,9 @@ pub struct IdentityConfig {
     /// SHA-256 hashes (hex) of its service tokens (`broadcast-broker token new` makes one).
     #[serde(default)]
     pub tokens_sha256: Vec<String>,
-    /// Names of TLS client certificates that prove this identity, as `DNS:name` or `URI:uri`
-    /// (a subject alternative name of a certificate the TLS listener's `tls_client_ca`
-    /// verified).
+    /// Names of TLS client certificates that prove this identity, as `DNS:name`, `URI:uri` or
+    /// `EMAIL:address` (a subject alternative name of a certificate the TLS listener's
+    /// `tls_client_ca` verified).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<String>,
     /// What it may do.
@@ -189,9 +189,13 @@ impl Credentials {
                 tokens.push((hash, identity.clone()));
             }
             for san in &id.certificates {
-                if !(san.starts_with("DNS:") || san.starts_with("URI:")) || san.len() < 5 {
+                let kind = ["DNS:", "URI:", "EMAIL:"]
+                    .into_iter()
+                    .find(|kind| san.starts_with(kind));
+                if kind.is_none_or(|kind| san.len() == kind.len()) {
                     return Err(AuthError(format!(
-                        "identity {name:?}: certificate name {san:?} is not DNS:name or URI:uri"
+                        "identity {name:?}: certificate name {san:?} is not DNS:name, URI:uri \
+                         or EMAIL:address"
                     )));
                 }
                 if certificates.insert(san.clone(), identity.clone()).is_some() {
