@@ -116,6 +116,10 @@ pub struct Config {
     /// that is slower than its sender. A recipient that made its sender wait in vain is not
     /// waited for again until it takes frames. Default 1 s.
     pub slow_consumer_wait: Duration,
+    /// Origins (`https://app.example.org`) whose pages may open a WebSocket on the HTTP
+    /// listener; `*` allows any. A WebSocket request without an `Origin` header (not from a
+    /// browser) is always allowed. Default: none.
+    pub http_allowed_origins: Vec<String>,
     /// Identities, tokens, JWT keys and rights. Default: none, and then clients connect
     /// without credentials.
     pub auth: AuthSettings,
@@ -161,6 +165,7 @@ impl Default for Config {
             session_expiry: Duration::from_secs(24 * 3600),
             expiry_interval: Duration::from_secs(1),
             slow_consumer_wait: Duration::from_secs(1),
+            http_allowed_origins: Vec::new(),
             auth: AuthSettings::default(),
         }
     }

@@ -41,6 +41,7 @@ pub mod settings;
 pub mod store;
 mod sweeper;
 pub mod tls;
+mod web;
 
 pub use admin::AdminOptions;
 pub use config::{Config, ConfigError, SyncMode};

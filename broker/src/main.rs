@@ -115,12 +115,14 @@ async fn check_exposure(settings: &Settings) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot resolve {}", settings.listen))?
         .collect();
-    if !settings.tls_listen.is_empty() {
-        addrs.extend(
-            tokio::net::lookup_host(&settings.tls_listen)
-                .await
-                .with_context(|| format!("cannot resolve {}", settings.tls_listen))?,
-        );
+    for extra in [&settings.tls_listen, &settings.http_listen] {
+        if !extra.is_empty() {
+            addrs.extend(
+                tokio::net::lookup_host(extra)
+                    .await
+                    .with_context(|| format!("cannot resolve {extra}"))?,
+            );
+        }
     }
     let exposed: Vec<String> = addrs
         .iter()
@@ -220,8 +222,9 @@ fn run(args: Args) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen on {} (admin)", settings.admin_listen))?;
             Some(listener)
         };
-        let tls = tls_listener(&settings).await?;
-        let tls_config = tls.as_ref().map(|(_, config)| config.clone());
+        let tls_config = tls_config(&settings)?;
+        let tls = tls_listener(&settings, tls_config.clone()).await?;
+        let http = http_listener(&settings, tls_config.clone()).await?;
         // Watched before the broker serves, so that a SIGHUP from then on reloads and never
         // ends the process.
         let hangup = watch_hangup();
@@ -229,11 +232,18 @@ fn run(args: Args) -> anyhow::Result<()> {
         let listeners = broadcast_broker::Listeners {
             plain: listener,
             tls,
+            http,
         };
         let broker = Broker::start(config, listeners, shutdown.clone()).await?;
         eprintln!("broadcast-broker listening on {}", broker.local_addr());
         if let Some(addr) = broker.tls_addr() {
             eprintln!("broadcast-broker listening with TLS on {addr}");
+        }
+        if let Some(addr) = broker.http_addr() {
+            let scheme = if settings.http_tls { "https" } else { "http" };
+            eprintln!(
+                "broadcast-broker listening for HTTP on {scheme}://{addr} (WebSocket at /v1/ws)"
+            );
         }
         let stopped = CancellationToken::new();
         let admin = if let Some(listener) = admin_listener {
@@ -299,27 +309,50 @@ fn watch_hangup() -> Option<Hangup> {
 }
 
 /// The TLS listener and its configuration, when `tls_listen` is set.
-async fn tls_listener(
-    settings: &Settings,
-) -> anyhow::Result<Option<(tokio::net::TcpListener, std::sync::Arc<TlsConfig>)>> {
-    if settings.tls_listen.is_empty() {
+/// The TLS configuration of the listeners that use TLS (the TLS listener, the HTTP one with
+/// `http_tls`), one for both so that a reload renews both.
+fn tls_config(settings: &Settings) -> anyhow::Result<Option<std::sync::Arc<TlsConfig>>> {
+    if settings.tls_listen.is_empty() && !settings.http_tls {
         return Ok(None);
     }
     if settings.tls_cert.is_empty() || settings.tls_key.is_empty() {
-        anyhow::bail!("tls_listen needs tls_cert and tls_key");
+        anyhow::bail!("tls_listen and http_tls need tls_cert and tls_key");
     }
     let config = server_config(
         Path::new(&settings.tls_cert),
         Path::new(&settings.tls_key),
         client_ca(settings),
     )?;
+    Ok(Some(std::sync::Arc::new(TlsConfig::new(config))))
+}
+
+async fn tls_listener(
+    settings: &Settings,
+    config: Option<std::sync::Arc<TlsConfig>>,
+) -> anyhow::Result<Option<(tokio::net::TcpListener, std::sync::Arc<TlsConfig>)>> {
+    let Some(config) = config.filter(|_| !settings.tls_listen.is_empty()) else {
+        return Ok(None);
+    };
     let listener = tokio::net::TcpListener::bind(&settings.tls_listen)
         .await
         .with_context(|| format!("cannot listen on {} (TLS)", settings.tls_listen))?;
-    Ok(Some((
-        listener,
-        std::sync::Arc::new(TlsConfig::new(config)),
-    )))
+    Ok(Some((listener, config)))
+}
+
+async fn http_listener(
+    settings: &Settings,
+    config: Option<std::sync::Arc<TlsConfig>>,
+) -> anyhow::Result<Option<(tokio::net::TcpListener, Option<std::sync::Arc<TlsConfig>>)>> {
+    if settings.http_listen.is_empty() {
+        if settings.http_tls {
+            anyhow::bail!("http_tls needs http_listen");
+        }
+        return Ok(None);
+    }
+    let listener = tokio::net::TcpListener::bind(&settings.http_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (HTTP)", settings.http_listen))?;
+    Ok(Some((listener, config.filter(|_| settings.http_tls))))
 }
 
 /// The CA certificates TLS client certificates are verified against, if set.

@@ -2,7 +2,7 @@
 
 use crate::auth::Credentials;
 use crate::config::{Config, ConfigError};
-use crate::conn::{Context, listener};
+use crate::conn::{Context, listener, listener::Kind};
 use crate::engine::Engine;
 use crate::error::BrokerError;
 use crate::handle::BrokerHandle;
@@ -26,11 +26,18 @@ pub struct Listeners {
     /// TLS clients, with the configuration their connections are accepted with (replace it to
     /// renew the certificate for connections accepted afterwards).
     pub tls: Option<(TcpListener, Arc<TlsConfig>)>,
+    /// HTTP clients (WebSocket at `/v1/ws`, `POST /v1/publish`), over TLS when a
+    /// configuration is given.
+    pub http: Option<(TcpListener, Option<Arc<TlsConfig>>)>,
 }
 
 impl From<TcpListener> for Listeners {
     fn from(plain: TcpListener) -> Self {
-        Self { plain, tls: None }
+        Self {
+            plain,
+            tls: None,
+            http: None,
+        }
     }
 }
 
@@ -39,6 +46,7 @@ impl From<TcpListener> for Listeners {
 pub struct Broker {
     addr: SocketAddr,
     tls_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
     handle: BrokerHandle,
     task: JoinHandle<Result<(), BrokerError>>,
 }
@@ -92,9 +100,13 @@ impl Broker {
         shutdown: CancellationToken,
     ) -> Result<Self, BrokerError> {
         config.validate()?;
-        let Listeners { plain, tls } = listener.into();
+        let Listeners { plain, tls, http } = listener.into();
         let addr = plain.local_addr().map_err(BrokerError::Listener)?;
         let tls_addr = match &tls {
+            Some((l, _)) => Some(l.local_addr().map_err(BrokerError::Listener)?),
+            None => None,
+        };
+        let http_addr = match &http {
             Some((l, _)) => Some(l.local_addr().map_err(BrokerError::Listener)?),
             None => None,
         };
@@ -133,15 +145,20 @@ impl Broker {
         let task = tokio::spawn(async move {
             let tracker = TaskTracker::new();
             tracker.spawn(sweeper::run(engine.clone(), every, shutdown.clone()));
-            match tls {
-                Some((tls_listener, tls_config)) => {
-                    let plain_loop = listener::accept_loop(plain, None, ctx.clone(), &tracker);
-                    let tls_loop =
-                        listener::accept_loop(tls_listener, Some(tls_config), ctx, &tracker);
-                    tokio::join!(plain_loop, tls_loop);
+            let plain_loop =
+                listener::accept_loop(plain, None, Kind::Broadcast, ctx.clone(), &tracker);
+            let tls_loop = async {
+                if let Some((l, config)) = tls {
+                    listener::accept_loop(l, Some(config), Kind::Broadcast, ctx.clone(), &tracker)
+                        .await;
                 }
-                None => listener::accept_loop(plain, None, ctx, &tracker).await,
-            }
+            };
+            let http_loop = async {
+                if let Some((l, config)) = http {
+                    listener::accept_loop(l, config, Kind::Http, ctx.clone(), &tracker).await;
+                }
+            };
+            tokio::join!(plain_loop, tls_loop, http_loop);
             tracker.close();
             tracing::info!(connections = tracker.len(), "shutting down");
             let grace = drain + Duration::from_secs(1);
@@ -156,9 +173,13 @@ impl Broker {
         if let Some(tls_addr) = tls_addr {
             tracing::info!(%tls_addr, "broker listening with TLS");
         }
+        if let Some(http_addr) = http_addr {
+            tracing::info!(%http_addr, "broker listening for HTTP and WebSocket");
+        }
         Ok(Self {
             addr,
             tls_addr,
+            http_addr,
             handle,
             task,
         })
@@ -172,6 +193,11 @@ impl Broker {
     /// The address the broker listens on for TLS clients, if it does.
     pub fn tls_addr(&self) -> Option<SocketAddr> {
         self.tls_addr
+    }
+
+    /// The address of the broker's HTTP listener (WebSocket and publish API), if it has one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// A handle to send messages as the broker and observe client messages.

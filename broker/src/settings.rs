@@ -90,6 +90,15 @@ settings! {
     /// clients present none. A verified certificate whose name an identity lists in
     /// `certificates` proves that identity; clients without one present a token.
     tls_client_ca: String = "BROADCAST_TLS_CLIENT_CA",
+    /// Address of the HTTP listener: Broadcast over WebSocket at /v1/ws and POST /v1/publish,
+    /// with the same credentials and limits as the TCP listener; empty: none.
+    http_listen: String = "BROADCAST_HTTP_LISTEN",
+    /// Serve the HTTP listener over TLS, with tls_cert and tls_key (and tls_client_ca).
+    http_tls: bool = "BROADCAST_HTTP_TLS",
+    /// Origins whose pages may open a WebSocket, separated by commas
+    /// (`https://app.example.org`), or `*` for any; requests without an Origin (not from a
+    /// browser) are always allowed.
+    http_allowed_origins: String = "BROADCAST_HTTP_ALLOWED_ORIGINS",
     /// Let clients connect without credentials on an address other than loopback (anyone who
     /// reaches the port can then connect under any name); the broker warns at start.
     allow_unauthenticated: bool = "BROADCAST_ALLOW_UNAUTHENTICATED",
@@ -235,6 +244,9 @@ impl Default for Settings {
             tls_cert: String::new(),
             tls_key: String::new(),
             tls_client_ca: String::new(),
+            http_listen: String::new(),
+            http_tls: false,
+            http_allowed_origins: String::new(),
             allow_unauthenticated: false,
             data_dir: c.data_dir,
             log: "info".to_owned(),
@@ -428,6 +440,13 @@ impl Settings {
             session_expiry: secs("session_expiry_secs", self.session_expiry_secs)?,
             expiry_interval: secs("expiry_interval_secs", self.expiry_interval_secs)?,
             slow_consumer_wait: secs("slow_consumer_wait_secs", self.slow_consumer_wait_secs)?,
+            http_allowed_origins: self
+                .http_allowed_origins
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(str::to_owned)
+                .collect(),
             auth: self.auth.clone(),
         };
         config.validate().map_err(|e| ConfigError {

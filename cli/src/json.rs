@@ -135,23 +135,7 @@ pub(crate) fn reason_name(reason: FailureReason) -> &'static str {
 
 /// The snake_case name of an error code, as printed in `"code"`.
 pub(crate) fn code_name(code: ErrorCode) -> &'static str {
-    match code {
-        ErrorCode::UnsupportedVersion => "unsupported_version",
-        ErrorCode::BadHandshake => "bad_handshake",
-        ErrorCode::InvalidName => "invalid_name",
-        ErrorCode::Replaced => "replaced",
-        ErrorCode::FrameTooLarge => "frame_too_large",
-        ErrorCode::Malformed => "malformed",
-        ErrorCode::InvalidTarget => "invalid_target",
-        ErrorCode::PayloadTooLarge => "payload_too_large",
-        ErrorCode::LimitReached => "limit_reached",
-        ErrorCode::ShuttingDown => "shutting_down",
-        ErrorCode::Timeout => "timeout",
-        ErrorCode::Internal => "internal",
-        ErrorCode::Unauthorized => "unauthorized",
-        ErrorCode::Forbidden => "forbidden",
-        ErrorCode::AuthExpired => "auth_expired",
-    }
+    code.name()
 }
 
 #[cfg(test)]

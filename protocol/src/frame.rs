@@ -313,6 +313,29 @@ pub struct ErrorFrame {
     pub id: Option<String>,
 }
 
+impl ErrorCode {
+    /// The code's name in snake case (`bad_handshake`), as reports print it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::BadHandshake => "bad_handshake",
+            ErrorCode::InvalidName => "invalid_name",
+            ErrorCode::Replaced => "replaced",
+            ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::Malformed => "malformed",
+            ErrorCode::InvalidTarget => "invalid_target",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::LimitReached => "limit_reached",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::AuthExpired => "auth_expired",
+        }
+    }
+}
+
 /// Frames a client sends to the broker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientFrame {

@@ -35,6 +35,8 @@ pub const WAIT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct TestBroker {
     addr: SocketAddr,
+    /// The HTTP listener's address (WebSocket and publish API).
+    http_addr: SocketAddr,
     config: Config,
     shutdown: CancellationToken,
     broker: Option<Broker>,
@@ -97,6 +99,9 @@ impl TestBroker {
         tune(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
+        let http = TcpListener::bind("127.0.0.1:0").await?;
+        let http_addr = http.local_addr()?;
+        let listener = listeners(listener, http);
         let shutdown = CancellationToken::new();
         let broker = match &store {
             Some(store) => {
@@ -107,6 +112,7 @@ impl TestBroker {
         };
         Ok(Self {
             addr,
+            http_addr,
             config,
             shutdown,
             broker: Some(broker),
@@ -118,6 +124,11 @@ impl TestBroker {
     /// The broker's address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address of the broker's HTTP listener (WebSocket at `/v1/ws`, `POST /v1/publish`).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
     }
 
     /// The broker's address as `ip:port`.
@@ -158,7 +169,10 @@ impl TestBroker {
         if self.broker.is_some() {
             bail!("the broker is running");
         }
-        let listener = TcpListener::bind(self.addr).await?;
+        let listener = listeners(
+            TcpListener::bind(self.addr).await?,
+            TcpListener::bind(self.http_addr).await?,
+        );
         self.shutdown = CancellationToken::new();
         let broker = match &self.store {
             Some(SharedStore(store)) => {
@@ -175,6 +189,15 @@ impl TestBroker {
         self.broker = Some(broker);
         let _ = &self.dir;
         Ok(())
+    }
+}
+
+/// A plaintext listener and an HTTP one.
+fn listeners(plain: TcpListener, http: TcpListener) -> broadcast_broker::Listeners {
+    broadcast_broker::Listeners {
+        plain,
+        tls: None,
+        http: Some((http, None)),
     }
 }
 

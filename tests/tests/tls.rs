@@ -85,7 +85,8 @@ impl Pki {
     }
 }
 
-/// A broker in this process with a plaintext and a TLS listener.
+/// A broker in this process with a plaintext and a TLS listener, and an HTTP listener over
+/// TLS.
 async fn broker(
     pki: &Pki,
     cert: &str,
@@ -109,11 +110,16 @@ async fn broker_with(
     };
     let client_ca = client_ca.map(|ca| pki.path(ca));
     let tls = server_config(&pki.path(cert), &pki.path(key), client_ca.as_deref())?;
+    let tls = Arc::new(TlsConfig::new(tls));
     let listeners = Listeners {
         plain: tokio::net::TcpListener::bind("127.0.0.1:0").await?,
         tls: Some((
             tokio::net::TcpListener::bind("127.0.0.1:0").await?,
-            Arc::new(TlsConfig::new(tls)),
+            tls.clone(),
+        )),
+        http: Some((
+            tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+            Some(tls),
         )),
     };
     let shutdown = CancellationToken::new();
@@ -453,5 +459,64 @@ async fn failed_tls_handshakes_count_against_their_address() -> R {
         matches!(&err, ConnectError::Refused { code: broadcast_client::ErrorCode::LimitReached, message } if message.contains("failed to authenticate")),
         "{err}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_websocket_over_tls_is_proved_by_its_client_certificate() -> R {
+    use broadcast_broker::auth::{AuthSettings, IdentityConfig, RightsConfig};
+    use broadcast_protocol::{
+        ClientFrame, DEFAULT_MAX_FRAME, HEADER_LEN, Hello, PROTOCOL_VERSION, ServerFrame,
+    };
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let pki = Pki::new()?;
+    let auth = AuthSettings {
+        identities: vec![IdentityConfig {
+            identity: "billing".into(),
+            namespace: None,
+            certificates: vec!["URI:spiffe://test/billing".into()],
+            tokens_sha256: Vec::new(),
+            rights: RightsConfig::default(),
+        }],
+        ..AuthSettings::default()
+    };
+    let config = Config {
+        auth,
+        ..Config::default()
+    };
+    let (b, _stop, _data) =
+        broker_with(&pki, "cert.pem", "key.pem", config, Some("ca.pem")).await?;
+    let addr = b.http_addr().context("an HTTP listener")?;
+    let client = broadcast_client::tls::client_config(
+        &pki.path("ca.pem"),
+        Some((&pki.path("billing.pem"), &pki.path("billing-key.pem"))),
+    )?;
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let tls = tokio_rustls::TlsConnector::from(client)
+        .connect("localhost".try_into()?, tcp)
+        .await?;
+    let (mut ws, _) = tokio_tungstenite::client_async("wss://localhost/v1/ws", tls).await?;
+    let hello = ClientFrame::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        name: Some("billing".into()),
+        token: None,
+        namespace: None,
+        max_frame: DEFAULT_MAX_FRAME,
+        heartbeat_ms: 0,
+    });
+    let bytes = broadcast_protocol::encode_frame(&hello, DEFAULT_MAX_FRAME as usize)?;
+    ws.send(Message::Binary(bytes)).await?;
+    let reply = tokio::time::timeout(WAIT, ws.next())
+        .await?
+        .context("the WebSocket ended")??;
+    let Message::Binary(bytes) = reply else {
+        anyhow::bail!("not a binary message: {reply:?}");
+    };
+    let frame: ServerFrame = broadcast_protocol::decode_body(&bytes[HEADER_LEN..])?;
+    let ServerFrame::Welcome(w) = frame else {
+        anyhow::bail!("no Welcome: {frame:?}");
+    };
+    assert_eq!(w.identity.as_deref(), Some("billing"));
     Ok(())
 }

@@ -9,11 +9,21 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
+/// What a listener's connections speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Broadcast frames from the first byte.
+    Broadcast,
+    /// HTTP: a WebSocket carrying Broadcast frames, or a publish request.
+    Http,
+}
+
 /// Accepts connections until shutdown; with `tls`, each is a TLS connection. The limits on
 /// connections (in all, per address) are shared by every listener.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     tls: Option<Arc<TlsConfig>>,
+    kind: Kind,
     ctx: Arc<Context>,
     tracker: &TaskTracker,
 ) {
@@ -41,7 +51,7 @@ pub(crate) async fn accept_loop(
                             "refused: this address failed to authenticate (or to finish a handshake) too often; try again in {} s",
                             left.as_secs().max(1)
                         );
-                        refuse(stream, tls, &ctx, &msg).await;
+                        refuse(stream, tls, kind, &ctx, &msg).await;
                     });
                     continue;
                 }
@@ -56,7 +66,7 @@ pub(crate) async fn accept_loop(
                         metrics::add(&ctx.engine.metrics.refused[label], 1);
                         let (ctx, tls) = (ctx.clone(), tls.clone());
                         tracker.spawn(async move {
-                            refuse(stream, tls, &ctx, &format!("refused: {refusal}")).await;
+                            refuse(stream, tls, kind, &ctx, &format!("refused: {refusal}")).await;
                         });
                         continue;
                     }
@@ -77,7 +87,7 @@ pub(crate) async fn accept_loop(
                         if tls.is_none() {
                             let ctx = ctx.clone();
                             tracker.spawn(async move {
-                                refuse(stream, None, &ctx, &format!("refused: {why}")).await;
+                                refuse(stream, None, kind, &ctx, &format!("refused: {why}")).await;
                             });
                         }
                         continue;
@@ -87,7 +97,12 @@ pub(crate) async fn accept_loop(
                     Ok(permit) => {
                         let (ctx, tls) = (ctx.clone(), tls.clone());
                         tracker.spawn(async move {
-                            serve(stream, tls, peer, ctx, handshaking).await;
+                            match kind {
+                                Kind::Broadcast => serve(stream, tls, peer, ctx, handshaking).await,
+                                Kind::Http => {
+                                    crate::web::serve(stream, tls, peer, ctx, handshaking).await;
+                                }
+                            }
                             drop((permit, address));
                         });
                     }
@@ -98,7 +113,7 @@ pub(crate) async fn accept_loop(
                         let (ctx, tls) = (ctx.clone(), tls.clone());
                         tracker.spawn(async move {
                             let msg = format!("the broker is at its limit of {max} connections");
-                            refuse(stream, tls, &ctx, &msg).await;
+                            refuse(stream, tls, kind, &ctx, &msg).await;
                         });
                     }
                 }

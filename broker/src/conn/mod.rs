@@ -12,6 +12,7 @@ mod addresses;
 mod drain;
 mod failures;
 pub(crate) mod listener;
+pub(crate) mod oneshot;
 mod outbound;
 mod reader;
 mod tally;
@@ -191,64 +192,88 @@ pub(crate) async fn serve(
     handshaking: Handshaking,
 ) {
     let conn_id = ctx.engine.next_conn_id();
-    let span = tracing::info_span!("conn", %peer, conn_id, client = tracing::field::Empty, namespace = tracing::field::Empty, identity = tracing::field::Empty);
+    let span = conn_span(peer, conn_id);
     async move {
-        let metrics = ctx.engine.metrics.clone();
-        let Some((rd, mut wr, peer_names)) = open(stream, tls, &ctx).await else {
-            metrics::add(&metrics.refused[metrics::REFUSED_TLS], 1);
-            // A failed TLS handshake counts against its address as a failed authentication.
-            let failures = &ctx.admission.failures;
-            failures.failed(peer.ip(), std::time::Instant::now());
+        let Some((rd, wr, peer_names)) = open(stream, tls, &ctx).await else {
+            tls_failed(peer, &ctx);
             return;
         };
-        let max_frame = ctx.config.max_frame();
-        // Declared before the reader, so dropped after it: the reader's last counts are in.
-        let open = Open::new(&metrics, conn_id);
-        let mut reader = Reader::new(rd, max_frame, ctx.partial.clone(), open.traffic.clone());
-        // Each refusal with the label it is counted under.
-        let admitted = handshake(&mut reader, &ctx)
-            .await
-            .and_then(|hello| {
-                Access::admit(&hello, ctx.credentials.subscribe(), peer_names).map(|a| (hello, a))
-            })
-            .map_err(|refusal| (metrics::refusal(refusal.0), refusal))
-            .and_then(|(hello, (name, access))| {
-                let slot = identity_slot(&access, &ctx)
-                    .map_err(|refusal| (metrics::REFUSED_PER_IDENTITY, refusal))?;
-                Ok((hello, (name, access), slot))
-            });
-        // Handshake over, whatever its outcome.
-        drop(handshaking);
-        let (hello, (name, access), _slot) = match admitted {
-            Ok(admitted) => admitted,
-            Err((label, refusal)) => {
-                metrics::add(&metrics.refused[label], 1);
-                tracing::info!(reason = %refusal.1, "handshake refused");
-                if matches!(
-                    refusal.0,
-                    ErrorCode::Unauthorized | ErrorCode::BadHandshake | ErrorCode::Timeout
-                ) {
-                    // A failed handshake counts against its address; each is answered later
-                    // than the one before.
-                    let wait = ctx
-                        .admission
-                        .failures
-                        .failed(peer.ip(), std::time::Instant::now());
-                    tokio::time::sleep(wait).await;
-                }
-                let refused = encode::error(refusal.0, refusal.1, None);
-                if wr.write_all(&refused).await.is_ok() {
-                    open.traffic.written.add(1, refused.len() as u64);
-                }
-                let _ = wr.shutdown().await;
-                return;
-            }
-        };
-        let traffic = open.traffic.clone();
-        run(hello, name, access, reader, wr, conn_id, peer, traffic, ctx).await;
+        session(rd, wr, peer_names, peer, conn_id, ctx, handshaking).await;
     }
     .instrument(span)
     .await
+}
+
+/// The span of a connection's logs.
+pub(crate) fn conn_span(peer: SocketAddr, conn_id: u64) -> tracing::Span {
+    tracing::info_span!("conn", %peer, conn_id, client = tracing::field::Empty, namespace = tracing::field::Empty, identity = tracing::field::Empty)
+}
+
+/// Counts a failed TLS handshake, against its address too, as a failed authentication.
+pub(crate) fn tls_failed(peer: SocketAddr, ctx: &Context) {
+    metrics::add(&ctx.engine.metrics.refused[metrics::REFUSED_TLS], 1);
+    let failures = &ctx.admission.failures;
+    failures.failed(peer.ip(), std::time::Instant::now());
+}
+
+/// Serves a connection whose transport is open (a TCP stream, a TLS session, a WebSocket):
+/// the handshake, then its frames until it closes. `peer_names` are the names of a verified
+/// client certificate.
+pub(crate) async fn session(
+    rd: ReadHalf,
+    mut wr: WriteHalf,
+    peer_names: Vec<String>,
+    peer: SocketAddr,
+    conn_id: u64,
+    ctx: Arc<Context>,
+    handshaking: Handshaking,
+) {
+    let metrics = ctx.engine.metrics.clone();
+    let max_frame = ctx.config.max_frame();
+    // Declared before the reader, so dropped after it: the reader's last counts are in.
+    let open = Open::new(&metrics, conn_id);
+    let mut reader = Reader::new(rd, max_frame, ctx.partial.clone(), open.traffic.clone());
+    // Each refusal with the label it is counted under.
+    let admitted = handshake(&mut reader, &ctx)
+        .await
+        .and_then(|hello| {
+            Access::admit(&hello, ctx.credentials.subscribe(), peer_names).map(|a| (hello, a))
+        })
+        .map_err(|refusal| (metrics::refusal(refusal.0), refusal))
+        .and_then(|(hello, (name, access))| {
+            let slot = identity_slot(&access, &ctx)
+                .map_err(|refusal| (metrics::REFUSED_PER_IDENTITY, refusal))?;
+            Ok((hello, (name, access), slot))
+        });
+    // Handshake over, whatever its outcome.
+    drop(handshaking);
+    let (hello, (name, access), _slot) = match admitted {
+        Ok(admitted) => admitted,
+        Err((label, refusal)) => {
+            metrics::add(&metrics.refused[label], 1);
+            tracing::info!(reason = %refusal.1, "handshake refused");
+            if matches!(
+                refusal.0,
+                ErrorCode::Unauthorized | ErrorCode::BadHandshake | ErrorCode::Timeout
+            ) {
+                // A failed handshake counts against its address; each is answered later
+                // than the one before.
+                let wait = ctx
+                    .admission
+                    .failures
+                    .failed(peer.ip(), std::time::Instant::now());
+                tokio::time::sleep(wait).await;
+            }
+            let refused = encode::error(refusal.0, refusal.1, None);
+            if wr.write_all(&refused).await.is_ok() {
+                open.traffic.written.add(1, refused.len() as u64);
+            }
+            let _ = wr.shutdown().await;
+            return;
+        }
+    };
+    let traffic = open.traffic.clone();
+    run(hello, name, access, reader, wr, conn_id, peer, traffic, ctx).await;
 }
 
 /// Counts a connection as open while it lives, with its traffic; adds the traffic to the
@@ -281,20 +306,26 @@ impl Drop for Open<'_> {
     }
 }
 
-/// Refuses a connection that is over a connection limit, with an error frame (after the TLS
-/// handshake on a TLS listener).
+/// Refuses a connection that is over a connection limit, with an error frame, or on the HTTP
+/// listener a `429 Too Many Requests` (after the TLS handshake on a TLS listener).
 pub(crate) async fn refuse(
     stream: TcpStream,
     tls: Option<Arc<TlsConfig>>,
+    kind: listener::Kind,
     ctx: &Context,
     message: &str,
 ) {
     let Some((_rd, mut wr, _)) = open(stream, tls, ctx).await else {
         return;
     };
-    let _ = wr
-        .write_all(&encode::error(ErrorCode::LimitReached, message, None))
-        .await;
+    let answer = match kind {
+        listener::Kind::Broadcast => encode::error(ErrorCode::LimitReached, message, None),
+        listener::Kind::Http => Bytes::from(format!(
+            "HTTP/1.1 429 Too Many Requests\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{message}\n",
+            message.len() + 1
+        )),
+    };
+    let _ = wr.write_all(&answer).await;
     let _ = wr.shutdown().await;
 }
 
