@@ -358,3 +358,19 @@ async fn http_publish_takes_the_credentials_and_rights_of_a_connection() -> R {
     assert_eq!(e.code, ErrorCode::Unauthorized);
     Ok(())
 }
+
+#[tokio::test]
+async fn the_http_listener_counts_against_the_same_connection_limits() -> R {
+    let b = TestBroker::start_with(|c| c.max_connections_per_address = 1).await?;
+    let mut held = RawClient::connect(b.addr(), Some("held")).await?;
+    let body = json!({"to": {"client": "held"}, "data": "x"}).to_string();
+    let (status, text) =
+        request(b.http_addr(), "POST", "/v1/publish", &[], body.as_bytes()).await?;
+    assert_eq!(status, 429, "{text}");
+    assert!(text.contains("limit of 1 connections"), "{text}");
+    assert!(
+        held.sync().await?.is_empty(),
+        "a refused request was delivered"
+    );
+    Ok(())
+}
