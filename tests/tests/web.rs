@@ -374,3 +374,30 @@ async fn the_http_listener_counts_against_the_same_connection_limits() -> R {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_publish_body_is_json_whatever_its_type_and_must_come_in_time() -> R {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let b = TestBroker::start_with(|c| {
+        c.handshake_timeout = std::time::Duration::from_millis(300);
+    })
+    .await?;
+    let mut bob = RawClient::connect(b.addr(), Some("bob")).await?;
+    // As `curl -d` sends it: a form, by its type.
+    let body = json!({"to": {"client": "bob"}, "data": "from curl"}).to_string();
+    let form = [("Content-Type", "application/x-www-form-urlencoded")];
+    let (status, text) =
+        request(b.http_addr(), "POST", "/v1/publish", &form, body.as_bytes()).await?;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(&bob.delivery().await?.data[..], b"from curl");
+    // A body announced and never sent is answered 408 once the handshake timeout passed.
+    let mut stream = tokio::net::TcpStream::connect(b.http_addr()).await?;
+    stream
+        .write_all(b"POST /v1/publish HTTP/1.1\r\nHost: broker\r\nContent-Length: 100\r\n\r\n{")
+        .await?;
+    let mut response = String::new();
+    tokio::time::timeout(WAIT, stream.read_to_string(&mut response)).await??;
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(bob.sync().await?.is_empty());
+    Ok(())
+}

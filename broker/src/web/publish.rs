@@ -18,8 +18,8 @@
 use super::Conn;
 use crate::conn::oneshot;
 use axum::Json;
+use axum::body::Body;
 use axum::extract::State;
-use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -97,7 +97,16 @@ fn recipient(r: &Recipient) -> serde_json::Value {
 
 /// An error answer: the status the code maps to, and the code and message.
 fn error(code: ErrorCode, message: impl Into<String>) -> Response {
-    let status = match code {
+    answer(status_of(code), code, message)
+}
+
+fn answer(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
+    let body = json!({ "error": { "code": code.name(), "message": message.into() } });
+    (status, Json(body)).into_response()
+}
+
+fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
         ErrorCode::Unauthorized | ErrorCode::AuthExpired => StatusCode::UNAUTHORIZED,
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
         ErrorCode::PayloadTooLarge | ErrorCode::FrameTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -105,21 +114,41 @@ fn error(code: ErrorCode, message: impl Into<String>) -> Response {
         ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::ShuttingDown | ErrorCode::Internal => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::BAD_REQUEST,
-    };
-    let body = json!({ "error": { "code": code.name(), "message": message.into() } });
-    (status, Json(body)).into_response()
+    }
 }
 
-pub(super) async fn publish(
-    State(conn): State<Conn>,
-    headers: HeaderMap,
-    request: Result<Json<PublishRequest>, JsonRejection>,
-) -> Response {
-    // A request is past its handshake once it is read.
+pub(super) async fn publish(State(conn): State<Conn>, headers: HeaderMap, body: Body) -> Response {
+    // The body comes within the handshake timeout, up to twice the largest frame (room for
+    // a payload in base64); the request is past its handshake once it is read. JSON whatever
+    // the content type says (`curl -d` says a form).
+    let cfg = &conn.ctx.config;
+    let limit = 2 * cfg.max_frame() as usize;
+    let read = tokio::time::timeout(cfg.handshake_timeout, axum::body::to_bytes(body, limit)).await;
     drop(conn.take_handshaking());
-    let Json(request) = match request {
+    let body = match read {
+        Ok(Ok(body)) => body,
+        Ok(Err(e)) => {
+            return error(
+                ErrorCode::PayloadTooLarge,
+                format!("the body could not be read within {limit} bytes: {e}"),
+            );
+        }
+        Err(_) => {
+            return answer(
+                StatusCode::REQUEST_TIMEOUT,
+                ErrorCode::Timeout,
+                format!("the body did not come within {:?}", cfg.handshake_timeout),
+            );
+        }
+    };
+    let request: PublishRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,
-        Err(rejection) => return error(ErrorCode::Malformed, rejection.body_text()),
+        Err(e) => {
+            return error(
+                ErrorCode::Malformed,
+                format!("the body is not a publish request: {e}"),
+            );
+        }
     };
     let token = match headers.get(header::AUTHORIZATION).map(|v| v.to_str()) {
         None => None,
