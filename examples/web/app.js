@@ -112,7 +112,8 @@ $("join").addEventListener("submit", onJoin);
 $("send").addEventListener("submit", onSend);
 
 const params = new URLSearchParams(location.search);
-for (const key of ["broker", "name", "channel", "token"]) {
+// Never a token: credentials do not belong in an address.
+for (const key of ["broker", "name", "channel"]) {
   if (params.has(key)) $(key).value = params.get(key);
 }
 if (params.has("connect")) onConnect();

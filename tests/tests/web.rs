@@ -401,3 +401,105 @@ async fn a_publish_body_is_json_whatever_its_type_and_must_come_in_time() -> R {
     assert!(bob.sync().await?.is_empty());
     Ok(())
 }
+
+#[tokio::test]
+async fn a_page_of_another_origin_may_not_publish_either() -> R {
+    let b = TestBroker::start_with(|c| c.http_allowed_origins = vec!["https://app.example".into()])
+        .await?;
+    let mut bob = RawClient::connect(b.addr(), Some("bob")).await?;
+    let body = json!({"to": {"client": "bob"}, "data": "forged"}).to_string();
+    // What a page may send without the browser asking first: a text/plain POST.
+    let headers = [
+        ("Origin", "https://evil.example"),
+        ("Content-Type", "text/plain"),
+    ];
+    let (status, text) = request(
+        b.http_addr(),
+        "POST",
+        "/v1/publish",
+        &headers,
+        body.as_bytes(),
+    )
+    .await?;
+    assert_eq!(status, 403, "{text}");
+    assert!(
+        bob.sync().await?.is_empty(),
+        "a forged request was delivered"
+    );
+    let allowed = [("Origin", "https://app.example")];
+    let (status, _) = request(
+        b.http_addr(),
+        "POST",
+        "/v1/publish",
+        &allowed,
+        body.as_bytes(),
+    )
+    .await?;
+    assert_eq!(status, 200);
+    assert_eq!(&bob.delivery().await?.data[..], b"forged");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_open_websocket_holds_its_place_under_the_connection_limits() -> R {
+    let b = TestBroker::start_with(|c| c.max_connections_per_address = 1).await?;
+    let mut web = ws(b.http_addr(), None).await?;
+    send(&mut web, &hello("page", None)).await?;
+    assert!(matches!(next(&mut web).await?, ServerFrame::Welcome(_)));
+    // While the WebSocket is open, the address has no room for another connection.
+    let refused = RawClient::connect(b.addr(), Some("second")).await;
+    let err = refused.expect_err("a second connection was admitted beside an open WebSocket");
+    assert!(err.to_string().contains("limit of 1 connections"), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn failed_credentials_over_http_count_against_the_address() -> R {
+    let auth = AuthSettings {
+        identities: vec![IdentityConfig {
+            identity: "hook".into(),
+            namespace: None,
+            certificates: Vec::new(),
+            tokens_sha256: vec![token::to_hex(&token::hash("bct_hook"))],
+            rights: RightsConfig::default(),
+        }],
+        ..AuthSettings::default()
+    };
+    let b = TestBroker::start_with(|c| {
+        c.auth = auth;
+        c.max_auth_failures_per_address = 2;
+    })
+    .await?;
+    let msg = json!({"to": {"client": "bob"}, "data": "x", "from": "hook"});
+    for _ in 0..2 {
+        assert_eq!(post(b.http_addr(), &msg, Some("bct_guess")).await?.0, 401);
+    }
+    // The address is blocked now, the right token too.
+    let (status, text) = request(
+        b.http_addr(),
+        "POST",
+        "/v1/publish",
+        &[("Authorization", "Bearer bct_hook")],
+        msg.to_string().as_bytes(),
+    )
+    .await?;
+    assert_eq!(status, 429, "{text}");
+    assert!(text.contains("failed to authenticate"), "{text}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_publish_with_more_failures_than_fit_a_queue_is_answered_whole() -> R {
+    let b = TestBroker::start().await?;
+    let group: Vec<String> = (0..300).map(|i| format!("absent-{i}")).collect();
+    let (status, body) = post(
+        b.http_addr(),
+        &json!({"to": {"group": group}, "data": "x"}),
+        None,
+    )
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    let failed = body["failed"].as_array().map_or(0, Vec::len);
+    assert_eq!(failed, 300, "{body}");
+    Ok(())
+}

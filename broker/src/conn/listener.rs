@@ -96,15 +96,29 @@ pub(crate) async fn accept_loop(
                 match permits.clone().try_acquire_owned() {
                     Ok(permit) => {
                         let (ctx, tls) = (ctx.clone(), tls.clone());
-                        tracker.spawn(async move {
-                            match kind {
-                                Kind::Broadcast => serve(stream, tls, peer, ctx, handshaking).await,
-                                Kind::Http => {
-                                    crate::web::serve(stream, tls, peer, ctx, handshaking).await;
-                                }
+                        let slot = super::Slot(permit, address);
+                        match kind {
+                            Kind::Broadcast => {
+                                tracker.spawn(async move {
+                                    serve(stream, tls, peer, ctx, handshaking).await;
+                                    drop(slot);
+                                });
                             }
-                            drop((permit, address));
-                        });
+                            Kind::Http => {
+                                // A WebSocket takes the slot on with it, and its session is
+                                // tracked as the connection was.
+                                let sessions = tracker.clone();
+                                tracker.spawn(crate::web::serve(
+                                    stream,
+                                    tls,
+                                    peer,
+                                    ctx,
+                                    handshaking,
+                                    slot,
+                                    sessions,
+                                ));
+                            }
+                        }
                     }
                     Err(_) => {
                         tracing::warn!(%peer, "connection limit reached, refusing");

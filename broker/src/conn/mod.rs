@@ -116,6 +116,13 @@ impl Admission {
     }
 }
 
+/// A connection's place under the limits of connections open (in all and per address), given
+/// back when dropped.
+pub(crate) struct Slot(
+    #[allow(dead_code)] tokio::sync::OwnedSemaphorePermit,
+    #[allow(dead_code)] addresses::Permit,
+);
+
 /// A connection in its handshake, counted (in all and for its address) until dropped.
 pub(crate) struct Handshaking(
     #[allow(dead_code)] tokio::sync::OwnedSemaphorePermit,
@@ -535,7 +542,10 @@ async fn read_loop(
         }
         // A frame already read needs no timer and no wait for the close signal: those are
         // set up only when the connection has nothing to hand.
-        let ready = ahead.pop().or_else(|| reader.next().now_or_never());
+        let ready = ahead
+            .pop()
+            .map(|(item, _)| item)
+            .or_else(|| reader.next().now_or_never());
         let next = match ready {
             Some(r) => r,
             None => {
@@ -607,10 +617,16 @@ async fn read_loop(
                 let mut run = Vec::with_capacity(PERSISTENT_RUN);
                 run.push(msg);
                 while run.len() < PERSISTENT_RUN {
-                    match ahead.pop().or_else(|| reader.next().now_or_never()) {
-                        Some(Some(Ok(Ok(ClientFrame::Publish(m))))) if m.persistent => run.push(m),
-                        Some(other) => {
-                            ahead.push_front(other);
+                    let next = ahead.pop().or_else(|| {
+                        let item = reader.next().now_or_never()?;
+                        Some((item, reader.last_len()))
+                    });
+                    match next {
+                        Some((Some(Ok(Ok(ClientFrame::Publish(m)))), _)) if m.persistent => {
+                            run.push(m);
+                        }
+                        Some((other, len)) => {
+                            ahead.push_front(other, len);
                             break;
                         }
                         None => break,
@@ -659,42 +675,39 @@ async fn read_loop(
 const READ_AHEAD_BYTES: usize = 64 * 1024;
 
 /// Frames read ahead of the one being handled, to be handled next, in order (`None`: the
-/// end of the stream).
+/// end of the stream), each with its length on the wire.
 #[derive(Default)]
 struct Ahead {
-    frames: std::collections::VecDeque<Option<ReadItem>>,
+    frames: std::collections::VecDeque<(Option<ReadItem>, usize)>,
     bytes: usize,
 }
 
 impl Ahead {
-    /// About what a frame read ahead holds in memory.
-    fn size(item: &Option<ReadItem>) -> usize {
-        match item {
-            Some(Ok(Ok(ClientFrame::Publish(m)))) => 64 + m.data.len(),
-            _ => 64,
-        }
+    fn pop(&mut self) -> Option<(Option<ReadItem>, usize)> {
+        let (item, len) = self.frames.pop_front()?;
+        self.bytes -= len;
+        Some((item, len))
     }
 
-    fn pop(&mut self) -> Option<Option<ReadItem>> {
-        let item = self.frames.pop_front()?;
-        self.bytes -= Self::size(&item);
-        Some(item)
+    fn push_front(&mut self, item: Option<ReadItem>, len: usize) {
+        self.bytes += len;
+        self.frames.push_front((item, len));
     }
 
-    fn push_front(&mut self, item: Option<ReadItem>) {
-        self.bytes += Self::size(&item);
-        self.frames.push_front(item);
+    fn push_back(&mut self, item: Option<ReadItem>, len: usize) {
+        self.bytes += len;
+        self.frames.push_back((item, len));
     }
 
-    fn push_back(&mut self, item: Option<ReadItem>) {
-        self.bytes += Self::size(&item);
-        self.frames.push_back(item);
+    fn is_empty(&self) -> bool {
+        self.frames.is_empty()
     }
 
     /// Whether nothing more is to be read ahead: the bound is reached, or the stream ended
     /// or failed.
     fn full(&self) -> bool {
-        self.bytes >= READ_AHEAD_BYTES || matches!(self.frames.back(), Some(None | Some(Err(_))))
+        self.bytes >= READ_AHEAD_BYTES
+            || matches!(self.frames.back(), Some((None | Some(Err(_)), _)))
     }
 }
 
@@ -706,10 +719,11 @@ struct HeldBack<'a> {
 }
 
 /// Waits until `until`, when a connection over its publish rate may go on, reading on
-/// meanwhile: acknowledgements, pings and pongs are handled at once (they never wait behind
-/// publishes), other frames are kept in order to be handled after the wait, up to
-/// [`READ_AHEAD_BYTES`]; beyond that the connection is not read, and TCP holds its sender
-/// back. Nothing is dropped.
+/// meanwhile: acknowledgements and pongs are handled at once (they never wait behind
+/// publishes), a ping too when nothing waits before it (its pong says every frame before it
+/// was handled); other frames are kept in order to be handled after the wait, up to
+/// [`READ_AHEAD_BYTES`] on the wire; beyond that the connection is not read, and TCP holds its
+/// sender back. Nothing is dropped.
 async fn hold_back(
     until: tokio::time::Instant,
     held: HeldBack<'_>,
@@ -732,16 +746,27 @@ async fn hold_back(
         if next.is_some() {
             held.liveness.heard();
         }
+        let at_once = match &next {
+            Some(Ok(Ok(ClientFrame::Ack { .. } | ClientFrame::Pong { .. }))) => true,
+            Some(Ok(Ok(ClientFrame::Ping { .. }))) => held.ahead.is_empty(),
+            _ => false,
+        };
         match next {
-            Some(Ok(Ok(
-                frame @ (ClientFrame::Ack { .. }
-                | ClientFrame::Ping { .. }
-                | ClientFrame::Pong { .. }),
-            ))) => match handle(frame, out, name, ctx, unconfirmed, access).await {
-                Handled::Continue => {}
-                closing => return closing,
-            },
-            other => held.ahead.push_back(other),
+            Some(Ok(Ok(frame))) if at_once => {
+                match handle(frame, out, name, ctx, unconfirmed, access).await {
+                    Handled::Continue => {}
+                    closing => return closing,
+                }
+            }
+            other => {
+                // Only a frame holds bytes; the end of the stream or an error holds none.
+                let len = if matches!(other, Some(Ok(_))) {
+                    held.reader.last_len()
+                } else {
+                    0
+                };
+                held.ahead.push_back(other, len);
+            }
         }
     }
 }

@@ -99,6 +99,8 @@ pub(crate) struct FrameReader {
     /// not for every frame).
     frames: u64,
     bytes: u64,
+    /// The length on the wire of the last frame read, header included.
+    last_len: usize,
 }
 
 impl FrameReader {
@@ -120,7 +122,13 @@ impl FrameReader {
             traffic,
             frames: 0,
             bytes: 0,
+            last_len: 0,
         }
+    }
+
+    /// The length on the wire of the last frame read, header included (0 before any).
+    pub(crate) fn last_len(&self) -> usize {
+        self.last_len
     }
 
     /// Adds the frames and bytes read since the last time to the connection's counters.
@@ -162,6 +170,7 @@ impl Stream for FrameReader {
                     return Poll::Ready(Some(Err(ReadError::Codec(e))));
                 }
                 Ok(Some(body)) => {
+                    this.last_len = broadcast_protocol::HEADER_LEN + body.len();
                     // What follows in the buffer belongs to frames not yet complete.
                     this.hold(this.buf.len());
                     this.starving = None;

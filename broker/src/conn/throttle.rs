@@ -11,6 +11,9 @@
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// The longest one wait lasts.
+const MAX_WAIT_SECS: f64 = 3600.0;
+
 /// One allowance: `rate` a second, up to `burst`.
 #[derive(Debug)]
 struct Allowance {
@@ -40,7 +43,8 @@ impl Allowance {
         if self.left >= 0.0 {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64(-self.left / self.rate)
+            // However slow the rate, at most an hour at a time.
+            Duration::from_secs_f64((-self.left / self.rate).min(MAX_WAIT_SECS))
         }
     }
 }
@@ -135,6 +139,16 @@ mod tests {
         let t0 = Instant::now();
         let mut t = Throttle::new_at(10.0, 0.0, t0).unwrap();
         assert_eq!(t.charge_at(30, 0, t0), Some(t0 + ms(2000)));
+    }
+
+    #[test]
+    fn a_tiny_rate_waits_at_most_an_hour() {
+        let t0 = Instant::now();
+        let mut t = Throttle::new_at(1e-300, 1e-300, t0).unwrap();
+        let until = t
+            .charge_at(1, 1 << 20, t0)
+            .expect("a megabyte over a byte's burst");
+        assert_eq!(until - t0, Duration::from_secs(3600));
     }
 
     #[test]

@@ -54,8 +54,10 @@ impl<O: Outlet> State<O> {
         confirm: Option<ConfirmId>,
     ) {
         self.stats.failed(notice.reason);
-        if crate::namespace::shown(sender) == crate::BROKER_SENDER {
-            tracing::warn!(id = %notice.id, reason = ?notice.reason, "a message of the broker was not delivered");
+        // No client can take a name starting with `$` (the broker's own, the HTTP API's
+        // anonymous sender): a notice kept for it would never be read.
+        if crate::namespace::shown(sender).starts_with('$') {
+            tracing::warn!(%sender, id = %notice.id, reason = ?notice.reason, "a message from a sender no client can be was not delivered");
             return self.settle(confirm);
         }
         if let Some(c) = self.clients.get(sender) {

@@ -9,15 +9,18 @@
 mod publish;
 mod ws;
 
-use crate::conn::{Context, Handshaking};
+use crate::conn::{Context, Handshaking, Slot};
 use crate::tls::TlsConfig;
 use axum::Router;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{any, post};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 /// A connection's byte stream, plaintext or TLS.
@@ -33,17 +36,51 @@ struct Conn {
     /// Names of a verified client certificate.
     peer_names: Vec<String>,
     /// The connection's place among those in their handshake: a WebSocket keeps it until its
-    /// `Hello`; any other request gives it up.
+    /// `Hello`; any other request gives it up once it is read.
     handshaking: Arc<Mutex<Option<Handshaking>>>,
+    /// Its place under the connection limits: a WebSocket takes it on; otherwise it is given
+    /// back when the connection ends.
+    slot: Arc<Mutex<Option<Slot>>>,
+    /// Where a WebSocket's session is tracked, so that shutdown waits for it.
+    sessions: TaskTracker,
 }
 
 impl Conn {
     fn take_handshaking(&self) -> Option<Handshaking> {
-        self.handshaking
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
+        take(&self.handshaking)
     }
+
+    fn take_slot(&self) -> Option<Slot> {
+        take(&self.slot)
+    }
+
+    /// The refusal of a request from a browser page whose origin is not allowed: a WebSocket,
+    /// or a publish (which a page could otherwise make without the browser asking first).
+    fn origin_refused(&self, headers: &HeaderMap) -> Option<Response> {
+        let origin = headers.get(header::ORIGIN)?;
+        let origin = origin.to_str().unwrap_or_default();
+        let allowed = &self.ctx.config.http_allowed_origins;
+        if allowed
+            .iter()
+            .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+        {
+            return None;
+        }
+        tracing::info!(origin, "request refused: origin not allowed");
+        Some(
+            (
+                StatusCode::FORBIDDEN,
+                format!("origin {origin:?} is not in http_allowed_origins\n"),
+            )
+                .into_response(),
+        )
+    }
+}
+
+fn take<T>(cell: &Mutex<Option<T>>) -> Option<T> {
+    cell.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
 }
 
 /// Serves one connection accepted on the HTTP listener: its TLS handshake when it is a TLS
@@ -55,6 +92,8 @@ pub(crate) async fn serve(
     peer: SocketAddr,
     ctx: Arc<Context>,
     handshaking: Handshaking,
+    slot: Slot,
+    sessions: TaskTracker,
 ) {
     let conn_id = ctx.engine.next_conn_id();
     let span = crate::conn::conn_span(peer, conn_id);
@@ -91,6 +130,8 @@ pub(crate) async fn serve(
             conn_id,
             peer_names,
             handshaking: Arc::new(Mutex::new(Some(handshaking))),
+            slot: Arc::new(Mutex::new(Some(slot))),
+            sessions,
         };
         let app = router(conn);
         let service = hyper_util::service::TowerToHyperService::new(app);
@@ -117,9 +158,9 @@ fn router(conn: Conn) -> Router {
         .with_state(conn)
 }
 
-async fn not_found() -> (axum::http::StatusCode, &'static str) {
+async fn not_found() -> (StatusCode, &'static str) {
     (
-        axum::http::StatusCode::NOT_FOUND,
+        StatusCode::NOT_FOUND,
         "not found: this listener serves /v1/ws (WebSocket) and POST /v1/publish\n",
     )
 }

@@ -118,19 +118,31 @@ fn status_of(code: ErrorCode) -> StatusCode {
 }
 
 pub(super) async fn publish(State(conn): State<Conn>, headers: HeaderMap, body: Body) -> Response {
+    if let Some(refused) = conn.origin_refused(&headers) {
+        return refused;
+    }
     // The body comes within the handshake timeout, up to twice the largest frame (room for
     // a payload in base64); the request is past its handshake once it is read. JSON whatever
     // the content type says (`curl -d` says a form).
     let cfg = &conn.ctx.config;
     let limit = 2 * cfg.max_frame() as usize;
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit as u64) {
+        return error(
+            ErrorCode::PayloadTooLarge,
+            format!("the body is larger than {limit} bytes"),
+        );
+    }
     let read = tokio::time::timeout(cfg.handshake_timeout, axum::body::to_bytes(body, limit)).await;
     drop(conn.take_handshaking());
     let body = match read {
         Ok(Ok(body)) => body,
         Ok(Err(e)) => {
             return error(
-                ErrorCode::PayloadTooLarge,
-                format!("the body could not be read within {limit} bytes: {e}"),
+                ErrorCode::Malformed,
+                format!("the body could not be read (at most {limit} bytes): {e}"),
             );
         }
         Err(_) => {
@@ -200,13 +212,14 @@ pub(super) async fn publish(State(conn): State<Conn>, headers: HeaderMap, body: 
         resent: false,
     };
     let id = msg.id.clone();
-    let answers = match oneshot::publish(&conn.ctx, &hello, conn.peer_names.clone(), msg).await {
-        Ok(answers) => answers,
-        Err((code, message)) => {
-            tracing::info!(code = code.name(), %message, "publish refused");
-            return error(code, message);
-        }
-    };
+    let answers =
+        match oneshot::publish(&conn.ctx, conn.peer, &hello, conn.peer_names.clone(), msg).await {
+            Ok(answers) => answers,
+            Err((code, message)) => {
+                tracing::info!(code = code.name(), %message, "publish refused");
+                return error(code, message);
+            }
+        };
     let mut failed = Vec::new();
     for answer in answers {
         match answer {

@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::extract::ws::{
     Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
 };
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use broadcast_protocol::HEADER_LEN;
 use bytes::{Buf, BytesMut};
@@ -33,22 +33,10 @@ pub(super) async fn upgrade(
         Ok(ws) => ws,
         Err(rejection) => return rejection.into_response(),
     };
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let allowed = &conn.ctx.config.http_allowed_origins;
-        let origin = origin.to_str().unwrap_or_default();
-        if !allowed
-            .iter()
-            .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
-        {
-            tracing::info!(origin, "WebSocket refused: origin not allowed");
-            return (
-                StatusCode::FORBIDDEN,
-                format!("origin {origin:?} is not in http_allowed_origins\n"),
-            )
-                .into_response();
-        }
+    if let Some(refused) = conn.origin_refused(&headers) {
+        return refused;
     }
-    let Some(handshaking) = conn.take_handshaking() else {
+    let (Some(handshaking), Some(slot)) = (conn.take_handshaking(), conn.take_slot()) else {
         return (StatusCode::BAD_REQUEST, "one WebSocket per connection\n").into_response();
     };
     let max = conn.ctx.config.max_frame() as usize + HEADER_LEN;
@@ -56,7 +44,8 @@ pub(super) async fn upgrade(
     ws.max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| {
-            async move {
+            let sessions = conn.sessions.clone();
+            let session = async move {
                 let (sink, stream) = socket.split();
                 let reader = StreamReader::new(stream.filter_map(|m| {
                     futures::future::ready(match m {
@@ -84,8 +73,13 @@ pub(super) async fn upgrade(
                     handshaking,
                 )
                 .await;
+                drop(slot);
             }
-            .instrument(span)
+            .instrument(span);
+            // Tracked with the broker's connections: shutdown waits for it.
+            async move {
+                let _ = sessions.spawn(session).await;
+            }
         })
 }
 
