@@ -40,8 +40,8 @@ pub struct Config {
     pub max_pending_handshakes_per_address: usize,
     /// Most messages a second one connection may publish (fractions allowed, bursts of a
     /// second's worth). A connection over it is held back, never refused: its next frames are
-    /// read only once it is within its rate again (acknowledgements, pings and pongs up to
-    /// 64 KiB ahead), and TCP slows its sender. Default 0: no limit.
+    /// handled only once it is within its rate again (acknowledgements and pongs read up to
+    /// 64 KiB ahead meanwhile), and TCP slows its sender. Default 0: no limit.
     pub publish_messages_per_sec: f64,
     /// Most payload bytes a second one connection may publish, held back the same way.
     /// Default 0: no limit.

@@ -193,7 +193,7 @@ impl<O: Outlet> Core<O> {
             clients: HashMap::default(),
             sessions: HashMap::default(),
             channels: HashMap::default(),
-            queues: Queues::restore(queues),
+            queues: Queues::restore(queues, config.namespace_max_bytes > 0),
             confirms: Confirms::default(),
             ops: Vec::new(),
             store_failed: false,

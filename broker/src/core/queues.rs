@@ -44,8 +44,9 @@ pub(super) struct Queues {
     map: HashMap<QueueId, QueueMeta>,
     stored_bytes: u64,
     /// Bytes of the queues of each namespace but the default one (whose bytes are the rest
-    /// of `stored_bytes`); a namespace is kept while its queues hold bytes.
-    namespaces: Namespaces,
+    /// of `stored_bytes`); a namespace is kept while its queues hold bytes. Counted only when
+    /// they are limited (restored from the store at start).
+    namespaces: Option<Namespaces>,
     /// While the store looks for expired entries: the entries settled meanwhile, which its
     /// answer may still name, and how many looks are open (they may overlap when the store
     /// is behind).
@@ -59,12 +60,18 @@ pub(super) struct Queues {
 }
 
 impl Queues {
-    /// The counters of the queues the store holds.
-    pub(super) fn restore(infos: Vec<QueueInfo>) -> Self {
-        let mut queues = Self::default();
+    /// The counters of the queues the store holds; with the bytes of each namespace when
+    /// `per_namespace`.
+    pub(super) fn restore(infos: Vec<QueueInfo>, per_namespace: bool) -> Self {
+        let mut queues = Self {
+            namespaces: per_namespace.then(Namespaces::default),
+            ..Self::default()
+        };
         for q in infos {
             queues.stored_bytes = queues.stored_bytes.saturating_add(q.bytes);
-            queues.namespaces.add(&q.queue, q.bytes);
+            if let Some(ns) = &mut queues.namespaces {
+                ns.add(&q.queue, q.bytes);
+            }
             let meta = QueueMeta {
                 pending: q.pending,
                 bytes: q.bytes,
@@ -166,13 +173,9 @@ impl Queues {
                 "{what} holds its limit of {} bytes",
                 cfg.queue_max_bytes
             ))
-        } else if cfg.namespace_max_bytes > 0
-            && self
-                .namespaces
-                .bytes(queue, self.stored_bytes)
-                .saturating_add(size)
-                > cfg.namespace_max_bytes
-        {
+        } else if self.namespaces.as_ref().is_some_and(|ns| {
+            ns.bytes(queue, self.stored_bytes).saturating_add(size) > cfg.namespace_max_bytes
+        }) {
             Some(format!(
                 "the namespace holds its limit of {} queued bytes",
                 cfg.namespace_max_bytes
@@ -191,7 +194,9 @@ impl Queues {
     pub(super) fn count_enqueued(&mut self, queue: &QueueId, entry: &StoredEntry) {
         let size = entry.size();
         self.stored_bytes += size;
-        self.namespaces.add(queue, size);
+        if let Some(ns) = &mut self.namespaces {
+            ns.add(queue, size);
+        }
         // One lookup when the queue is known; its name is copied only the first time.
         let meta = match self.map.get_mut(queue) {
             Some(meta) => meta,
@@ -227,7 +232,9 @@ impl Queues {
             scan.insert((queue.clone(), seq));
         }
         self.stored_bytes = self.stored_bytes.saturating_sub(size);
-        self.namespaces.remove(queue, size);
+        if let Some(ns) = &mut self.namespaces {
+            ns.remove(queue, size);
+        }
         if let Some(meta) = self.map.get_mut(queue) {
             meta.pending = meta.pending.saturating_sub(1);
             meta.bytes = meta.bytes.saturating_sub(size);
@@ -242,7 +249,9 @@ impl Queues {
     /// keep; `appended` when their append was applied (and so no longer counted unapplied).
     pub(super) fn count_not_stored(&mut self, queue: &QueueId, n: u64, bytes: u64, appended: bool) {
         self.stored_bytes = self.stored_bytes.saturating_sub(bytes);
-        self.namespaces.remove(queue, bytes);
+        if let Some(ns) = &mut self.namespaces {
+            ns.remove(queue, bytes);
+        }
         if let Some(meta) = self.map.get_mut(queue) {
             meta.pending = meta.pending.saturating_sub(n);
             meta.bytes = meta.bytes.saturating_sub(bytes);
