@@ -542,10 +542,11 @@ async fn read_loop(
         }
         // A frame already read needs no timer and no wait for the close signal: those are
         // set up only when the connection has nothing to hand.
-        let ready = ahead
-            .pop()
-            .map(|(item, _)| item)
-            .or_else(|| reader.next().now_or_never());
+        let ready = if ahead.is_empty() {
+            reader.next().now_or_never()
+        } else {
+            ahead.pop().map(|(item, _)| item)
+        };
         let next = match ready {
             Some(r) => r,
             None => {
@@ -653,8 +654,11 @@ async fn read_loop(
                             ahead: &mut ahead,
                             liveness: &mut liveness,
                         };
+                        // Boxed: the wait is rare, and its state would otherwise widen
+                        // every connection's read loop.
                         let handled =
-                            hold_back(until, held, out, name, ctx, &unconfirmed, access).await;
+                            Box::pin(hold_back(until, held, out, name, ctx, &unconfirmed, access))
+                                .await;
                         ctx.engine.metrics.held_back(started.elapsed());
                         handled
                     }
