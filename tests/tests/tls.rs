@@ -3,6 +3,7 @@
 //! certificate renewed on SIGHUP.
 
 use anyhow::Context as _;
+use broadcast_broker::auth::{AuthSettings, IdentityConfig, RightsConfig};
 use broadcast_broker::tls::{TlsConfig, server_config};
 use broadcast_broker::{Broker, Config, Listeners};
 use broadcast_client::{Client, ConnectError, ConnectOptions, OutgoingMessage};
@@ -343,31 +344,16 @@ async fn the_cli_talks_to_the_broker_binary_over_tls_and_refuses_the_wrong_ca() 
 
 #[tokio::test]
 async fn a_client_certificate_proves_the_identity_it_maps_to_and_no_other() -> R {
-    use broadcast_broker::auth::{AuthSettings, IdentityConfig, RightsConfig, token};
+    use broadcast_broker::auth::token;
     let pki = Pki::new()?;
-    let auth = AuthSettings {
-        identities: vec![
-            IdentityConfig {
-                identity: "billing".into(),
-                namespace: None,
-                certificates: vec!["URI:spiffe://test/billing".into()],
-                tokens_sha256: vec![token::to_hex(&token::hash("bct_billing"))],
-                rights: RightsConfig::default(),
-            },
-            IdentityConfig {
-                identity: "mailer".into(),
-                namespace: None,
-                certificates: vec!["EMAIL:mailer@test.example".into()],
-                tokens_sha256: Vec::new(),
-                rights: RightsConfig::default(),
-            },
-        ],
-        ..AuthSettings::default()
-    };
-    let config = Config {
-        auth,
-        ..Config::default()
-    };
+    let config = identities_config(vec![
+        identity(
+            "billing",
+            "URI:spiffe://test/billing",
+            vec![token::to_hex(&token::hash("bct_billing"))],
+        ),
+        identity("mailer", "EMAIL:mailer@test.example", Vec::new()),
+    ]);
     let (b, _stop, _data) =
         broker_with(&pki, "cert.pem", "key.pem", config, Some("ca.pem")).await?;
     let addr = b.tls_addr().context("a TLS listener")?.to_string();
@@ -464,27 +450,17 @@ async fn failed_tls_handshakes_count_against_their_address() -> R {
 
 #[tokio::test]
 async fn a_websocket_over_tls_is_proved_by_its_client_certificate() -> R {
-    use broadcast_broker::auth::{AuthSettings, IdentityConfig, RightsConfig};
     use broadcast_protocol::{
         ClientFrame, DEFAULT_MAX_FRAME, HEADER_LEN, Hello, PROTOCOL_VERSION, ServerFrame,
     };
     use futures::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let pki = Pki::new()?;
-    let auth = AuthSettings {
-        identities: vec![IdentityConfig {
-            identity: "billing".into(),
-            namespace: None,
-            certificates: vec!["URI:spiffe://test/billing".into()],
-            tokens_sha256: Vec::new(),
-            rights: RightsConfig::default(),
-        }],
-        ..AuthSettings::default()
-    };
-    let config = Config {
-        auth,
-        ..Config::default()
-    };
+    let config = identities_config(vec![identity(
+        "billing",
+        "URI:spiffe://test/billing",
+        Vec::new(),
+    )]);
     let (b, _stop, _data) =
         broker_with(&pki, "cert.pem", "key.pem", config, Some("ca.pem")).await?;
     let addr = b.http_addr().context("an HTTP listener")?;
@@ -519,4 +495,27 @@ async fn a_websocket_over_tls_is_proved_by_its_client_certificate() -> R {
     };
     assert_eq!(w.identity.as_deref(), Some("billing"));
     Ok(())
+}
+
+/// An identity with all rights, proved by a client certificate with `certificate` among its
+/// names, or by one of `tokens_sha256`.
+fn identity(name: &str, certificate: &str, tokens_sha256: Vec<String>) -> IdentityConfig {
+    IdentityConfig {
+        identity: name.into(),
+        namespace: None,
+        certificates: vec![certificate.into()],
+        tokens_sha256,
+        rights: RightsConfig::default(),
+    }
+}
+
+/// A broker configuration with these identities and nothing else set.
+fn identities_config(identities: Vec<IdentityConfig>) -> Config {
+    Config {
+        auth: AuthSettings {
+            identities,
+            ..AuthSettings::default()
+        },
+        ..Config::default()
+    }
 }
