@@ -159,18 +159,23 @@ impl Queues {
         max_messages: u64,
     ) -> Option<String> {
         let (pending, bytes) = self.map.get(queue).map_or((0, 0), |m| (m.pending, m.bytes));
-        // Told to the sender: the name as it knows it, without a namespace.
-        let what = match queue {
+        // Told to the sender: the name as it knows it, without a namespace (written only
+        // for a refusal: this runs for every entry queued).
+        let what = || match queue {
             QueueId::Client(n) => format!("the queue of client {}", crate::namespace::shown(n)),
             QueueId::Backlog(n) => {
                 format!("the backlog of channel {}", crate::namespace::shown(n))
             }
         };
         if pending >= max_messages {
-            Some(format!("{what} holds its limit of {max_messages} messages"))
+            Some(format!(
+                "{} holds its limit of {max_messages} messages",
+                what()
+            ))
         } else if bytes.saturating_add(size) > cfg.queue_max_bytes {
             Some(format!(
-                "{what} holds its limit of {} bytes",
+                "{} holds its limit of {} bytes",
+                what(),
                 cfg.queue_max_bytes
             ))
         } else if self.namespaces.as_ref().is_some_and(|ns| {
@@ -366,6 +371,26 @@ impl Namespaces {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_queue_is_named_as_its_sender_knows_it() {
+        let cfg = Config {
+            queue_max_bytes: 100,
+            ..Config::default()
+        };
+        let queues = Queues::default();
+        let bob = QueueId::Client("a\u{1f}bob".into());
+        assert_eq!(queues.full(&cfg, &bob, 100, 10), None);
+        assert_eq!(
+            queues.full(&cfg, &bob, 101, 10).as_deref(),
+            Some("the queue of client bob holds its limit of 100 bytes")
+        );
+        let news = QueueId::Backlog("news".into());
+        assert_eq!(
+            queues.full(&cfg, &news, 1, 0).as_deref(),
+            Some("the backlog of channel news holds its limit of 0 messages")
+        );
+    }
 
     #[test]
     fn each_namespace_counts_its_own_bytes_and_the_default_one_the_rest() {
